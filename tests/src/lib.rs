@@ -1,0 +1,160 @@
+//! Helpers for the end-to-end tests: real servers on loopback ports, and a client.
+//!
+//! Every server is stopped when its [`Server`] handle is dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower::{Service, ServiceExt};
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A server on a loopback port, stopped (listener and connections) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `svc` over HTTP/1.1 on a fresh loopback port, with the client's
+/// address in each request's [`PeerAddr`](tower_gateway::PeerAddr) extension.
+pub async fn serve<S, B>(svc: S) -> Server
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, peer)) = listener.accept().await {
+            let svc = svc.clone().map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(tower_gateway::PeerAddr(peer));
+                req
+            });
+            connections.spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                let _ = conn.await;
+            });
+        }
+    });
+    Server { addr, task }
+}
+
+/// A backend named `name` that answers every request with JSON saying who it is
+/// and what it received: `{"backend","method","path","body","headers"}`.
+pub async fn backend(name: &'static str) -> Server {
+    serve(tower::service_fn(move |req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let headers: serde_json::Map<String, serde_json::Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        let seen = serde_json::json!({
+            "backend": name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path_and_query().map(|p| p.as_str()),
+            "body": String::from_utf8_lossy(&body),
+            "headers": headers,
+        });
+        let response = Response::builder()
+            .header("content-type", "application/json")
+            .header("x-backend", name)
+            .body(Full::new(Bytes::from(seen.to_string())))
+            .expect("a valid response");
+        Ok::<_, Infallible>(response)
+    }))
+    .await
+}
+
+/// A loopback address where nothing listens: connections to it are refused.
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address")
+}
+
+/// A plain HTTP/1.1 client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Its status.
+    pub status: http::StatusCode,
+    /// Its headers.
+    pub headers: http::HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Client {
+    /// A client with its own connection pool.
+    pub fn new() -> Self {
+        Self { inner: HyperClient::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// Sends `req` and reads the whole response.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Reply, BoxError> {
+        let res = self.inner.request(req).await?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply { status: parts.status, headers: parts.headers, body })
+    }
+
+    /// `GET url`.
+    pub async fn get(&self, url: &str) -> Result<Reply, BoxError> {
+        self.send(Request::get(url).body(Full::default())?).await
+    }
+}

@@ -1,0 +1,391 @@
+//! Round-robin balancing over a shared, replaceable set of endpoints, with passive
+//! health checks.
+//!
+//! [`RoundRobin`] sets each request's destination (scheme and authority; the path
+//! and query are kept) to the next endpoint of an [`Endpoints`] set. Picking is
+//! lock-free — one atomic increment — and fair: `N` requests over `k` healthy
+//! endpoints give each `N/k` requests, give or take one.
+//!
+//! **Passive health.** When the inner service answers with an
+//! [`UpstreamError`] of kind [`Connect`](UpstreamErrorKind::Connect) (as
+//! [`Proxy`](crate::Proxy) does when a connection is refused), the endpoint's
+//! consecutive-failure count goes up; at [`eject_after`](RoundRobinLayer::eject_after)
+//! failures (default 1) it is skipped for [`cool_down`](RoundRobinLayer::cool_down)
+//! (default 10 s) and then comes back by itself. If every endpoint is ejected,
+//! requests are still sent round robin over all of them: a gateway must never need
+//! a restart to recover.
+//!
+//! An empty set answers `503` with the code `no_endpoint`. If the request has no
+//! `Host` header but its URI has an authority (HTTP/2), that authority is kept as
+//! the `Host` header before the URI is rewritten.
+//!
+//! The chosen endpoint is put in the response's extensions as [`ChosenEndpoint`],
+//! for access logs and metrics.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::Request;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_gateway::balance::{Endpoints, RoundRobinLayer};
+//! use tower_gateway::{Body, Proxy};
+//!
+//! let endpoints = Endpoints::new(["http://127.0.0.1:3001", "http://127.0.0.1:3003"]).unwrap();
+//! let svc = ServiceBuilder::new()
+//!     .layer(RoundRobinLayer::new(endpoints.clone()).cool_down(Duration::from_secs(5)))
+//!     .service(Proxy::<Body>::new());
+//!
+//! // Later, e.g. after a DNS lookup, while `svc` keeps serving:
+//! endpoints.replace(["http://127.0.0.1:3003", "http://127.0.0.1:3007"]).unwrap();
+//! # let _ = svc;
+//! ```
+
+mod endpoints;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, header};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use self::endpoints::{Endpoint, Endpoints, InvalidEndpoint};
+use crate::error::{UpstreamError, UpstreamErrorKind};
+
+/// The endpoint a request was sent to, in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct ChosenEndpoint(pub Arc<Endpoint>);
+
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    eject_after: u32,
+    cool_down: Duration,
+}
+
+/// Sends each request to the next endpoint of a shared set. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct RoundRobinLayer {
+    endpoints: Endpoints,
+    health: Health,
+}
+
+impl RoundRobinLayer {
+    /// Balances over `endpoints` (a handle: keep a clone to replace the set later).
+    pub fn new(endpoints: Endpoints) -> Self {
+        Self { endpoints, health: Health { eject_after: 1, cool_down: Duration::from_secs(10) } }
+    }
+
+    /// Consecutive connection failures before an endpoint is ejected (at least 1).
+    pub fn eject_after(mut self, failures: u32) -> Self {
+        self.health.eject_after = failures.max(1);
+        self
+    }
+
+    /// How long an ejected endpoint is skipped.
+    pub fn cool_down(mut self, cool_down: Duration) -> Self {
+        self.health.cool_down = cool_down;
+        self
+    }
+
+    /// The endpoint set this layer balances over.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+}
+
+impl<S> Layer<S> for RoundRobinLayer {
+    type Service = RoundRobin<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RoundRobin { inner, endpoints: self.endpoints.clone(), health: self.health }
+    }
+}
+
+/// Sends each request to the next endpoint of a shared set. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct RoundRobin<S> {
+    inner: S,
+    endpoints: Endpoints,
+    health: Health,
+}
+
+impl<S> RoundRobin<S> {
+    /// Wraps `inner`, balancing over `endpoints` with the default health settings.
+    pub fn new(inner: S, endpoints: Endpoints) -> Self {
+        RoundRobinLayer::new(endpoints).layer(inner)
+    }
+
+    /// A [`RoundRobinLayer`] over `endpoints`.
+    pub fn layer(endpoints: Endpoints) -> RoundRobinLayer {
+        RoundRobinLayer::new(endpoints)
+    }
+
+    /// The endpoint set.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The request's URI with its scheme and authority set to `endpoint`'s.
+fn destination(uri: &Uri, endpoint: &Endpoint) -> Uri {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(endpoint.scheme().clone());
+    parts.authority = Some(endpoint.authority().clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RoundRobin<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let Some(endpoint) = self.endpoints.next() else {
+            let response = UpstreamError::new(UpstreamErrorKind::NoEndpoint).into_response();
+            return ResponseFuture { state: State::NoEndpoint { response: Some(response) } };
+        };
+        if !req.headers().contains_key(header::HOST)
+            && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        *req.uri_mut() = destination(req.uri(), &endpoint);
+        let future = self.inner.call(req);
+        ResponseFuture {
+            state: State::Called { future, endpoint, endpoints: self.endpoints.clone(), health: self.health },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RoundRobin`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F, B> {
+        Called {
+            #[pin]
+            future: F,
+            endpoint: Arc<Endpoint>,
+            endpoints: Endpoints,
+            health: Health,
+        },
+        NoEndpoint { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Called { future, endpoint, endpoints, health } => {
+                let mut result = std::task::ready!(future.poll(cx));
+                if let Ok(response) = &mut result {
+                    let refused = response
+                        .extensions()
+                        .get::<UpstreamError>()
+                        .is_some_and(|e| e.kind() == UpstreamErrorKind::Connect);
+                    if refused {
+                        if endpoints.record_failure(endpoint, health.eject_after, health.cool_down) {
+                            tracing::warn!(endpoint = %endpoint, cool_down = ?health.cool_down, "endpoint ejected");
+                        }
+                    } else {
+                        endpoints.record_success(endpoint);
+                    }
+                    response.extensions_mut().insert(ChosenEndpoint(endpoint.clone()));
+                }
+                Poll::Ready(result)
+            }
+            StateProj::NoEndpoint { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+
+    /// An inner service that answers with the URI it was sent, and refuses
+    /// connections to the authorities in `down`.
+    fn echo(
+        down: &'static [&'static str],
+    ) -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible, Future: Send> + Clone + Send {
+        tower::service_fn(move |req: Request<()>| async move {
+            let authority = req.uri().authority().unwrap().to_string();
+            if down.contains(&authority.as_str()) {
+                return Ok(UpstreamError::new(UpstreamErrorKind::Connect).into_response());
+            }
+            Ok::<_, Infallible>(Response::new(Bytes::from(req.uri().to_string())))
+        })
+    }
+
+    async fn send<S>(svc: &mut S, path: &str) -> Response<Bytes>
+    where
+        S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible>,
+    {
+        svc.ready().await.unwrap().call(Request::get(path).body(()).unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn rewrites_destination_and_keeps_path_and_query() {
+        let endpoints = Endpoints::new(["http://a:1", "http://b:2"]).unwrap();
+        let mut svc = ServiceBuilder::new().layer(RoundRobinLayer::new(endpoints)).service(echo(&[]));
+        let first = send(&mut svc, "/item?x=1").await;
+        assert_eq!(first.body(), "http://a:1/item?x=1");
+        assert_eq!(first.extensions().get::<ChosenEndpoint>().unwrap().0.authority(), "a:1");
+        assert_eq!(send(&mut svc, "/item?x=1").await.body(), "http://b:2/item?x=1");
+    }
+
+    #[tokio::test]
+    async fn keeps_http2_authority_as_host() {
+        let endpoints = Endpoints::new(["http://a:1"]).unwrap();
+        let svc =
+            ServiceBuilder::new().layer(RoundRobinLayer::new(endpoints)).service_fn(|req: Request<()>| async move {
+                Ok::<_, Infallible>(Response::new(Bytes::from(
+                    req.headers()[header::HOST].to_str().unwrap().to_owned(),
+                )))
+            });
+        let req = Request::get("http://gateway.example/x").body(()).unwrap();
+        assert_eq!(svc.oneshot(req).await.unwrap().body(), "gateway.example");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fair_under_concurrent_calls() {
+        let endpoints = Endpoints::new(["http://a:1", "http://b:1", "http://c:1"]).unwrap();
+        let svc = ServiceBuilder::new().layer(RoundRobinLayer::new(endpoints)).service(echo(&[]));
+        let n = 1_000;
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let res = svc.oneshot(Request::get("/").body(()).unwrap()).await.unwrap();
+                    res.extensions().get::<ChosenEndpoint>().unwrap().0.authority().to_string()
+                })
+            })
+            .collect();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for task in tasks {
+            *counts.entry(task.await.unwrap()).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        for (endpoint, count) in counts {
+            assert!(count.abs_diff(n / 3) <= 1, "{endpoint} got {count} of {n}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_refusing_endpoint_and_takes_it_back_after_cool_down() {
+        let endpoints = Endpoints::new(["http://a:1", "http://down:1", "http://c:1"]).unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(RoundRobinLayer::new(endpoints.clone()).cool_down(Duration::from_secs(5)))
+            .service(echo(&["down:1"]));
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            let res = send(&mut svc, "/").await;
+            seen.push(res.extensions().get::<ChosenEndpoint>().unwrap().0.authority().to_string());
+        }
+        // One refusal, then skipped.
+        assert_eq!(seen.iter().filter(|a| *a == "down:1").count(), 1, "{seen:?}");
+        assert_eq!(endpoints.ejected(), 1);
+
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(endpoints.ejected(), 1, "still cooling down");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(endpoints.ejected(), 0, "back by itself");
+        let tried: Vec<_> = futures_collect(&mut svc, 3).await;
+        assert!(tried.iter().any(|a| a == "down:1"), "{tried:?}");
+    }
+
+    async fn futures_collect<S>(svc: &mut S, n: usize) -> Vec<String>
+    where
+        S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible>,
+    {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let res = send(svc, "/").await;
+            out.push(res.extensions().get::<ChosenEndpoint>().unwrap().0.authority().to_string());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn all_ejected_still_reaches_an_endpoint() {
+        let endpoints = Endpoints::new(["http://a:1", "http://b:1"]).unwrap();
+        let mut svc =
+            ServiceBuilder::new().layer(RoundRobinLayer::new(endpoints.clone())).service(echo(&["a:1", "b:1"]));
+        for _ in 0..4 {
+            let res = send(&mut svc, "/").await;
+            assert_eq!(res.extensions().get::<UpstreamError>().unwrap().kind(), UpstreamErrorKind::Connect);
+        }
+        assert_eq!(endpoints.ejected(), 2);
+    }
+
+    #[tokio::test]
+    async fn empty_set_answers_503_then_recovers_on_replace() {
+        let endpoints = Endpoints::new(Vec::<&str>::new()).unwrap();
+        let mut svc = ServiceBuilder::new().layer(RoundRobinLayer::new(endpoints.clone())).service(echo(&[]));
+        let res = send(&mut svc, "/").await;
+        assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["error"]["code"], "no_endpoint");
+        endpoints.replace(["http://a:1"]).unwrap();
+        assert_eq!(send(&mut svc, "/x").await.body(), "http://a:1/x");
+    }
+
+    #[tokio::test]
+    async fn replaced_set_is_used_by_running_service() {
+        let endpoints = Endpoints::new(["http://a:1"]).unwrap();
+        let mut svc = ServiceBuilder::new().layer(RoundRobinLayer::new(endpoints.clone())).service(echo(&[]));
+        assert_eq!(send(&mut svc, "/").await.body(), "http://a:1/");
+        endpoints.replace(["http://b:1"]).unwrap();
+        assert_eq!(send(&mut svc, "/").await.body(), "http://b:1/");
+    }
+}

@@ -1,0 +1,49 @@
+//! API gateway building blocks as [tower] layers.
+//!
+//! Each piece works alone, in front of any `Service<http::Request<B>>`, and they
+//! compose into a gateway route with one [`ServiceBuilder`](tower::ServiceBuilder):
+//!
+//! | piece | does |
+//! |---|---|
+//! | [`StripPrefixLayer`] | strips a base path on a segment boundary, refusing paths that could escape it |
+//! | [`RetryLayer`] | retries with exponential backoff, jitter and a budget ([`tower::retry`]) |
+//! | [`RoundRobinLayer`] | picks the next endpoint of a shared, replaceable set; ejects refusing endpoints |
+//! | [`Proxy`] | forwards over a pooled hyper-util client, streaming, with forwarding headers |
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_gateway::balance::Endpoints;
+//! use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let products = Endpoints::new(["http://127.0.0.1:3001", "http://127.0.0.1:3003"]).unwrap();
+//! let route = ServiceBuilder::new()
+//!     .layer(StripPrefixLayer::new("/api/products"))
+//!     .layer(RetryLayer::new(RetryPolicy::new()).per_try_timeout(Duration::from_secs(5)))
+//!     .layer(RoundRobinLayer::new(products))
+//!     .service(Proxy::new());
+//!
+//! // `route` is a `Service<http::Request<B>>` for any body `B` with `Bytes` chunks,
+//! // infallible, so it mounts straight into axum: `Router::new().nest_service("/api/products", route)`.
+//! # fn check<S>(_: &S) where S: tower::Service<http::Request<tower_gateway::Body>, Error = std::convert::Infallible> {}
+//! # check(&route);
+//! # }
+//! ```
+//!
+//! Failures reach the client as JSON (`{"error":{"code","message"}}`) with the
+//! right status — see [`error`].
+
+pub mod balance;
+mod body;
+pub mod error;
+pub mod proxy;
+pub mod retry;
+pub mod strip_prefix;
+
+pub use self::balance::{RoundRobin, RoundRobinLayer};
+pub use self::body::Body;
+pub use self::proxy::{PeerAddr, Proxy};
+pub use self::retry::{Retry, RetryLayer, RetryPolicy};
+pub use self::strip_prefix::{StripPrefix, StripPrefixLayer};

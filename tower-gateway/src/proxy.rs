@@ -1,0 +1,329 @@
+//! The innermost service: forwards a request to the destination in its URI.
+//!
+//! [`Proxy`] sends each request with one pooled hyper-util client to the scheme
+//! and authority of its URI (set by [`RoundRobin`](crate::balance::RoundRobin),
+//! or by you), streaming bodies both ways: a 100 MB upload or download is never
+//! held in memory. On the way it
+//!
+//! - removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it
+//!   names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
+//!   `Upgrade`, `Proxy-Authorization` — from the request and from the response;
+//! - appends the client's address (from the [`PeerAddr`] extension, when there is
+//!   one) to `X-Forwarded-For`, and sets `X-Forwarded-Proto` and
+//!   `X-Forwarded-Host` (the `Host` the client asked for), replacing client-sent
+//!   copies of the last two;
+//! - sends the upstream its own authority as `Host`, over HTTP/1.1.
+//!
+//! Failures are answered, never returned as errors (`Error = Infallible`, as axum
+//! wants): a connection that could not be made is a `502` with code
+//! `upstream_connect_failed`, a connection that broke is a `502`
+//! (`upstream_reset`), no response head within the timeout a `504`
+//! (`upstream_timeout`), each with a JSON body and an
+//! [`UpstreamError`] in the response's extensions.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_gateway::{Body, Proxy};
+//!
+//! let proxy: Proxy<Body> = Proxy::builder()
+//!     .connect_timeout(Duration::from_millis(500))
+//!     .timeout(Duration::from_secs(5))
+//!     .build();
+//! # let _ = proxy;
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use http_body::Body as HttpBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use crate::Body;
+use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
+
+/// The address of the client that sent a request; put it in the request's
+/// extensions where the connection is accepted, for `X-Forwarded-For`.
+///
+/// With axum, `ConnectInfo<SocketAddr>` holds the same address:
+/// `.layer(axum::middleware::map_request(|ConnectInfo(a), mut req| { req.extensions_mut().insert(PeerAddr(a)); req }))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including every header
+/// named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Builds a [`Proxy`]. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Builder {
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    pool_idle_timeout: Duration,
+    forwarded_proto: HeaderValue,
+}
+
+impl Builder {
+    /// How long to wait for a TCP connection (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the response head, connecting included (default 15 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Waits for the response head as long as it takes.
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = None;
+        self
+    }
+
+    /// How long an idle pooled connection is kept (default 30 s).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// The `X-Forwarded-Proto` sent upstream: the scheme clients used to reach the
+    /// gateway (default `http`; say `https` behind a TLS terminator).
+    pub fn forwarded_proto(mut self, proto: &'static str) -> Self {
+        self.forwarded_proto = HeaderValue::from_static(proto);
+        self
+    }
+
+    /// The proxy, with its connection pool.
+    pub fn build<B>(self) -> Proxy<B>
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+    {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy { client, timeout: self.timeout, forwarded_proto: self.forwarded_proto }
+    }
+}
+
+/// Forwards requests to the destination in their URI. See the [module docs](self).
+#[derive(Debug)]
+pub struct Proxy<B> {
+    client: Client<HttpConnector, B>,
+    timeout: Option<Duration>,
+    forwarded_proto: HeaderValue,
+}
+
+impl<B> Clone for Proxy<B> {
+    fn clone(&self) -> Self {
+        Self { client: self.client.clone(), timeout: self.timeout, forwarded_proto: self.forwarded_proto.clone() }
+    }
+}
+
+impl<B> Default for Proxy<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Proxy<()> {
+    /// A builder for a proxy with non-default settings.
+    pub fn builder() -> Builder {
+        Builder {
+            connect_timeout: Duration::from_secs(1),
+            timeout: Some(Duration::from_secs(15)),
+            pool_idle_timeout: Duration::from_secs(30),
+            forwarded_proto: HeaderValue::from_static("http"),
+        }
+    }
+}
+
+impl<B> Proxy<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+{
+    /// A proxy with the default settings: 1 s to connect, 15 s for the response head.
+    pub fn new() -> Self {
+        Proxy::builder().build()
+    }
+}
+
+/// Prepares a request for the upstream: hop-by-hop headers out, forwarding headers in.
+fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    } else {
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), forwarded_proto.clone());
+    if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>().copied() {
+        let ip = addr.ip().to_string();
+        let headers = req.headers_mut();
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+impl<B> Service<Request<B>> for Proxy<B>
+where
+    B: HttpBody + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if req.uri().scheme().is_none() || req.uri().authority().is_none() {
+            return ResponseFuture::failed(UpstreamErrorKind::NoDestination);
+        }
+        prepare(&mut req, &self.forwarded_proto);
+        ResponseFuture {
+            state: State::Sending { future: self.client.request(req), sleep: self.timeout.map(tokio::time::sleep) },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Proxy`].
+    #[derive(Debug)]
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State {
+        Sending {
+            #[pin]
+            future: hyper_util::client::legacy::ResponseFuture,
+            #[pin]
+            sleep: Option<Sleep>,
+        },
+        Failed { kind: UpstreamErrorKind },
+    }
+}
+
+impl ResponseFuture {
+    fn failed(kind: UpstreamErrorKind) -> Self {
+        Self { state: State::Failed { kind } }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let kind = match self.project().state.project() {
+            StateProj::Failed { kind } => *kind,
+            StateProj::Sending { future, sleep } => match future.poll(cx) {
+                Poll::Ready(Ok(response)) => {
+                    let (mut parts, body) = response.into_parts();
+                    remove_hop_by_hop(&mut parts.headers);
+                    return Poll::Ready(Ok(Response::from_parts(parts, Body::streamed(body))));
+                }
+                Poll::Ready(Err(err)) => {
+                    let kind = if err.is_connect() { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Reset };
+                    tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
+                    kind
+                }
+                Poll::Pending => match sleep.as_pin_mut() {
+                    Some(sleep) => {
+                        std::task::ready!(sleep.poll(cx));
+                        UpstreamErrorKind::Timeout
+                    }
+                    None => return Poll::Pending,
+                },
+            },
+        };
+        Poll::Ready(Ok(UpstreamError::new(kind).into_response()))
+    }
+}
+
+/// Displays an error with its sources, which is where hyper keeps the detail.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod tests;

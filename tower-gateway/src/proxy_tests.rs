@@ -1,0 +1,269 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use super::*;
+use crate::error::BoxError;
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Serves `handler` on a fresh loopback port until the test ends.
+async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+fn to(addr: SocketAddr, path: &str) -> Uri {
+    format!("http://{addr}{path}").parse().unwrap()
+}
+
+fn error_code(body: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    json["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn hop_by_hop_headers_and_connection_named_ones_are_removed() {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("connection", "keep-alive, X-Secret ,x-other"),
+        ("connection", "x-third"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "trailers"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+        ("x-secret", "1"),
+        ("x-other", "2"),
+        ("x-third", "3"),
+        ("x-kept", "4"),
+        ("authorization", "Bearer t"),
+    ] {
+        headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    remove_hop_by_hop(&mut headers);
+    let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(left, ["x-kept", "authorization"]);
+}
+
+#[tokio::test]
+async fn forwards_request_and_relays_response() {
+    let upstream = serve(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let h = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        let seen = serde_json::json!({
+            "method": parts.method.as_str(),
+            "uri": parts.uri.to_string(),
+            "version": format!("{:?}", parts.version),
+            "host": h("host"),
+            "xff": h("x-forwarded-for"),
+            "xfp": h("x-forwarded-proto"),
+            "xfh": h("x-forwarded-host"),
+            "custom": h("x-custom"),
+            "secret": h("x-secret"),
+            "body": String::from_utf8(body.to_vec()).unwrap(),
+        });
+        Response::builder()
+            .status(201)
+            .header("x-from-upstream", "yes")
+            .header("keep-alive", "timeout=5")
+            .header("connection", "x-upstream-private")
+            .header("x-upstream-private", "1")
+            .body(full(seen.to_string()))
+            .unwrap()
+    })
+    .await;
+
+    let mut req = Request::builder()
+        .method(Method::PATCH)
+        .uri(to(upstream, "/item/7?x=1&y=2"))
+        .header("host", "gateway.example:8080")
+        .header("x-custom", "kept")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "gopher")
+        .body(full("payload"))
+        .unwrap();
+    req.extensions_mut().insert(PeerAddr("192.0.2.1:5555".parse().unwrap()));
+    let res = Proxy::new().oneshot(req).await.unwrap();
+
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["x-from-upstream"], "yes");
+    assert!(res.headers().get("keep-alive").is_none());
+    assert!(res.headers().get("x-upstream-private").is_none());
+    let seen: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(seen["method"], "PATCH");
+    assert_eq!(seen["uri"], "/item/7?x=1&y=2");
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["host"], upstream.to_string());
+    assert_eq!(seen["xff"], "203.0.113.9, 192.0.2.1");
+    assert_eq!(seen["xfp"], "http");
+    assert_eq!(seen["xfh"], "gateway.example:8080");
+    assert_eq!(seen["custom"], "kept");
+    assert_eq!(seen["secret"], serde_json::Value::Null);
+    assert_eq!(seen["body"], "payload");
+}
+
+#[tokio::test]
+async fn refused_connection_is_502_connect() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let req = Request::get(to(closed, "/")).body(full("")).unwrap();
+    let res = Proxy::new().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(res.extensions().get::<UpstreamError>().unwrap().kind(), UpstreamErrorKind::Connect);
+    assert_eq!(error_code(&res.into_body().collect().await.unwrap().to_bytes()), "upstream_connect_failed");
+}
+
+#[tokio::test]
+async fn connection_closed_before_response_is_502_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            // Read a little of the request, then hang up without answering.
+            let mut buf = [0u8; 16];
+            let _ = stream.readable().await;
+            let _ = stream.try_read(&mut buf);
+            drop(stream);
+        }
+    });
+    let req = Request::post(to(addr, "/")).body(full("order")).unwrap();
+    let res = Proxy::new().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(res.extensions().get::<UpstreamError>().unwrap().kind(), UpstreamErrorKind::Reset);
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_after_the_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (hold, mut held) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = hold.send(stream); // keep it open, never answer
+        }
+    });
+    let proxy: Proxy<TestBody> = Proxy::builder().timeout(Duration::from_millis(200)).build();
+    let start = std::time::Instant::now();
+    let res = proxy.oneshot(Request::get(to(addr, "/")).body(full("")).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.extensions().get::<UpstreamError>().unwrap().kind(), UpstreamErrorKind::Timeout);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(held.try_recv().is_ok(), "the upstream did get the connection");
+}
+
+#[tokio::test]
+async fn request_without_destination_is_502() {
+    let res = Proxy::<TestBody>::new().oneshot(Request::get("/relative").body(full("")).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_code(&res.into_body().collect().await.unwrap().to_bytes()), "no_destination");
+}
+
+const CHUNK: usize = 64 * 1024;
+const TOTAL: usize = 100 * 1024 * 1024;
+
+/// 100 MB each way, in lock step: the next upload chunk is only produced once the
+/// upstream has received the previous one, so a proxy that buffered the body
+/// would never finish. The download is produced lazily too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_100_mb_both_ways_without_buffering() {
+    let received = Arc::new(AtomicU64::new(0));
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
+    let upstream = {
+        let received = received.clone();
+        serve(move |req: Request<Incoming>| {
+            let (received, ack_tx) = (received.clone(), ack_tx.clone());
+            async move {
+                let mut body = req.into_body();
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        let total = received.fetch_add(data.len() as u64, Ordering::SeqCst) + data.len() as u64;
+                        let _ = ack_tx.send(total);
+                    }
+                }
+                let chunks = futures_util::stream::iter(
+                    (0..TOTAL / CHUNK)
+                        .map(|_| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![7u8; CHUNK])))),
+                );
+                Response::new(BodyExt::boxed(StreamBody::new(chunks)))
+            }
+        })
+        .await
+    };
+
+    let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|f| (f, rx)) }));
+    let req = Request::put(to(upstream, "/upload"))
+        .header("content-length", TOTAL.to_string())
+        .body(BodyExt::boxed(body))
+        .unwrap();
+    let proxy: Proxy<TestBody> = Proxy::new();
+    let response = tokio::spawn(proxy.oneshot(req));
+
+    let mut sent = 0u64;
+    while sent < TOTAL as u64 {
+        tx.send(Ok(http_body::Frame::data(Bytes::from(vec![1u8; CHUNK])))).await.unwrap();
+        sent += CHUNK as u64;
+        // Wait until the upstream has this chunk before making the next one.
+        let wait = async {
+            while let Some(total) = ack_rx.recv().await {
+                if total >= sent {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the proxy held the upload back");
+    }
+    drop(tx);
+
+    let res = response.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut downloaded = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            downloaded += data.len();
+        }
+    }
+    assert_eq!(received.load(Ordering::SeqCst), TOTAL as u64);
+    assert_eq!(downloaded, TOTAL);
+}

@@ -1,0 +1,332 @@
+//! Retries with exponential backoff, jitter and a budget, built on [`tower::retry`].
+//!
+//! [`RetryLayer`] sends a failed request again according to a [`RetryPolicy`]
+//! (see there for what is retried and when). Placed above
+//! [`RoundRobinLayer`](crate::balance::RoundRobinLayer), each retry goes to the
+//! next endpoint.
+//!
+//! **Bodies.** A request body whose size is known and at most
+//! [`max_replay_body`](RetryLayer::max_replay_body) (default 64 KiB) is read into
+//! memory first so that it can be sent again byte for byte; a larger body, or one
+//! of unknown length, is streamed through once and its request is never retried.
+//! A body that breaks off while being read is answered `400` (`invalid_body`).
+//!
+//! **Per-try timeout.** With [`per_try_timeout`](RetryLayer::per_try_timeout), an
+//! attempt that has not answered in time is answered `504` with an
+//! `UpstreamError` of kind `Timeout` — and, being a
+//! 504, retried if the request is idempotent.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower::retry::budget::TpsBudget;
+//! use tower_gateway::retry::{RetryLayer, RetryPolicy};
+//! use tower_gateway::{Body, Proxy};
+//!
+//! let policy = RetryPolicy::new()
+//!     .max_attempts(3)
+//!     .backoff(Duration::from_millis(100), Duration::from_secs(1), 0.5)
+//!     .unwrap()
+//!     .budget(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+//! let svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(policy).per_try_timeout(Duration::from_secs(2)))
+//!     .service(Proxy::new());
+//! # fn check<S: tower::Service<http::Request<Body>>>(_: &S) {}
+//! # check(&svc);
+//! ```
+
+mod body;
+mod policy;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Limited};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use self::body::ReplayBody;
+pub use self::policy::{Attempts, IDEMPOTENCY_KEY, RetryPolicy};
+use crate::error::{BoxError, UpstreamError, UpstreamErrorKind, json_error};
+
+/// Retries failed requests. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    policy: RetryPolicy,
+    per_try_timeout: Option<Duration>,
+    max_replay_body: usize,
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new(RetryPolicy::default())
+    }
+}
+
+impl RetryLayer {
+    /// Retries according to `policy`, with no per-try timeout and a 64 KiB replay buffer.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self { policy, per_try_timeout: None, max_replay_body: 64 * 1024 }
+    }
+
+    /// Answers an attempt that takes longer than `timeout` with a `504`.
+    pub fn per_try_timeout(mut self, timeout: Duration) -> Self {
+        self.per_try_timeout = Some(timeout);
+        self
+    }
+
+    /// Buffers request bodies up to `bytes` so they can be replayed.
+    pub fn max_replay_body(mut self, bytes: usize) -> Self {
+        self.max_replay_body = bytes;
+        self
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let attempt = Attempt { inner, timeout: self.per_try_timeout };
+        Retry {
+            policy: self.policy.clone(),
+            inner: tower::retry::Retry::new(self.policy.clone(), attempt),
+            max_replay_body: self.max_replay_body,
+        }
+    }
+}
+
+/// Retries failed requests. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    policy: RetryPolicy,
+    inner: tower::retry::Retry<RetryPolicy, Attempt<S>>,
+    max_replay_body: usize,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner`, retrying according to `policy`.
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        RetryLayer::new(policy).layer(inner)
+    }
+
+    /// A [`RetryLayer`] with `policy`.
+    pub fn layer(policy: RetryPolicy) -> RetryLayer {
+        RetryLayer::new(policy)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner.get_ref().inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner.get_mut().inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner.into_inner().inner
+    }
+}
+
+type TowerRetry<S> = tower::retry::Retry<RetryPolicy, Attempt<S>>;
+type TowerFuture<S, B> = tower::retry::future::ResponseFuture<RetryPolicy, Attempt<S>, Request<ReplayBody<B>>>;
+
+impl<S, B, RB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    RB: From<Bytes>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, RB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.policy.deposit();
+        let (parts, body) = req.into_parts();
+        if body.is_end_stream() {
+            let req = Request::from_parts(parts, ReplayBody::buffered(Bytes::new()));
+            return ResponseFuture::calling(self.inner.call(req));
+        }
+        let fits = body.size_hint().upper().is_some_and(|n| n <= self.max_replay_body as u64);
+        if !fits {
+            let req = Request::from_parts(parts, ReplayBody::streamed(body));
+            return ResponseFuture::calling(self.inner.call(req));
+        }
+        // The ready service goes into the future; a fresh clone stays behind.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Collecting {
+                collect: Limited::new(body, self.max_replay_body).collect(),
+                parts: Some(parts),
+                service: Some(service),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Retry`].
+    pub struct ResponseFuture<S, B, RB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        B: HttpBody,
+        B::Error: Into<BoxError>,
+        RB: From<Bytes>,
+    {
+        #[pin]
+        state: State<S, B, RB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, RB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        B: HttpBody,
+        B::Error: Into<BoxError>,
+        RB: From<Bytes>,
+    {
+        Collecting {
+            #[pin]
+            collect: Collect<Limited<B>>,
+            parts: Option<Parts>,
+            service: Option<TowerRetry<S>>,
+        },
+        Calling { #[pin] future: TowerFuture<S, B> },
+    }
+}
+
+impl<S, B, RB> ResponseFuture<S, B, RB>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+    RB: From<Bytes>,
+{
+    fn calling(future: TowerFuture<S, B>) -> Self {
+        Self { state: State::Calling { future } }
+    }
+}
+
+impl<S, B, RB> std::fmt::Debug for ResponseFuture<S, B, RB>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+    RB: From<Bytes>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B, RB>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    RB: From<Bytes>,
+{
+    type Output = Result<Response<RB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Collecting { collect, parts, service } => {
+                    let body = match ready!(collect.poll(cx)) {
+                        Ok(collected) => collected.to_bytes(),
+                        Err(err) => {
+                            tracing::debug!(%err, "request body could not be read");
+                            let message = "the request body could not be read";
+                            return Poll::Ready(Ok(json_error(StatusCode::BAD_REQUEST, "invalid_body", message)));
+                        }
+                    };
+                    let req = Request::from_parts(parts.take().expect("parts taken once"), ReplayBody::buffered(body));
+                    let future = service.as_mut().expect("service taken once").call(req);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => return future.poll(cx),
+            }
+        }
+    }
+}
+
+/// One attempt: the inner service, under the per-try timeout.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt<S> {
+    inner: S,
+    timeout: Option<Duration>,
+}
+
+impl<S, Req, RB> Service<Req> for Attempt<S>
+where
+    S: Service<Req, Response = Response<RB>>,
+    RB: From<Bytes>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        AttemptFuture { future: self.inner.call(req), sleep: self.timeout.map(tokio::time::sleep) }
+    }
+}
+
+pin_project! {
+    #[derive(Debug)]
+    pub(crate) struct AttemptFuture<F> {
+        #[pin]
+        future: F,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl<F, RB, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: From<Bytes>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.future.poll(cx) {
+            return Poll::Ready(result);
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            ready!(sleep.poll(cx));
+            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Timeout).into_response()));
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests;

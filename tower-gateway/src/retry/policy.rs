@@ -1,0 +1,237 @@
+//! When to retry, and how long to wait: the [`tower::retry::Policy`] behind
+//! [`RetryLayer`](super::RetryLayer).
+
+use std::collections::hash_map::RandomState;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, Request, Response, StatusCode};
+use tower::retry::Policy;
+use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, InvalidBackoff, MakeBackoff};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::util::rng::{HasherRng, Rng};
+
+use super::body::ReplayBody;
+use crate::error::{UpstreamError, UpstreamErrorKind};
+
+/// The header that marks a non-idempotent request as safe to send twice.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// How many attempts a request took, in the extensions of a response that went
+/// through [`Retry`](super::Retry) with a replayable body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
+/// A jitter source whose clones draw different numbers.
+///
+/// tower's backoff clones its RNG for every request; cloning a seeded RNG would
+/// give every request the same "random" delays and line their retries up again —
+/// the herd that jitter exists to break. So a clone here is a freshly seeded one.
+#[derive(Debug)]
+pub(crate) struct FreshRng(HasherRng);
+
+impl Clone for FreshRng {
+    fn clone(&self) -> Self {
+        Self(HasherRng::with_hasher(RandomState::new()))
+    }
+}
+
+impl Rng for FreshRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    max_attempts: u32,
+    backoff: ExponentialBackoffMaker<FreshRng>,
+}
+
+/// Decides which failed requests to send again, when, and how often.
+///
+/// - A connection that was never made ([`UpstreamErrorKind::Connect`]) is retried
+///   for every method: nothing reached the upstream.
+/// - `502`, `503`, `504` (resets and timeouts among them) and errors of the inner
+///   service are retried only for idempotent methods (`GET`, `HEAD`, `OPTIONS`,
+///   `TRACE`, `PUT`, `DELETE`) or requests with an `Idempotency-Key` header.
+/// - At most [`max_attempts`](Self::max_attempts) attempts in all (default 3, the
+///   seed's), waiting an exponential backoff with jitter between them (default:
+///   100 ms, doubling, at most 2 s, plus up to 50 % jitter), and only while the
+///   retry [budget](Self::budget) allows (default: tower's [`TpsBudget`], retries
+///   up to 20 % of requests plus 10 a second), so that retries cannot multiply the
+///   load on an upstream that is already failing.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    config: Arc<Config>,
+    budget: Arc<TpsBudget>,
+    attempts: u32,
+    backoff: Option<ExponentialBackoff<FreshRng>>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryPolicy {
+    /// The default policy: 3 attempts, 100 ms–2 s backoff with 50 % jitter, tower's default budget.
+    pub fn new() -> Self {
+        let backoff = ExponentialBackoffMaker::new(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+            0.5,
+            FreshRng(HasherRng::new()),
+        )
+        .expect("the default backoff is valid");
+        Self {
+            config: Arc::new(Config { max_attempts: 3, backoff }),
+            budget: Arc::new(TpsBudget::default()),
+            attempts: 1,
+            backoff: None,
+        }
+    }
+
+    /// At most `attempts` attempts per request, the first included (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        Arc::make_mut(&mut self.config).max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Waits `min` before the first retry, doubling each time up to `max`, plus a
+    /// random extra of up to `jitter` times that (0.0–100.0).
+    pub fn backoff(mut self, min: Duration, max: Duration, jitter: f64) -> Result<Self, InvalidBackoff> {
+        Arc::make_mut(&mut self.config).backoff =
+            ExponentialBackoffMaker::new(min, max, jitter, FreshRng(HasherRng::new()))?;
+        Ok(self)
+    }
+
+    /// The retry budget, shared by every request through this policy's layer.
+    pub fn budget(mut self, budget: TpsBudget) -> Self {
+        self.budget = Arc::new(budget);
+        self
+    }
+
+    pub(crate) fn deposit(&self) {
+        self.budget.deposit();
+    }
+
+    fn done<B>(&self, result: &mut Result<Response<B>, impl Sized>) -> Option<tokio::time::Sleep> {
+        if let Ok(response) = result {
+            response.extensions_mut().insert(Attempts(self.attempts));
+        }
+        None
+    }
+}
+
+/// RFC 9110 §9.2.2, plus an explicit `Idempotency-Key`.
+pub(crate) fn is_idempotent<B>(req: &Request<B>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+        || req.headers().contains_key(&IDEMPOTENCY_KEY)
+}
+
+/// Whether a failed attempt may be sent again (budget and attempts aside).
+pub(crate) fn is_retryable<B, RB, E>(req: &Request<B>, result: &Result<Response<RB>, E>) -> bool {
+    match result {
+        Ok(response) => {
+            if response.extensions().get::<UpstreamError>().is_some_and(|e| e.kind() == UpstreamErrorKind::Connect) {
+                return true;
+            }
+            matches!(
+                response.status(),
+                StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+            ) && is_idempotent(req)
+        }
+        Err(_) => is_idempotent(req),
+    }
+}
+
+impl<B, RB, E> Policy<Request<ReplayBody<B>>, Response<RB>, E> for RetryPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<ReplayBody<B>>,
+        result: &mut Result<Response<RB>, E>,
+    ) -> Option<Self::Future> {
+        if !is_retryable(req, result) || self.attempts >= self.config.max_attempts {
+            return self.done(result);
+        }
+        if !self.budget.withdraw() {
+            tracing::debug!(attempts = self.attempts, "retry budget exhausted");
+            return self.done(result);
+        }
+        self.attempts += 1;
+        let config = &self.config;
+        let backoff = self.backoff.get_or_insert_with(|| config.backoff.clone().make_backoff());
+        Some(backoff.next_backoff())
+    }
+
+    fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        let body = req.body().try_clone()?;
+        let mut clone = Request::new(body);
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        *clone.extensions_mut() = req.extensions().clone();
+        Some(clone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, key: bool) -> Request<()> {
+        let mut builder = Request::builder().method(method);
+        if key {
+            builder = builder.header(&IDEMPOTENCY_KEY, "k1");
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn status(code: u16) -> Result<Response<()>, ()> {
+        Ok(Response::builder().status(code).body(()).unwrap())
+    }
+
+    #[test]
+    fn connect_failures_are_retried_for_every_method() {
+        let refused: Result<Response<()>, ()> =
+            Ok(UpstreamError::new(UpstreamErrorKind::Connect).into_response::<bytes::Bytes>().map(|_| ()));
+        for method in [Method::GET, Method::POST, Method::PATCH] {
+            assert!(is_retryable(&req(method, false), &refused));
+        }
+    }
+
+    #[test]
+    fn gateway_errors_are_retried_only_when_idempotent() {
+        for code in [502, 503, 504] {
+            assert!(is_retryable(&req(Method::GET, false), &status(code)));
+            assert!(is_retryable(&req(Method::PUT, false), &status(code)));
+            assert!(is_retryable(&req(Method::DELETE, false), &status(code)));
+            assert!(!is_retryable(&req(Method::POST, false), &status(code)));
+            assert!(!is_retryable(&req(Method::PATCH, false), &status(code)));
+            assert!(is_retryable(&req(Method::POST, true), &status(code)));
+        }
+        assert!(is_retryable(&req(Method::GET, false), &Err::<Response<()>, _>(())));
+        assert!(!is_retryable(&req(Method::POST, false), &Err::<Response<()>, _>(())));
+    }
+
+    #[test]
+    fn other_statuses_are_not_retried() {
+        for code in [200, 201, 400, 404, 409, 422, 500, 501] {
+            assert!(!is_retryable(&req(Method::GET, true), &status(code)), "{code}");
+        }
+    }
+
+    #[test]
+    fn fresh_rng_clones_differ() {
+        let mut a = FreshRng(HasherRng::new());
+        let mut b = a.clone();
+        let mut c = b.clone();
+        let (x, y, z) = (a.next_u64(), b.next_u64(), c.next_u64());
+        assert!(x != y || y != z, "clones drew the same numbers");
+    }
+}
