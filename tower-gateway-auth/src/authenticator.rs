@@ -1,0 +1,335 @@
+//! The shared state of JWT authentication: keys, rules, the store and the cache.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::cache::Cache;
+use crate::claims::Authenticated;
+use crate::error::{ConfigError, Rejection, StoreError};
+use crate::store::{MemoryStore, TokenRecord, TokenState, TokenStore, unix_now};
+use crate::verify::{Key, Rules, Verifier};
+
+/// The longest `Authorization` header accepted.
+pub const MAX_AUTHORIZATION_LEN: usize = 8 * 1024;
+
+/// The largest leeway the builder accepts for `exp`, `nbf` and `iat`.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(5);
+
+/// A token that validated: its claims, its id, and the identity headers it gives.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub(crate) who: Authenticated,
+    pub(crate) id: Box<str>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Verified {
+    fn record(&self) -> TokenRecord<'_> {
+        TokenRecord { id: &self.id, subject: &self.who.sub, issued_at: self.who.iat, expires_at: self.who.exp }
+    }
+}
+
+/// The first, synchronous step of authenticating a request.
+pub(crate) enum Step {
+    /// Found fresh in the cache.
+    Allow(Arc<Verified>),
+    /// Refused without asking the store.
+    Reject(Rejection),
+    /// Valid locally; the store must be asked.
+    Check(Box<str>, Arc<Verified>),
+}
+
+struct Inner {
+    verifier: Verifier,
+    store: Arc<dyn TokenStore>,
+    cache: Cache,
+    subject_header: Option<HeaderName>,
+    email_header: Option<HeaderName>,
+    /// Both of the above, for removing client-sent copies.
+    identity_names: Vec<HeaderName>,
+    fail_open: bool,
+    max_lifetime: u64,
+}
+
+/// Keys, rules, token store and cache, shared by every [`JwtAuthLayer`](crate::JwtAuthLayer)
+/// made from it and by the code that revokes tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("verifier", &self.inner.verifier)
+            .field("store", &self.inner.store)
+            .field("fail_open", &self.inner.fail_open)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Authenticator`]. See [`Authenticator::builder`] for the defaults.
+#[derive(Debug)]
+pub struct AuthenticatorBuilder {
+    keys: Vec<Key>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Duration,
+    max_lifetime: Duration,
+    store: Option<Arc<dyn TokenStore>>,
+    cache_bound: Duration,
+    cache_capacity: usize,
+    subject_header: Option<String>,
+    email_header: Option<String>,
+    fail_open: bool,
+}
+
+impl AuthenticatorBuilder {
+    /// Another key, told apart by its `kid` (see [`Key::with_kid`]).
+    pub fn key(mut self, key: Key) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    /// Tokens must carry this `iss`.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Tokens must carry this `aud`.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (default 2 s, at most [`MAX_LEEWAY`]).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Tokens living longer than this are refused (default 24 h).
+    pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.max_lifetime = max_lifetime;
+        self
+    }
+
+    /// Where revocations live (default: a fresh [`MemoryStore`]).
+    pub fn store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// How long a token found active may be trusted without asking the store
+    /// again (default 1 s; zero asks every time). This bounds how late a
+    /// revocation made through another process is seen.
+    pub fn cache_bound(mut self, bound: Duration) -> Self {
+        self.cache_bound = bound;
+        self
+    }
+
+    /// How many tokens the cache holds at most (default 100 000).
+    pub fn cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache_capacity = capacity;
+        self
+    }
+
+    /// The headers that carry `sub` and `email` to the inner service (default
+    /// `x-user-id` and `x-user-email`; `None` sends none). Client-sent copies are
+    /// always removed.
+    pub fn identity_headers(mut self, subject: Option<&str>, email: Option<&str>) -> Self {
+        self.subject_header = subject.map(str::to_owned);
+        self.email_header = email.map(str::to_owned);
+        self
+    }
+
+    /// Lets locally valid tokens through when the store cannot be reached
+    /// (default: refuse with 503). Revoked tokens then pass while the store is down.
+    pub fn fail_open(mut self, fail_open: bool) -> Self {
+        self.fail_open = fail_open;
+        self
+    }
+
+    /// The authenticator, or what is wrong with the configuration.
+    pub fn build(self) -> Result<Authenticator, ConfigError> {
+        if self.leeway > MAX_LEEWAY {
+            return Err(ConfigError(format!("leeway must be at most {MAX_LEEWAY:?}")));
+        }
+        if self.max_lifetime.is_zero() {
+            return Err(ConfigError("max_lifetime must be positive".into()));
+        }
+        let header = |name: Option<String>| {
+            name.map(|n| HeaderName::try_from(n.as_str()).map_err(|e| ConfigError(format!("header {n:?}: {e}"))))
+                .transpose()
+        };
+        let rules = Rules {
+            issuer: self.issuer,
+            audience: self.audience,
+            leeway: self.leeway.as_secs(),
+            max_lifetime: self.max_lifetime.as_secs(),
+        };
+        let subject_header = header(self.subject_header)?;
+        let email_header = header(self.email_header)?;
+        Ok(Authenticator {
+            inner: Arc::new(Inner {
+                verifier: Verifier::new(self.keys, &rules)?,
+                store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                cache: Cache::new(self.cache_bound, self.cache_capacity),
+                identity_names: subject_header.iter().chain(email_header.iter()).cloned().collect(),
+                subject_header,
+                email_header,
+                fail_open: self.fail_open,
+                max_lifetime: rules.max_lifetime,
+            }),
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(Rejection::MissingToken)?;
+    if values.next().is_some() || value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(Rejection::MalformedToken);
+    }
+    let value = value.to_str().map_err(|_| Rejection::MalformedToken)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(Rejection::MalformedToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Rejection::MissingToken);
+    }
+    let token = token.trim();
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if token.is_empty() || !token.bytes().all(allowed) {
+        return Err(Rejection::MalformedToken);
+    }
+    Ok(token)
+}
+
+impl Authenticator {
+    /// A builder verifying tokens with `key`. Defaults: `exp` and `sub` required,
+    /// `nbf` checked, 2 s leeway, 24 h maximum lifetime, no issuer or audience
+    /// check, an in-memory store, a 1 s cache bound, identity headers `x-user-id`
+    /// and `x-user-email`, fail closed.
+    pub fn builder(key: Key) -> AuthenticatorBuilder {
+        AuthenticatorBuilder {
+            keys: vec![key],
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(2),
+            max_lifetime: Duration::from_secs(24 * 60 * 60),
+            store: None,
+            cache_bound: Duration::from_secs(1),
+            cache_capacity: 100_000,
+            subject_header: Some("x-user-id".into()),
+            email_header: Some("x-user-email".into()),
+            fail_open: false,
+        }
+    }
+
+    /// The token store.
+    pub fn store(&self) -> &Arc<dyn TokenStore> {
+        &self.inner.store
+    }
+
+    /// Whether the store answers (for readiness checks).
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.store.ping().await
+    }
+
+    /// The identity headers this authenticator sets, to be removed from requests.
+    pub(crate) fn identity_header_names(&self) -> &[HeaderName] {
+        &self.inner.identity_names
+    }
+
+    fn verify(&self, token: &str) -> Result<Verified, Rejection> {
+        let claims = self.inner.verifier.verify(token, unix_now())?;
+        let id: Box<str> = match &claims.jti {
+            Some(jti) => jti.as_str().into(),
+            // Without a jti, the signature names the token uniquely.
+            None => token.rsplit('.').next().unwrap_or(token).into(),
+        };
+        let mut headers = Vec::with_capacity(2);
+        let mut add = |name: &Option<HeaderName>, value: Option<&str>| {
+            if let (Some(name), Some(value)) = (name, value.and_then(|v| HeaderValue::from_str(v).ok())) {
+                headers.push((name.clone(), value));
+            }
+        };
+        add(&self.inner.subject_header, Some(&claims.sub));
+        add(&self.inner.email_header, claims.email.as_deref());
+        Ok(Verified { who: Authenticated(Arc::new(claims)), id, headers })
+    }
+
+    pub(crate) fn begin(&self, headers: &HeaderMap) -> Step {
+        let token = match bearer(headers) {
+            Ok(token) => token,
+            Err(rejection) => return Step::Reject(rejection),
+        };
+        if let Some(verified) = self.inner.cache.get(token) {
+            return Step::Allow(verified);
+        }
+        match self.verify(token) {
+            Ok(verified) => Step::Check(token.into(), Arc::new(verified)),
+            Err(rejection) => Step::Reject(rejection),
+        }
+    }
+
+    pub(crate) async fn finish(&self, token: Box<str>, verified: Arc<Verified>) -> Result<Arc<Verified>, Rejection> {
+        match self.inner.store.check(verified.record()).await {
+            Ok(TokenState::Active) => {
+                let remaining = verified.who.exp.saturating_sub(unix_now());
+                self.inner.cache.insert(token, verified.clone(), Duration::from_secs(remaining));
+                Ok(verified)
+            }
+            Ok(TokenState::Revoked) => Err(Rejection::Revoked),
+            Err(err) if self.inner.fail_open => {
+                tracing::warn!(%err, "token store unavailable; letting a locally valid token through (fail open)");
+                Ok(verified)
+            }
+            Err(err) => {
+                tracing::warn!(%err, "token store unavailable; refusing (fail closed)");
+                Err(Rejection::StoreUnavailable)
+            }
+        }
+    }
+
+    /// Authenticates a bare token, as the layer would (cache, validation, store).
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, Rejection> {
+        if let Some(verified) = self.inner.cache.get(token) {
+            return Ok(verified.who.clone());
+        }
+        let verified = Arc::new(self.verify(token)?);
+        Ok(self.finish(token.into(), verified).await?.who.clone())
+    }
+
+    /// Revokes `token` until it expires — one store write — and forgets it here
+    /// at once; other processes see it within their cache bound. The token must
+    /// be valid (an invalid one is refused anyway). Returns its claims.
+    pub async fn revoke_token(&self, token: &str) -> Result<Authenticated, Rejection> {
+        let verified = self.verify(token)?;
+        self.inner.store.revoke(verified.record()).await.map_err(|err| {
+            tracing::warn!(%err, "could not revoke a token");
+            Rejection::StoreUnavailable
+        })?;
+        self.inner.cache.remove_where(|v| v.id == verified.id);
+        Ok(verified.who)
+    }
+
+    /// Revokes every token of `subject` issued before `before` (e.g. now, after a
+    /// password change), and forgets them here at once.
+    pub async fn revoke_subject(&self, subject: &str, before: SystemTime) -> Result<(), StoreError> {
+        let before = before.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let until = unix_now().saturating_add(self.inner.max_lifetime);
+        self.inner.store.revoke_subject(subject, before, until).await?;
+        self.inner.cache.remove_where(|v| v.who.sub == subject);
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        self.inner.cache.len()
+    }
+}

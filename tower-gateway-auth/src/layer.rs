@@ -1,0 +1,215 @@
+//! The tower layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::authenticator::{Authenticator, Step, Verified};
+use crate::error::Rejection;
+use crate::store::BoxFuture;
+
+/// Requires a valid, unrevoked `Authorization: Bearer` JWT. See the [crate docs](crate).
+#[derive(Debug, Clone)]
+pub struct JwtAuthLayer {
+    auth: Authenticator,
+}
+
+impl JwtAuthLayer {
+    /// A layer authenticating with `auth`.
+    pub fn new(auth: Authenticator) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for JwtAuthLayer {
+    type Service = JwtAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        JwtAuth { inner, auth: self.auth.clone() }
+    }
+}
+
+/// Requires a valid, unrevoked `Authorization: Bearer` JWT. See the [crate docs](crate).
+#[derive(Debug, Clone)]
+pub struct JwtAuth<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+impl<S> JwtAuth<S> {
+    /// Wraps `inner`, authenticating with `auth`.
+    pub fn new(inner: S, auth: Authenticator) -> Self {
+        Self { inner, auth }
+    }
+
+    /// A [`JwtAuthLayer`] authenticating with `auth`.
+    pub fn layer(auth: Authenticator) -> JwtAuthLayer {
+        JwtAuthLayer::new(auth)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Removes client-sent identity headers, and their names from `Connection`, so that
+/// no hop further on can be told to drop the ones the layer sets.
+fn scrub(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        headers.remove(name);
+    }
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let mut kept = Vec::new();
+    let mut changed = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or_default().split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if names.iter().any(|n| n.as_str().eq_ignore_ascii_case(token)) {
+                changed = true;
+            } else {
+                kept.push(token);
+            }
+        }
+    }
+    if changed {
+        let kept = kept.join(", ");
+        headers.remove(header::CONNECTION);
+        if let Ok(value) = HeaderValue::from_str(&kept)
+            && !kept.is_empty()
+        {
+            headers.insert(header::CONNECTION, value);
+        }
+    }
+}
+
+fn admit<B>(req: &mut Request<B>, verified: &Verified) {
+    for (name, value) in &verified.headers {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
+    req.extensions_mut().insert(verified.who.clone());
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: From<Bytes>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Request<ReqBody>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        scrub(req.headers_mut(), self.auth.identity_header_names());
+        let state = match self.auth.begin(req.headers()) {
+            Step::Allow(verified) => {
+                admit(&mut req, &verified);
+                State::Calling { future: self.inner.call(req) }
+            }
+            Step::Reject(rejection) => {
+                tracing::debug!(reason = rejection.code(), "request refused");
+                State::Refused { rejection }
+            }
+            Step::Check(token, verified) => {
+                let auth = self.auth.clone();
+                let check: BoxFuture<'static, _> = Box::pin(async move { auth.finish(token, verified).await });
+                // The ready service goes into the future; a fresh clone stays behind.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                State::Checking { check, request: Some(req), inner: Some(inner) }
+            }
+        };
+        ResponseFuture { state }
+    }
+}
+
+pin_project! {
+    /// The response future of [`JwtAuth`].
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Checking {
+            check: BoxFuture<'static, Result<Arc<Verified>, Rejection>>,
+            request: Option<Req>,
+            inner: Option<S>,
+        },
+        Calling { #[pin] future: S::Future },
+        Refused { rejection: Rejection },
+    }
+}
+
+impl<S: Service<Req>, Req> std::fmt::Debug for ResponseFuture<S, Req> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, Request<ReqBody>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Checking { check, request, inner } => {
+                    let verified = match ready!(check.as_mut().poll(cx)) {
+                        Ok(verified) => verified,
+                        Err(rejection) => {
+                            tracing::debug!(reason = rejection.code(), "request refused");
+                            this.state.set(State::Refused { rejection });
+                            continue;
+                        }
+                    };
+                    let mut req = request.take().expect("request taken once");
+                    admit(&mut req, &verified);
+                    let future = inner.as_mut().expect("service taken once").call(req);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Refused { rejection } => return Poll::Ready(Ok(rejection.into_response())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
