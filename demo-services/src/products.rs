@@ -1,0 +1,147 @@
+//! product-service: the product catalogue. Routes as the service sees them, the
+//! gateway's `/api/products` stripped:
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /?limit=&offset=` | list, by id |
+//! | `GET /{id}` | one product |
+//! | `POST /` `{name, price}` | create: `201` |
+//! | `PUT /{id}` `{name, price}` | replace |
+//! | `DELETE /{id}` | delete: `204` |
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+use sqlx::migrate::Migrator;
+
+use crate::db;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
+use crate::money::Cents;
+
+/// The schema and the seed's products.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/products");
+
+/// The highest price accepted: one million.
+pub const MAX_PRICE: Cents = Cents(100_000_000);
+
+/// A product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Product {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Its price.
+    #[sqlx(try_from = "i64", rename = "price_cents")]
+    pub price: Cents,
+}
+
+/// What a client sends to create or replace a product.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    /// Non-empty, at most 200 characters.
+    pub name: String,
+    /// Positive, at most [`MAX_PRICE`].
+    pub price: Cents,
+}
+
+impl NewProduct {
+    fn validated(self) -> Result<(String, Cents), ApiError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(ApiError::invalid("name must be 1 to 200 characters"));
+        }
+        if self.price.0 <= 0 || self.price > MAX_PRICE {
+            return Err(ApiError::invalid(format!("price must be positive and at most {MAX_PRICE}")));
+        }
+        Ok((name.to_owned(), self.price))
+    }
+}
+
+/// What the service needs: its database.
+#[derive(Debug, Clone)]
+pub struct ProductsState {
+    /// The products database.
+    pub db: SqlitePool,
+}
+
+impl ProductsState {
+    /// Opens the database at `url` and migrates it.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        Ok(Self { db: db::connect(url, &MIGRATOR).await? })
+    }
+}
+
+/// The service's routes.
+pub fn app(state: ProductsState) -> Router {
+    let db = state.db.clone();
+    let routes = Router::new().route("/", get(list).post(create)).route("/{id}", get(one).put(replace).delete(remove));
+    crate::server::with_common(routes, state, db)
+}
+
+/// The query an [`Product`] is read with, for `concat!` (sqlx wants static SQL).
+macro_rules! select_products {
+    () => {
+        "SELECT id, name, price_cents FROM products"
+    };
+}
+
+async fn list(State(s): State<ProductsState>, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Vec<Product>>, ApiError> {
+    let (limit, offset) = page.checked()?;
+    let products = sqlx::query_as::<_, Product>(concat!(select_products!(), " ORDER BY id LIMIT ? OFFSET ?"))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&s.db)
+        .await?;
+    Ok(Json(products))
+}
+
+async fn one(State(s): State<ProductsState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Product>, ApiError> {
+    let product = sqlx::query_as::<_, Product>(concat!(select_products!(), " WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&s.db)
+        .await?;
+    product.map(Json).ok_or_else(|| ApiError::not_found("product"))
+}
+
+async fn create(
+    State(s): State<ProductsState>,
+    ApiJson(new): ApiJson<NewProduct>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (name, price) = new.validated()?;
+    let product = sqlx::query_as::<_, Product>(
+        "INSERT INTO products (name, price_cents) VALUES (?, ?) RETURNING id, name, price_cents",
+    )
+    .bind(name)
+    .bind(price.0)
+    .fetch_one(&s.db)
+    .await?;
+    Ok((StatusCode::CREATED, Json(product)))
+}
+
+async fn replace(
+    State(s): State<ProductsState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(new): ApiJson<NewProduct>,
+) -> Result<Json<Product>, ApiError> {
+    let (name, price) = new.validated()?;
+    let product = sqlx::query_as::<_, Product>(
+        "UPDATE products SET name = ?, price_cents = ? WHERE id = ? RETURNING id, name, price_cents",
+    )
+    .bind(name)
+    .bind(price.0)
+    .bind(id)
+    .fetch_optional(&s.db)
+    .await?;
+    product.map(Json).ok_or_else(|| ApiError::not_found("product"))
+}
+
+async fn remove(State(s): State<ProductsState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query("DELETE FROM products WHERE id = ?").bind(id).execute(&s.db).await?.rows_affected();
+    if deleted == 0 { Err(ApiError::not_found("product")) } else { Ok(StatusCode::NO_CONTENT) }
+}

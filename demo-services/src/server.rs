@@ -1,0 +1,126 @@
+//! Running a service: configuration from the environment, logs, routes every
+//! service has, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use sqlx::SqlitePool;
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
+
+/// The largest request body a service reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The environment variable `name`, or `default`.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+/// `DATABASE_URL`, or `sqlite://$DATA_DIR/<file>` (`DATA_DIR` defaults to `data`).
+pub fn database_url(file: &str) -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| format!("sqlite://{}/{file}", env_or("DATA_DIR", "data")))
+}
+
+/// `HOST:PORT` to listen on: `HOST` defaults to 127.0.0.1 — the services are
+/// meant to be reached through the gateway only — and `PORT` to `port`.
+pub fn listen_addr(port: u16) -> Result<SocketAddr, String> {
+    let host = env_or("HOST", "127.0.0.1");
+    let port = env_or("PORT", &port.to_string());
+    format!("{host}:{port}").parse().map_err(|e| format!("HOST/PORT {host}:{port}: {e}"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// `/healthz`, `/readyz` (the database answers), JSON 404 and 405, and the body
+/// cap, around `routes`.
+pub fn with_common<S: Clone + Send + Sync + 'static>(routes: Router<S>, state: S, db: SqlitePool) -> Router {
+    routes
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(move || readyz(db.clone())))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn readyz(db: SqlitePool) -> impl IntoResponse {
+    if crate::db::ping(&db).await {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ready" })))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "database unreachable" })))
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves `app` on `HOST:PORT` (default port `port`) until SIGINT/SIGTERM.
+pub async fn run(name: &str, app: Router, port: u16) -> std::process::ExitCode {
+    let addr = match listen_addr(port) {
+        Ok(addr) => addr,
+        Err(err) => return fail(name, &err),
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => return fail(name, &format!("cannot listen on {addr}: {err}")),
+    };
+    tracing::info!(service = name, %addr, "listening");
+    match serve(listener, app, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!(service = name, "stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => fail(name, &err.to_string()),
+    }
+}
+
+/// Prints `message` and gives the exit code for a configuration error (2).
+pub fn fail(name: &str, message: &str) -> std::process::ExitCode {
+    eprintln!("{name}: {message}");
+    std::process::ExitCode::from(2)
+}

@@ -1,0 +1,136 @@
+//! product-service through `app(...)` with `oneshot`, on a temporary database.
+
+mod common;
+
+use common::{assert_error, call, call_raw, temp_db};
+use demo_services::products::{self, ProductsState};
+use http::{Method, StatusCode};
+use serde_json::json;
+
+async fn app(url: &str) -> axum::Router {
+    products::app(ProductsState::connect(url).await.unwrap())
+}
+
+#[tokio::test]
+async fn crud_round_trip() {
+    let (_dir, url) = temp_db("products.db");
+    let app = app(&url).await;
+
+    let (status, list) = call(&app, Method::GET, "/", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 4, "the seed's products");
+    assert_eq!(list[0], json!({"id": 1, "name": "Laptop", "price": 999.99}));
+
+    let (status, created) = call(&app, Method::POST, "/", Some(json!({"name": " Mouse ", "price": 19.99})), &[]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created, json!({"id": 5, "name": "Mouse", "price": 19.99}));
+
+    assert_eq!(call(&app, Method::GET, "/5", None, &[]).await, (StatusCode::OK, created.clone()));
+
+    let (status, replaced) =
+        call(&app, Method::PUT, "/5", Some(json!({"name": "Mouse Pro", "price": "24.50"})), &[]).await;
+    assert_eq!((status, replaced), (StatusCode::OK, json!({"id": 5, "name": "Mouse Pro", "price": 24.5})));
+
+    assert_eq!(call(&app, Method::DELETE, "/5", None, &[]).await.0, StatusCode::NO_CONTENT);
+    assert_error(&call(&app, Method::GET, "/5", None, &[]).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(&call(&app, Method::DELETE, "/5", None, &[]).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &call(&app, Method::PUT, "/99", Some(json!({"name": "x", "price": 1})), &[]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn list_pages() {
+    let (_dir, url) = temp_db("products.db");
+    let app = app(&url).await;
+    let (_, page) = call(&app, Method::GET, "/?limit=2&offset=1", None, &[]).await;
+    let ids: Vec<i64> = page.as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [2, 3]);
+    assert_error(
+        &call(&app, Method::GET, "/?limit=0", None, &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_error(
+        &call(&app, Method::GET, "/?limit=501", None, &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_error(&call(&app, Method::GET, "/?limit=abc", None, &[]).await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(&call(&app, Method::GET, "/?offset=-1", None, &[]).await, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn bad_input_gets_json_errors_never_500() {
+    let (_dir, url) = temp_db("products.db");
+    let app = app(&url).await;
+    let bad_request = StatusCode::BAD_REQUEST;
+    let invalid = StatusCode::UNPROCESSABLE_ENTITY;
+    for (body, status) in [
+        (json!({"name": "", "price": 1}), invalid),
+        (json!({"name": "   ", "price": 1}), invalid),
+        (json!({"name": "x".repeat(201), "price": 1}), invalid),
+        (json!({"name": "Free", "price": 0}), invalid),
+        (json!({"name": "Huge", "price": 1_000_000.01}), invalid),
+        (json!({"name": "Neg", "price": -1}), bad_request),
+        (json!({"name": "Fraction", "price": 1.001}), bad_request),
+        (json!({"name": "Str", "price": "abc"}), bad_request),
+        (json!({"name": 5, "price": 1}), bad_request),
+        (json!({"price": 1}), bad_request),
+        (json!({"name": "x", "price": 1, "extra": true}), bad_request),
+        (json!([1, 2]), bad_request),
+    ] {
+        let got = call(&app, Method::POST, "/", Some(body.clone()), &[]).await;
+        assert_eq!(got.0, status, "{body}: {}", got.1);
+        assert!(got.1["error"]["code"].is_string(), "{body}");
+    }
+    assert_error(
+        &call_raw(&app, Method::POST, "/", Some("application/json"), "{\"name\":").await,
+        bad_request,
+        "bad_request",
+    );
+    assert_error(
+        &call_raw(&app, Method::POST, "/", None, "{}").await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let big = Box::leak(format!("{{\"name\":\"{}\",\"price\":1}}", "x".repeat(70 * 1024)).into_boxed_str());
+    assert_error(
+        &call_raw(&app, Method::POST, "/", Some("application/json"), big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    );
+    assert_error(&call(&app, Method::GET, "/abc", None, &[]).await, bad_request, "bad_request");
+    assert_error(&call(&app, Method::GET, "/99999999999999999999", None, &[]).await, bad_request, "bad_request");
+    assert_error(&call(&app, Method::GET, "/1/extra", None, &[]).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &call(&app, Method::PATCH, "/1", None, &[]).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let (_dir, url) = temp_db("products.db");
+    let app = app(&url).await;
+    assert_eq!(call(&app, Method::GET, "/healthz", None, &[]).await.0, StatusCode::OK);
+    assert_eq!(call(&app, Method::GET, "/readyz", None, &[]).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn restart_keeps_data_and_does_not_reseed() {
+    let (_dir, url) = temp_db("products.db");
+    let state = ProductsState::connect(&url).await.unwrap();
+    let app = products::app(state.clone());
+    call(&app, Method::POST, "/", Some(json!({"name": "Kept", "price": 3.5})), &[]).await;
+    call(&app, Method::DELETE, "/1", None, &[]).await;
+    state.db.close().await;
+
+    let app = products::app(ProductsState::connect(&url).await.unwrap());
+    let (_, list) = call(&app, Method::GET, "/", None, &[]).await;
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Smartphone", "Headphones", "Keyboard", "Kept"], "the deleted seed row stays deleted");
+}

@@ -1,0 +1,90 @@
+//! Replicas as separate processes: two product-service binaries on one database
+//! file, and checkout pricing through them while one is killed.
+
+mod common;
+
+use common::{HttpClient, Process, call, temp_db};
+use demo_services::checkout::{self, CheckoutState, ProductClient};
+use http::{Method, StatusCode};
+use serde_json::json;
+use tower_gateway::balance::Endpoints;
+
+const PRODUCT_SERVICE: &str = env!("CARGO_BIN_EXE_product-service");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_database() {
+    let (_dir, url) = temp_db("products.db");
+    let env = [("DATABASE_URL", url.clone())];
+    // Started together: both migrate the new file at once.
+    let (a, b) = tokio::join!(Process::start(PRODUCT_SERVICE, &env), Process::start(PRODUCT_SERVICE, &env));
+    let client = HttpClient::new();
+
+    let (status, created) = client
+        .send(Method::POST, &format!("{}/", a.url()), Some(json!({"name": "Shared", "price": 12.5})))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(client.get(&format!("{}/{id}", b.url())).await.unwrap(), (StatusCode::OK, created));
+
+    // 100 writes through each replica at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (client, base) = (client.clone(), if i % 2 == 0 { a.url() } else { b.url() });
+        tasks.spawn(async move {
+            client
+                .send(Method::POST, &format!("{base}/"), Some(json!({"name": format!("p{i}"), "price": 1})))
+                .await
+                .unwrap()
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(done) = tasks.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert!(ids.insert(body["id"].as_i64().unwrap()));
+    }
+    for base in [a.url(), b.url()] {
+        let (_, all) = client.get(&format!("{base}/?limit=500")).await.unwrap();
+        assert_eq!(all.as_array().unwrap().len(), 4 + 1 + 200, "every write is seen through {base}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_keeps_pricing_with_one_product_instance_killed() {
+    let (_dir, products_url) = temp_db("products.db");
+    let env = [("DATABASE_URL", products_url.clone())];
+    let (a, mut b) = tokio::join!(Process::start(PRODUCT_SERVICE, &env), Process::start(PRODUCT_SERVICE, &env));
+    let (_orders_dir, orders_url) = temp_db("orders.db");
+    let endpoints = Endpoints::new([a.url(), b.url()]).unwrap();
+    let state =
+        CheckoutState { db: checkout::connect(&orders_url).await.unwrap(), products: ProductClient::new(endpoints) };
+    let app = checkout::app(state.clone());
+
+    let buy = |n: usize| {
+        let app = app.clone();
+        async move {
+            let key = format!("k{n}");
+            call(
+                &app,
+                Method::POST,
+                "/",
+                Some(json!({"product_id": 2, "quantity": 1})),
+                &[("x-user-id", "1"), ("idempotency-key", &key)],
+            )
+            .await
+        }
+    };
+    for n in 0..10 {
+        assert_eq!(buy(n).await.0, StatusCode::CREATED);
+    }
+    b.kill();
+    for n in 10..30 {
+        let (status, body) = buy(n).await;
+        assert_eq!(status, StatusCode::CREATED, "order {n} after the kill: {body}");
+        assert_eq!(body["total_price"], json!(599.0));
+    }
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&state.db).await.unwrap();
+    assert_eq!(count, 30);
+    drop(a);
+}
