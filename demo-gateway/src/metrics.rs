@@ -1,0 +1,217 @@
+//! Prometheus metrics: per route and per endpoint, counted with atomics on the
+//! hot path (handles are made once per route; only per-endpoint counters are
+//! looked up, under a read lock).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tower_gateway::balance::{Endpoint, Endpoints};
+
+/// A route's name in labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusLabels {
+    route: Arc<str>,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    route: Arc<str>,
+    reason: &'static str,
+}
+
+/// An endpoint as a label value, without allocating: the `Arc` the balancer holds.
+#[derive(Debug, Clone)]
+struct EndpointName(Arc<Endpoint>);
+
+impl PartialEq for EndpointName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.authority() == other.0.authority() && self.0.scheme() == other.0.scheme()
+    }
+}
+
+impl Eq for EndpointName {}
+
+impl std::hash::Hash for EndpointName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.authority().as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for EndpointName {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        write!(encoder, "{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    route: Arc<str>,
+    endpoint: EndpointName,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// All of the gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    upstream: Family<EndpointLabels, Counter>,
+    retries: Family<RouteLabels, Counter>,
+    upstream_errors: Family<ReasonLabels, Counter>,
+    auth_rejections: Family<ReasonLabels, Counter>,
+    endpoints: Family<RouteLabels, Gauge>,
+    ejected: Family<RouteLabels, Gauge>,
+    unrouted: Counter,
+    overloaded: Counter,
+}
+
+/// The metric handles of one route.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    by_status: [Counter; 5],
+    latency: Histogram,
+    retries: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<StatusLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_5, 2.0, 16))) as fn() -> Histogram,
+        );
+        let upstream = Family::<EndpointLabels, Counter>::default();
+        let retries = Family::<RouteLabels, Counter>::default();
+        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        let auth_rejections = Family::<ReasonLabels, Counter>::default();
+        let endpoints = Family::<RouteLabels, Gauge>::default();
+        let ejected = Family::<RouteLabels, Gauge>::default();
+        let unrouted = Counter::default();
+        let overloaded = Counter::default();
+        registry.register("requests", "Requests answered, by route and status class", requests.clone());
+        registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
+        registry.register("upstream_requests", "Requests answered through each endpoint", upstream.clone());
+        registry.register("retries", "Retries sent, by route", retries.clone());
+        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
+        registry.register("auth_rejections", "Requests refused by JWT auth, by reason", auth_rejections.clone());
+        registry.register("endpoints", "Endpoints known, by route", endpoints.clone());
+        registry.register("ejected_endpoints", "Endpoints ejected for refusing connections, by route", ejected.clone());
+        registry.register("unrouted_requests", "Requests matching no route", unrouted.clone());
+        registry.register("overloaded_requests", "Requests refused at the concurrency limit", overloaded.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            upstream,
+            retries,
+            upstream_errors,
+            auth_rejections,
+            endpoints,
+            ejected,
+            unrouted,
+            overloaded,
+        }
+    }
+
+    /// The handles for `route`, made once.
+    pub fn route(&self, route: &Arc<str>) -> RouteMetrics {
+        let status = |status| self.requests.get_or_create(&StatusLabels { route: route.clone(), status }).clone();
+        RouteMetrics {
+            route: route.clone(),
+            by_status: STATUS_CLASSES.map(status),
+            latency: self.latency.get_or_create(&RouteLabels { route: route.clone() }).clone(),
+            retries: self.retries.get_or_create(&RouteLabels { route: route.clone() }).clone(),
+        }
+    }
+
+    /// Counts a response of `route`.
+    pub fn record(&self, route: &RouteMetrics, observed: Observed<'_>) {
+        let class = usize::from(observed.status / 100).clamp(1, 5) - 1;
+        route.by_status[class].inc();
+        route.latency.observe(observed.latency.as_secs_f64());
+        if observed.attempts > 1 {
+            route.retries.inc_by(u64::from(observed.attempts - 1));
+        }
+        if let Some(endpoint) = observed.endpoint {
+            let labels = EndpointLabels { route: route.route.clone(), endpoint: EndpointName(endpoint.clone()) };
+            self.upstream.get_or_create(&labels).inc();
+        }
+        if let Some(kind) = observed.upstream_error {
+            self.upstream_errors.get_or_create(&ReasonLabels { route: route.route.clone(), reason: kind }).inc();
+        }
+        if let Some(reason) = observed.auth_rejection {
+            self.auth_rejections.get_or_create(&ReasonLabels { route: route.route.clone(), reason }).inc();
+        }
+    }
+
+    /// Counts a request that matched no route.
+    pub fn unrouted(&self) {
+        self.unrouted.inc();
+    }
+
+    /// Counts a request refused at the concurrency limit.
+    pub fn overloaded(&self) {
+        self.overloaded.inc();
+    }
+
+    /// The text exposition, with endpoint gauges read now.
+    pub fn encode<'a>(&self, routes: impl Iterator<Item = (&'a Arc<str>, &'a Endpoints)>) -> String {
+        for (route, endpoints) in routes {
+            let labels = RouteLabels { route: route.clone() };
+            self.endpoints.get_or_create(&labels).set(endpoints.len() as i64);
+            self.ejected.get_or_create(&labels).set(endpoints.ejected() as i64);
+        }
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(%err, "cannot encode metrics");
+        }
+        text
+    }
+}
+
+/// What is counted of one response.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// Its status code.
+    pub status: u16,
+    /// Time to its head.
+    pub latency: Duration,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The endpoint that answered.
+    pub endpoint: Option<&'a Arc<Endpoint>>,
+    /// The upstream failure, if any.
+    pub upstream_error: Option<&'static str>,
+    /// Why auth refused it, if it did.
+    pub auth_rejection: Option<&'static str>,
+}
+
+impl RouteMetrics {
+    /// The route these handles count for.
+    pub fn name(&self) -> &Arc<str> {
+        &self.route
+    }
+}
