@@ -36,12 +36,16 @@ use crate::gateway::{Gateway, RouteName};
 /// JSON error put in place of a bare one.
 pub type ResponseBody = Either<UnsyncBoxBody<Bytes, BoxError>, Full<Bytes>>;
 
-/// tower-http answers a timeout or an oversized body with a bare status; give
-/// those a JSON body like every other error.
+/// tower-http answers a timeout with a bare status and an oversized body with
+/// plain text; give those a JSON body like every other error. Upstream answers
+/// pass untouched.
 fn json_errors(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Response<ResponseBody> {
     let bare = !response.headers().contains_key(header::CONTENT_TYPE);
+    // RequestBodyLimit's own answer: text/plain "length limit exceeded" (21 bytes).
+    let from_limit = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "text/plain; charset=utf-8")
+        && http_body::Body::size_hint(response.body()).exact() == Some(21);
     let (code, message) = match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE if bare => ("body_too_large", "the request body is too large"),
+        StatusCode::PAYLOAD_TOO_LARGE if bare || from_limit => ("body_too_large", "the request body is too large"),
         StatusCode::GATEWAY_TIMEOUT if bare => ("gateway_timeout", "the request took longer than the gateway allows"),
         _ => return response.map(Either::Left),
     };

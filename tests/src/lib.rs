@@ -77,29 +77,40 @@ where
 /// A backend named `name` that answers every request with JSON saying who it is
 /// and what it received: `{"backend","method","path","body","headers"}`.
 pub async fn backend(name: &'static str) -> Server {
-    serve(tower::service_fn(move |req: Request<Incoming>| async move {
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let headers: serde_json::Map<String, serde_json::Value> = parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into()))
-            .collect();
-        let seen = serde_json::json!({
-            "backend": name,
-            "method": parts.method.as_str(),
-            "path": parts.uri.path_and_query().map(|p| p.as_str()),
-            "body": String::from_utf8_lossy(&body),
-            "headers": headers,
-        });
-        let response = Response::builder()
-            .header("content-type", "application/json")
-            .header("x-backend", name)
-            .body(Full::new(Bytes::from(seen.to_string())))
-            .expect("a valid response");
-        Ok::<_, Infallible>(response)
+    counting_backend(name).await.0
+}
+
+/// A [`backend`] that also counts the requests it receives.
+pub async fn counting_backend(name: &'static str) -> (Server, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let server = serve(tower::service_fn(move |req: Request<Incoming>| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let headers: serde_json::Map<String, serde_json::Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            let seen = serde_json::json!({
+                "backend": name,
+                "method": parts.method.as_str(),
+                "path": parts.uri.path_and_query().map(|p| p.as_str()),
+                "body": String::from_utf8_lossy(&body),
+                "headers": headers,
+            });
+            let response = Response::builder()
+                .header("content-type", "application/json")
+                .header("x-backend", name)
+                .body(Full::new(Bytes::from(seen.to_string())))
+                .expect("a valid response");
+            Ok::<_, Infallible>(response)
+        }
     }))
-    .await
+    .await;
+    (server, hits)
 }
 
 /// A loopback address where nothing listens: connections to it are refused.
@@ -228,4 +239,17 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A raw HTTP/1.1 request over a fresh connection: the path is sent exactly as
+/// given (no client normalises `..` away). Returns the status code.
+pub async fn raw_get(addr: SocketAddr, path: &str, extra_headers: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n{extra_headers}\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let head = String::from_utf8_lossy(&response);
+    head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
 }

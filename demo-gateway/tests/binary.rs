@@ -1,0 +1,150 @@
+//! The `demo-gateway` binary: its command line, and a graceful SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const BIN: &str = env!("CARGO_BIN_EXE_demo-gateway");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let res = client.get(url.parse().ok()?).await.ok()?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[test]
+fn help_version_and_config_errors() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for word in ["--config", "--print-config", "demo", "GATEWAY_LISTEN"] {
+        assert!(text.contains(word), "--help does not mention {word}:\n{text}");
+    }
+    let version = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("demo-gateway {}", env!("CARGO_PKG_VERSION")));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[routes]]\nprefix = \"/api/x\"\nendpoints = [\"not a url\"]\n").unwrap();
+    let out = Command::new(BIN).args(["--config", bad.to_str().unwrap()]).env_remove("JWT_SECRET").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("routes[0].endpoints[0]"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+}
+
+#[test]
+fn print_config_masks_secrets() {
+    let out = Command::new(BIN)
+        .arg("--print-config")
+        .env("JWT_SECRET", "a very secret key of more than 32 bytes")
+        .env("REDIS_URL", "redis://user:hunter2@redis:6379/0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("very secret") && !text.contains("hunter2"), "{text}");
+    assert!(text.contains("prefix = \"/api/checkout\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_then_exits() {
+    let started = Arc::new(AtomicBool::new(false));
+    let backend = {
+        let started = started.clone();
+        let app = Router::new().route(
+            "/{*rest}",
+            routing::get(move || {
+                let started = started.clone();
+                async move {
+                    started.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    "slow done"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ngrace_period_ms = 10000\n[[routes]]\nprefix = \"/api/slow\"\nendpoints = [\"http://{backend}\"]\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gateway = Killed(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&format!("{base}/healthz")).await.map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "the gateway never became healthy");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let slow = tokio::spawn({
+        let url = format!("{base}/api/slow/report");
+        async move { get(&url).await }
+    });
+    while !started.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the slow request never reached the backend");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = gateway.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    // New connections are refused while the slow request finishes.
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let refused_by = Instant::now() + Duration::from_secs(1);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < refused_by, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!slow.is_finished(), "the slow request ended before the listener closed");
+
+    assert_eq!(slow.await.unwrap(), Some((200, "slow done".to_owned())));
+    let exit_by = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = gateway.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < exit_by, "the gateway did not exit after its last request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,458 @@
+//! The demo gateway end to end: real sockets, the real services, a real Redis,
+//! two gateway replicas.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use demo_gateway::config::RouteConfig;
+use demo_gateway::{Config, Gateway, server};
+use demo_services::checkout::{self, CheckoutState, ProductClient};
+use demo_services::jwt::JwtSettings;
+use demo_services::products::{self, ProductsState};
+use demo_services::users::{self, Passwords, UsersState};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tower_gateway::balance::Endpoints;
+use tower_gateway_auth::RedisStore;
+use tower_gateway_tests::{Client, RedisServer, Reply, Server, backend, counting_backend, raw_get, serve};
+
+const SECRET: &str = "an end-to-end test secret of 32+ bytes";
+
+/// A gateway replica on a loopback port; stopped (gracefully) when dropped.
+struct GatewayProcess {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl GatewayProcess {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn route(prefix: &str, urls: &[String], auth: bool) -> RouteConfig {
+    RouteConfig { prefix: prefix.into(), endpoints: urls.to_vec(), auth, ..RouteConfig::default() }
+}
+
+fn config(routes: Vec<RouteConfig>, redis: Option<&RedisServer>) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        routes,
+        redis_url: redis.map(RedisServer::url),
+        jwt: demo_gateway::config::JwtConfig { secret: Some(SECRET.into()), ..Default::default() },
+        ..Config::default()
+    }
+}
+
+async fn start_gateway(routes: Vec<RouteConfig>, redis: Option<&RedisServer>) -> GatewayProcess {
+    start_gateway_with(config(routes, redis)).await
+}
+
+async fn start_gateway_with(config: Config) -> GatewayProcess {
+    let settings = config.validate().unwrap();
+    let gateway = Gateway::build(&config, None).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let svc = server::http_service(gateway, &config, &settings);
+    tokio::spawn(server::serve(listener, svc, settings, async move {
+        let _ = stopped.await;
+    }));
+    GatewayProcess { addr, stop: Some(stop) }
+}
+
+/// The real services, in this process, each on its own loopback port.
+struct Services {
+    products: Vec<Server>,
+    users: Vec<Server>,
+    checkout: Server,
+    _data: TempDir,
+}
+
+impl Services {
+    fn routes(&self) -> Vec<RouteConfig> {
+        vec![
+            route("/api/products", &self.products.iter().map(Server::url).collect::<Vec<_>>(), false),
+            route("/api/users", &self.users.iter().map(Server::url).collect::<Vec<_>>(), false),
+            route("/api/checkout", &[self.checkout.url()], true),
+        ]
+    }
+}
+
+async fn start_services(redis: &RedisServer) -> Services {
+    let data = tempfile::tempdir().unwrap();
+    let db = |file: &str| format!("sqlite://{}", data.path().join(file).display());
+    let mut products = Vec::new();
+    for _ in 0..2 {
+        products.push(serve(products::app(ProductsState::connect(&db("products.db")).await.unwrap())).await);
+    }
+    let jwt = Arc::new(JwtSettings::hs256(SECRET.as_bytes()).unwrap());
+    let store = Arc::new(RedisStore::new(redis.url()).unwrap());
+    let auth = jwt.authenticator().store(store).build().unwrap();
+    let mut user_instances = Vec::new();
+    for _ in 0..2 {
+        let state = UsersState {
+            db: users::connect(&db("users.db")).await.unwrap(),
+            jwt: jwt.clone(),
+            auth: auth.clone(),
+            passwords: Passwords::for_tests(),
+        };
+        user_instances.push(serve(users::app(state)).await);
+    }
+    let endpoints = Endpoints::new(products.iter().map(Server::url)).unwrap();
+    let state = CheckoutState {
+        db: checkout::connect(&db("orders.db")).await.unwrap(),
+        products: ProductClient::new(endpoints),
+    };
+    let checkout = serve(checkout::app(state)).await;
+    Services { products, users: user_instances, checkout, _data: data }
+}
+
+async fn post(client: &Client, url: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    client.send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap()
+}
+
+async fn get(client: &Client, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    client.send(req.body(Full::default()).unwrap()).await.unwrap()
+}
+
+fn token_for(sub: &str) -> String {
+    let jwt = JwtSettings::hs256(SECRET.as_bytes()).unwrap();
+    jwt.issue(sub.parse().unwrap(), &format!("user{sub}@example.com")).unwrap()
+}
+
+#[tokio::test]
+async fn the_seeds_routing_examples_and_round_robin() {
+    let (u1, u2, p1, p2, c) =
+        (backend("u1").await, backend("u2").await, backend("p1").await, backend("p2").await, backend("c").await);
+    let gw = start_gateway(
+        vec![
+            route("/api/users", &[u1.url(), u2.url()], false),
+            route("/api/products", &[p1.url(), p2.url()], false),
+            route("/api/checkout", &[c.url()], true),
+        ],
+        None,
+    )
+    .await;
+    let client = Client::new();
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let reply = client.get(&format!("{}/api/users/123", gw.url())).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        let json = reply.json();
+        assert_eq!(json["path"], "/123");
+        assert!(reply.headers.contains_key("x-request-id"));
+        assert_eq!(
+            json["headers"]["x-request-id"],
+            reply.headers["x-request-id"].to_str().unwrap(),
+            "propagated both ways"
+        );
+        seen.push(json["backend"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["u1", "u2", "u1", "u2"]);
+
+    let item = client.get(&format!("{}/api/products/item", gw.url())).await.unwrap().json();
+    assert_eq!(item["path"], "/item");
+
+    let token = token_for("42");
+    let bearer = format!("Bearer {token}");
+    let checkout =
+        get(&client, &format!("{}/api/checkout", gw.url()), &[("authorization", &bearer), ("x-user-id", "1")]).await;
+    let seen = checkout.json();
+    assert_eq!(seen["backend"], "c");
+    assert_eq!(seen["path"], "/");
+    assert_eq!(seen["headers"]["x-user-id"], "42", "the client's copy was replaced");
+
+    let unknown = client.get(&format!("{}/api/unknown", gw.url())).await.unwrap();
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"]["code"], "no_route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signup_login_checkout_then_logout_is_refused_by_every_replica() {
+    let redis = RedisServer::start().await;
+    let services = start_services(&redis).await;
+    let (gw1, gw2) =
+        (start_gateway(services.routes(), Some(&redis)).await, start_gateway(services.routes(), Some(&redis)).await);
+    let client = Client::new();
+
+    let signup = post(
+        &client,
+        &format!("{}/api/users/signup", gw1.url()),
+        json!({"name": "Ada", "email": "ada@example.com", "password": "correct horse"}),
+        &[],
+    )
+    .await;
+    assert_eq!(signup.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&signup.body));
+    let login = post(
+        &client,
+        &format!("{}/api/users/login", gw2.url()),
+        json!({"email": "ada@example.com", "password": "correct horse"}),
+        &[],
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::OK);
+    let token = login.json()["token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+
+    let no_token =
+        post(&client, &format!("{}/api/checkout", gw1.url()), json!({"product_id": 1, "quantity": 1}), &[]).await;
+    assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(no_token.headers["www-authenticate"], "Bearer");
+
+    for gw in [&gw1, &gw2] {
+        let order = post(
+            &client,
+            &format!("{}/api/checkout", gw.url()),
+            json!({"product_id": 3, "quantity": 2}),
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(order.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&order.body));
+        assert_eq!(order.json()["total_price"], json!(159.8));
+        assert_eq!(order.json()["user_id"], signup.json()["id"]);
+    }
+    let mine = get(&client, &format!("{}/api/checkout", gw2.url()), &[("authorization", &bearer)]).await;
+    assert_eq!(mine.json().as_array().unwrap().len(), 2);
+
+    let logout =
+        post(&client, &format!("{}/api/users/logout", gw1.url()), json!({}), &[("authorization", &bearer)]).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    let revoked_at = Instant::now();
+    for gw in [&gw1, &gw2] {
+        loop {
+            let reply = get(&client, &format!("{}/api/checkout", gw.url()), &[("authorization", &bearer)]).await;
+            if reply.status == StatusCode::UNAUTHORIZED {
+                assert_eq!(reply.json()["error"]["code"], "revoked_token");
+                break;
+            }
+            assert!(revoked_at.elapsed() < Duration::from_secs(3), "replica {} still accepts the token", gw.url());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        revoked_at.elapsed() < Duration::from_millis(1_500),
+        "within the 1 s cache bound: {:?}",
+        revoked_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_product_instance_costs_no_client_request() {
+    let redis = RedisServer::start().await;
+    let mut services = start_services(&redis).await;
+    let gw = start_gateway(services.routes(), Some(&redis)).await;
+    let client = Client::new();
+    let bearer = format!("Bearer {}", token_for("7"));
+
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let mut killed = false;
+    for batch in 0..50 {
+        if batch == 10 {
+            // Listener and open connections gone at once, as with a killed process.
+            drop(services.products.remove(1));
+            killed = true;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let (client, base) = (client.clone(), gw.url());
+            tasks.spawn(async move { get(&client, &format!("{base}/api/products/{}", 1 + i % 4), &[]).await.status });
+        }
+        if batch % 5 == 0 {
+            for i in 0..10 {
+                let (client, base, bearer) = (client.clone(), gw.url(), bearer.clone());
+                let key = format!("order-{batch}-{i}");
+                tasks.spawn(async move {
+                    post(
+                        &client,
+                        &format!("{base}/api/checkout"),
+                        json!({"product_id": 2, "quantity": 1}),
+                        &[("authorization", &bearer), ("idempotency-key", &key)],
+                    )
+                    .await
+                    .status
+                });
+            }
+        }
+        while let Some(status) = tasks.join_next().await {
+            *statuses.entry(status.unwrap().as_u16()).or_default() += 1;
+        }
+    }
+    assert!(killed);
+    assert_eq!(statuses.get(&200), Some(&500), "{statuses:?}");
+    assert_eq!(statuses.get(&201), Some(&100), "{statuses:?}");
+    assert_eq!(statuses.len(), 2, "no other status: {statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_closes_checkout_fast_and_leaves_products_open() {
+    let mut redis = RedisServer::start().await;
+    let services = start_services(&redis).await;
+    let gw = start_gateway(services.routes(), Some(&redis)).await;
+    let client = Client::new();
+    let checkout = |sub: &str| {
+        let (client, url, bearer) =
+            (client.clone(), format!("{}/api/checkout", gw.url()), format!("Bearer {}", token_for(sub)));
+        async move { get(&client, &url, &[("authorization", &bearer)]).await }
+    };
+    assert_eq!(checkout("1").await.status, StatusCode::OK);
+
+    redis.kill();
+    let started = Instant::now();
+    let refused = checkout("2").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json()["error"]["code"], "auth_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(client.get(&format!("{}/api/products", gw.url())).await.unwrap().status, StatusCode::OK);
+    assert_eq!(client.get(&format!("{}/readyz", gw.url())).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+
+    redis.restart().await;
+    let back = Instant::now();
+    let mut n = 3;
+    while checkout(&n.to_string()).await.status != StatusCode::OK {
+        assert!(back.elapsed() < Duration::from_secs(5), "checkout never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        n += 1;
+    }
+    assert_eq!(client.get(&format!("{}/readyz", gw.url())).await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn path_escapes_never_reach_checkout_without_a_token() {
+    let (p, u) = (backend("p").await, backend("u").await);
+    let (c, checkout_hits) = counting_backend("c").await;
+    let gw = start_gateway(
+        vec![
+            route("/api/products", &[p.url()], false),
+            route("/api/users", &[u.url()], false),
+            route("/api/checkout", &[c.url()], true),
+        ],
+        None,
+    )
+    .await;
+    for path in [
+        "/api/products/../checkout",
+        "/api/products/..%2fcheckout",
+        "/api/products/%2e%2e/checkout",
+        "/api/products/%2E%2E/checkout/",
+        "/api/products%2F..%2Fcheckout",
+        "/api/products/.%2e/checkout",
+        "/api/users/..;/checkout",
+        "/api/users/%5c..%5ccheckout",
+        "/api/products//../checkout",
+        "/api/checkout/../products",
+        "/api/checkout/%2e%2e/users",
+        "//api/checkout",
+        "/api/checkout%00",
+        "/API/checkout",
+        "/api/checkout",
+        "/api/checkout/",
+    ] {
+        let status = raw_get(gw.addr, path, "").await;
+        assert!([400, 401, 404].contains(&status), "{path}: {status}");
+    }
+    assert_eq!(checkout_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "a request reached checkout");
+    // With a token the same backend is reachable: the count above could have moved.
+    let bearer = format!("authorization: Bearer {}\r\n", token_for("5"));
+    assert_eq!(raw_get(gw.addr, "/api/checkout", &bearer).await, 200);
+    assert_eq!(checkout_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn hostile_clients_get_json_errors_and_bounded_waits() {
+    let slow = serve(tower::service_fn(|_: Request<hyper::body::Incoming>| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"late"))))
+    }))
+    .await;
+    let fast = backend("fast").await;
+    let mut cfg =
+        config(vec![route("/api/slow", &[slow.url()], false), route("/api/fast", &[fast.url()], false)], None);
+    cfg.request_timeout_ms = 300;
+    cfg.max_body_bytes = 1024;
+    cfg.header_read_timeout_ms = 300;
+    let gw = start_gateway_with(cfg).await;
+    let client = Client::new();
+
+    let late = client.get(&format!("{}/api/slow/x", gw.url())).await.unwrap();
+    assert_eq!(late.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(late.json()["error"]["code"], "gateway_timeout");
+
+    let big = post(&client, &format!("{}/api/fast/x", gw.url()), json!({"blob": "x".repeat(2048)}), &[]).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big.json()["error"]["code"], "body_too_large");
+
+    // HTTP/1.1 without Host.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"GET /api/fast/x HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("missing_host"), "{answer}");
+
+    // A head far over the cap is refused, not buffered.
+    let huge = format!("x-filler: {}\r\n", "y".repeat(64 * 1024));
+    let status = raw_get(gw.addr, "/api/fast/x", &huge).await;
+    assert!(status == 431 || status == 0, "{status}");
+
+    // A client that never finishes its head is cut off.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"GET /api/fast/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // CORS preflight, answered by the gateway.
+    let preflight = client
+        .send(
+            Request::options(format!("{}/api/fast/x", gw.url()))
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", "POST")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(preflight.headers["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let fast = backend("fast").await;
+    let gw = start_gateway(vec![route("/api/fast", &[fast.url()], false)], None).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let res = client.get(format!("{}/api/fast/h2", gw.url()).parse().unwrap()).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["path"], "/h2");
+    assert_eq!(seen["headers"]["x-forwarded-host"], gw.addr.to_string(), "the :authority became the forwarded host");
+}
