@@ -179,12 +179,11 @@ where
                 Some(name) => {
                     let endpoints = Endpoints::new(Vec::<String>::new())
                         .map_err(|e| ConfigError::new(format!("routes[{i}].dns"), e))?;
-                    crate::dns::resolve_into(name, &endpoints).await;
-                    let task = tokio::spawn(crate::dns::refresh(
-                        name.clone(),
-                        endpoints.clone(),
-                        Duration::from_millis(route.dns_refresh_ms),
-                    ));
+                    if let Err(err) = tower_gateway::balance::dns::resolve(name, &endpoints).await {
+                        tracing::warn!(%name, %err, "no endpoints from DNS yet");
+                    }
+                    let every = Duration::from_millis(route.dns_refresh_ms);
+                    let task = tokio::spawn(tower_gateway::balance::dns::watch(name.clone(), endpoints.clone(), every));
                     background.push(task.abort_handle());
                     endpoints
                 }

@@ -11,7 +11,6 @@
 
 pub mod config;
 pub mod demo;
-pub mod dns;
 pub mod gateway;
 pub mod metrics;
 pub mod server;

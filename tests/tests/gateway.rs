@@ -456,3 +456,21 @@ async fn h2c_clients_are_served() {
     assert_eq!(seen["path"], "/h2");
     assert_eq!(seen["headers"]["x-forwarded-host"], gw.addr.to_string(), "the :authority became the forwarded host");
 }
+
+#[tokio::test]
+async fn dns_routes_follow_the_name() {
+    let b = backend("b").await;
+    let mut products = route("/api/products", &[], false);
+    products.dns = Some(format!("localhost:{}", b.addr().port()));
+    products.dns_refresh_ms = 200;
+    let gw = start_gateway_with(config(vec![products], None)).await;
+    let client = Client::new();
+    for _ in 0..4 {
+        let reply = client.get(&format!("{}/api/products/x", gw.url())).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.json()["backend"], "b");
+    }
+    let metrics =
+        String::from_utf8_lossy(&client.get(&format!("{}/metrics", gw.url())).await.unwrap().body).into_owned();
+    assert!(metrics.contains(&format!("endpoint=\"http://127.0.0.1:{}\"", b.addr().port())), "{metrics}");
+}

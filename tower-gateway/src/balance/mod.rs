@@ -41,6 +41,7 @@
 //! # let _ = svc;
 //! ```
 
+pub mod dns;
 mod endpoints;
 
 use std::future::Future;
