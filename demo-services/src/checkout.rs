@@ -70,6 +70,7 @@ type ProductStack = Retry<RoundRobin<Proxy<ReplayBody<Empty<Bytes>>>>>;
 #[derive(Debug, Clone)]
 pub struct ProductClient {
     svc: ProductStack,
+    endpoints: Endpoints,
 }
 
 impl ProductClient {
@@ -77,9 +78,9 @@ impl ProductClient {
     pub fn new(endpoints: Endpoints) -> Self {
         let svc = ServiceBuilder::new()
             .layer(RetryLayer::new(RetryPolicy::new()).per_try_timeout(Duration::from_secs(2)))
-            .layer(RoundRobinLayer::new(endpoints))
+            .layer(RoundRobinLayer::new(endpoints.clone()))
             .service(Proxy::builder().timeout(Duration::from_secs(5)).build());
-        Self { svc }
+        Self { svc, endpoints }
     }
 
     /// The product's price; `None` if there is no such product.
@@ -122,7 +123,8 @@ pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
 pub fn app(state: CheckoutState) -> Router {
     let db = state.db.clone();
     let routes = Router::new().route("/", get(list).post(create)).route("/{id}", get(one));
-    crate::server::with_common(routes, state, db)
+    let ready = crate::server::Readiness::db(db).upstream("product-service", state.products.endpoints.clone());
+    crate::server::with_common(routes, state, ready)
 }
 
 /// The user the gateway authenticated, from `x-user-id`.

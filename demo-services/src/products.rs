@@ -81,7 +81,7 @@ impl ProductsState {
 pub fn app(state: ProductsState) -> Router {
     let db = state.db.clone();
     let routes = Router::new().route("/", get(list).post(create)).route("/{id}", get(one).put(replace).delete(remove));
-    crate::server::with_common(routes, state, db)
+    crate::server::with_common(routes, state, crate::server::Readiness::db(db))
 }
 
 /// The query an [`Product`] is read with, for `concat!` (sqlx wants static SQL).

@@ -45,12 +45,42 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// `/healthz`, `/readyz` (the database answers), JSON 404 and 405, and the body
-/// cap, around `routes`.
-pub fn with_common<S: Clone + Send + Sync + 'static>(routes: Router<S>, state: S, db: SqlitePool) -> Router {
+/// What `/readyz` checks: the database answers, and every upstream the service
+/// calls has at least one endpoint.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    db: SqlitePool,
+    upstreams: Vec<(&'static str, tower_gateway::balance::Endpoints)>,
+}
+
+impl Readiness {
+    /// Ready when `db` answers.
+    pub fn db(db: SqlitePool) -> Self {
+        Self { db, upstreams: Vec::new() }
+    }
+
+    /// And when `name` has an endpoint.
+    pub fn upstream(mut self, name: &'static str, endpoints: tower_gateway::balance::Endpoints) -> Self {
+        self.upstreams.push((name, endpoints));
+        self
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        if !crate::db::ping(&self.db).await {
+            return Err("database unreachable".into());
+        }
+        match self.upstreams.iter().find(|(_, endpoints)| endpoints.is_empty()) {
+            Some((name, _)) => Err(format!("no {name} endpoint")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `/healthz`, `/readyz`, JSON 404 and 405, and the body cap, around `routes`.
+pub fn with_common<S: Clone + Send + Sync + 'static>(routes: Router<S>, state: S, ready: Readiness) -> Router {
     routes
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/readyz", get(move || readyz(db.clone())))
+        .route("/readyz", get(move || readyz(ready.clone())))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
@@ -59,11 +89,12 @@ pub fn with_common<S: Clone + Send + Sync + 'static>(routes: Router<S>, state: S
         .with_state(state)
 }
 
-async fn readyz(db: SqlitePool) -> impl IntoResponse {
-    if crate::db::ping(&db).await {
-        (StatusCode::OK, Json(serde_json::json!({ "status": "ready" })))
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "database unreachable" })))
+async fn readyz(ready: Readiness) -> impl IntoResponse {
+    match ready.check().await {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ready" }))),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "not ready", "reason": reason })))
+        }
     }
 }
 

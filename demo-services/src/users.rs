@@ -119,7 +119,7 @@ pub fn app(state: UsersState) -> Router {
         .route("/signup", post(signup))
         .route("/login", post(login))
         .route("/logout", post(logout));
-    crate::server::with_common(routes, state, db)
+    crate::server::with_common(routes, state, crate::server::Readiness::db(db))
 }
 
 /// Opens the users database at `url`.

@@ -243,3 +243,18 @@ async fn restart_keeps_orders() {
     );
     drop(products_dir);
 }
+
+#[tokio::test]
+async fn not_ready_without_a_product_endpoint() {
+    let (_dir, url) = temp_db("orders.db");
+    let endpoints = Endpoints::new(Vec::<String>::new()).unwrap();
+    let app = checkout::app(CheckoutState {
+        db: checkout::connect(&url).await.unwrap(),
+        products: ProductClient::new(endpoints.clone()),
+    });
+    let (status, body) = call(&app, Method::GET, "/readyz", None, &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["reason"], "no product-service endpoint");
+    endpoints.replace(["http://127.0.0.1:1"]).unwrap();
+    assert_eq!(call(&app, Method::GET, "/readyz", None, &[]).await.0, StatusCode::OK);
+}

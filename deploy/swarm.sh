@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# The seed system on Docker Swarm, on this machine.
+#
+#   deploy/swarm.sh up      init a single-node swarm if there is none, build the images,
+#                           deploy the stack, wait until the gateway is ready
+#   deploy/swarm.sh check   smoke and failover checks against http://127.0.0.1:8080
+#   deploy/swarm.sh down    remove the stack (and --volumes: its data; and the swarm
+#                           if `up` created it)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+stack=tower-gateway
+base=${GATEWAY_URL:-http://127.0.0.1:8080}
+marker="$here/.swarm-created-by-us"
+
+log() { printf '== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every half second.
+wait_for() {
+  local seconds=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$what (not within ${seconds}s)"
+    sleep 0.5
+  done
+}
+
+json_post() { # URL BODY [HEADER...] -> prints "STATUS BODY"
+  local url=$1 body=$2
+  shift 2
+  local args=()
+  for h in "$@"; do args+=(-H "$h"); done
+  curl -sS -m 10 -o /tmp/tg-body -w '%{http_code}' -X POST "$url" -H 'content-type: application/json' "${args[@]}" -d "$body"
+  printf ' %s\n' "$(cat /tmp/tg-body)"
+}
+
+metric() { # NAME_AND_LABELS -> value (0 if absent)
+  curl -fsS -m 5 "$base/metrics" | awk -v m="$1" 'index($0, m) == 1 {print $2; found=1} END {if (!found) print 0}' | head -1
+}
+
+up() {
+  docker info >/dev/null 2>&1 || fail "no Docker engine answers (docker info)"
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+    log "initialising a single-node swarm"
+    docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+    touch "$marker"
+  fi
+  "$here/build-images.sh"
+  mkdir -p "$here/secrets"
+  if [ ! -s "$here/secrets/jwt_secret" ]; then
+    log "generating the JWT secret (deploy/secrets/jwt_secret, not committed)"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$here/secrets/jwt_secret")
+  fi
+  log "deploying the stack $stack"
+  (cd "$here" && docker stack deploy --resolve-image never -c stack.yml "$stack" >/dev/null)
+  log "waiting for every service to run and the gateway to be ready"
+  wait_for 180 "the gateway at $base/readyz is ready" curl -fsS -m 2 "$base/readyz"
+  for svc in product-service user-service checkout-service; do
+    wait_for 60 "$svc has its replicas in the gateway" ready_endpoints "$svc"
+  done
+  wait_for 90 "every task is healthy" all_healthy
+  docker stack services "$stack"
+}
+
+all_healthy() { # every task the stack wants runs and passes its health check
+  local want=0 n svc running healthy
+  for svc in $(docker stack services -q "$stack"); do
+    n=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$svc")
+    want=$((want + n))
+  done
+  running=$(docker ps -q -f "label=com.docker.stack.namespace=$stack" | wc -l)
+  healthy=$(docker ps -q -f "label=com.docker.stack.namespace=$stack" -f health=healthy | wc -l)
+  [ "$want" -gt 0 ] && [ "$running" = "$want" ] && [ "$healthy" = "$want" ]
+}
+
+ready_endpoints() { # SERVICE: the gateway knows as many endpoints as the service has replicas
+  local svc=$1 route want have
+  case $svc in
+    product-service) route=/api/products ;;
+    user-service) route=/api/users ;;
+    checkout-service) route=/api/checkout ;;
+  esac
+  want=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "${stack}_$svc")
+  have=$(metric "gateway_endpoints{route=\"$route\"}")
+  [ "$have" = "$want" ]
+}
+
+login() { # EMAIL -> prints a token
+  json_post "$base/api/users/login" "{\"email\":\"$1\",\"password\":\"correct horse\"}" | cut -d' ' -f2- | jq -r .token
+}
+
+check() {
+  local out status email token
+  log "1. signup, login, checkout through the gateway"
+  email="check-$(date +%s%N)@example.com"
+  out=$(json_post "$base/api/users/signup" "{\"name\":\"Check\",\"email\":\"$email\",\"password\":\"correct horse\"}")
+  [ "${out%% *}" = 201 ] || fail "signup: $out"
+  token=$(login "$email")
+  [ -n "$token" ] && [ "$token" != null ] || fail "login gave no token"
+  out=$(json_post "$base/api/checkout" '{"product_id":1,"quantity":2}' "authorization: Bearer $token" "idempotency-key: smoke-$email")
+  [ "${out%% *}" = 201 ] || fail "checkout: $out"
+  echo "   order: ${out#* }"
+  out=$(json_post "$base/api/checkout" '{"product_id":1,"quantity":1}')
+  [ "${out%% *}" = 401 ] || fail "checkout without a token: $out"
+
+  log "2. round robin across the product replicas"
+  for _ in $(seq 1 20); do curl -fsS -m 5 -o /dev/null "$base/api/products/1" || fail "GET /api/products/1"; done
+  local used
+  used=$(curl -fsS "$base/metrics" | grep -c '^gateway_upstream_requests_total{route="/api/products",endpoint=')
+  [ "$used" -ge 2 ] || fail "only $used product endpoint(s) served requests"
+  echo "   $used product endpoints served requests"
+
+  log "3. a product replica killed with docker kill under load: no failed request"
+  local results=/tmp/tg-load
+  : > "$results"
+  (
+    for i in $(seq 1 800); do
+      if [ $((i % 4)) = 0 ]; then
+        code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST "$base/api/checkout" -H 'content-type: application/json' \
+          -H "authorization: Bearer $token" -H "idempotency-key: load-$email-$i" -d '{"product_id":2,"quantity":1}')
+      else
+        code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$base/api/products/$((1 + i % 4))")
+      fi
+      echo "$code" >> "$results"
+    done
+  ) &
+  local loader=$!
+  loaded() { [ "$(wc -l < "$results")" -ge 100 ]; }
+  wait_for 60 "the load started" loaded
+  local victim
+  victim=$(docker ps -q -f "name=${stack}_product-service" | head -1)
+  [ -n "$victim" ] || fail "no product-service container to kill"
+  docker kill "$victim" >/dev/null
+  echo "   killed $victim after $(wc -l < "$results") requests"
+  wait "$loader"
+  local total bad
+  total=$(wc -l < "$results")
+  bad=$(grep -cvE '^(200|201)$' "$results" || true)
+  echo "   $total requests, $bad failed"
+  [ "$bad" = 0 ] || fail "$bad of $total requests failed: $(sort "$results" | uniq -c | tr '\n' ' ')"
+
+  log "4. scaling product-service to 3 reaches the gateway without a restart"
+  docker service scale "${stack}_product-service=3" >/dev/null 2>&1
+  wait_for 90 "the gateway sees 3 product endpoints" ready_endpoints product-service
+  echo "   gateway_endpoints{route=\"/api/products\"} = $(metric 'gateway_endpoints{route="/api/products"}')"
+
+  log "5. Redis killed: checkout fails closed with 503, then recovers"
+  local redis
+  redis=$(docker ps -q -f "name=${stack}_redis" | head -1)
+  [ -n "$redis" ] || fail "no redis container"
+  docker kill "$redis" >/dev/null
+  closed() {
+    local t
+    t=$(login "$email") # a fresh token is never in the gateway's cache
+    [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $t")" = 503 ]
+  }
+  wait_for 20 "checkout answers 503 without Redis" closed
+  out=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/products/1")
+  [ "$out" = 200 ] || fail "products while Redis is down: $out"
+  echo "   checkout 503, products 200"
+  open() {
+    local t
+    t=$(login "$email")
+    [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $t")" = 200 ]
+  }
+  wait_for 90 "checkout recovers once Swarm restarts Redis" open
+  echo "   checkout 200 again"
+  log "all checks passed"
+}
+
+down() {
+  log "removing the stack $stack"
+  docker stack rm "$stack" >/dev/null 2>&1 || true
+  wait_for 60 "the stack's containers are gone" sh -c "[ -z \"\$(docker ps -aq -f label=com.docker.stack.namespace=$stack)\" ]"
+  wait_for 60 "the stack's network is gone" sh -c "! docker network inspect ${stack}_backend"
+  if [ "${1:-}" = --volumes ]; then
+    docker volume rm "${stack}_products-data" "${stack}_users-data" "${stack}_orders-data" >/dev/null 2>&1 || true
+  fi
+  if [ -f "$marker" ]; then
+    log "leaving the swarm this script created"
+    docker swarm leave --force >/dev/null
+    rm -f "$marker"
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  check) check ;;
+  down) shift; down "$@" ;;
+  *) echo "usage: $0 up|check|down [--volumes]" >&2; exit 2 ;;
+esac
