@@ -240,7 +240,7 @@ impl<B> Gateway<B> {
     fn route_for(&self, path: &str) -> Option<&Route<B>> {
         self.inner.routes.iter().find(|r| {
             path.strip_prefix(&*r.prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
     }
 
