@@ -238,10 +238,10 @@ impl<B> Gateway<B> {
     }
 
     fn route_for(&self, path: &str) -> Option<&Route<B>> {
-        self.inner.routes.iter().find(|r| {
-            path.strip_prefix(&*r.prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        self.inner
+            .routes
+            .iter()
+            .find(|r| path.strip_prefix(&*r.prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
     }
 
     fn metrics_text(&self) -> String {
