@@ -46,8 +46,10 @@ async fn start(config_path: Option<&Path>) -> Result<(), String> {
 
     let (secret, secret_source) = match env("JWT_SECRET_FILE") {
         Some(path) => {
-            let bytes = std::fs::read_to_string(&path).map_err(|e| format!("JWT_SECRET_FILE {path}: {e}"))?;
-            (bytes.trim_end().to_owned(), "JWT_SECRET_FILE")
+            let bytes = demo_services::jwt::read_secret_file(Path::new(&path))
+                .map_err(|e| format!("JWT_SECRET_FILE {path}: {e}"))?;
+            let secret = String::from_utf8(bytes).map_err(|_| format!("JWT_SECRET_FILE {path}: not UTF-8 text"))?;
+            (secret, "JWT_SECRET_FILE")
         }
         None => (random_secret(), "generated for this run"),
     };

@@ -83,10 +83,9 @@ impl<B> std::fmt::Debug for Gateway<B> {
 pub fn authenticator(config: &Config) -> Result<Authenticator, ConfigError> {
     let jwt = &config.jwt;
     let key = if let Some(path) = &jwt.secret_file {
-        let secret =
-            std::fs::read(path).map_err(|e| ConfigError::new("jwt.secret_file", format!("{}: {e}", path.display())))?;
-        let end = secret.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
-        tower_gateway_auth::Key::hs256(&secret[..end]).map_err(|e| ConfigError::new("jwt.secret_file", e))?
+        let secret = demo_services::jwt::read_secret_file(path)
+            .map_err(|e| ConfigError::new("jwt.secret_file", format!("{}: {e}", path.display())))?;
+        tower_gateway_auth::Key::hs256(&secret).map_err(|e| ConfigError::new("jwt.secret_file", e))?
     } else if let Some(secret) = &jwt.secret {
         tower_gateway_auth::Key::hs256(secret.as_bytes()).map_err(|e| ConfigError::new("jwt.secret", e))?
     } else if let Some(path) = &jwt.public_key_file {

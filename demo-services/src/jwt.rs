@@ -74,8 +74,9 @@ impl JwtSettings {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let read = |name: &str, path: String| std::fs::read(&path).map_err(|e| format!("{name} {path}: {e}"));
         let settings = if let Some(path) = var("JWT_SECRET_FILE") {
-            let secret = read("JWT_SECRET_FILE", path)?;
-            Self::hs256(trim_ascii_end(&secret))?
+            let secret =
+                read_secret_file(std::path::Path::new(&path)).map_err(|e| format!("JWT_SECRET_FILE {path}: {e}"))?;
+            Self::hs256(&secret)?
         } else if let Some(secret) = var("JWT_SECRET") {
             Self::hs256(secret.as_bytes())?
         } else if let Some(path) = var("JWT_PRIVATE_KEY_FILE") {
@@ -148,14 +149,31 @@ impl JwtSettings {
     }
 }
 
-fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
-    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
-    &bytes[..end]
+/// A shared secret from a file (a Docker secret, say), without the trailing
+/// newline editors and `echo` add.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut secret = std::fs::read(path)?;
+    secret.truncate(secret.trim_ascii_end().len());
+    Ok(secret)
 }
 
 impl JwtSettings {
     /// How long issued tokens live, in seconds.
     pub fn ttl_secs(&self) -> u64 {
         self.ttl.as_secs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_files_lose_only_trailing_whitespace() {
+        let dir = std::env::temp_dir().join(format!("jwt-secret-{}", std::process::id()));
+        std::fs::write(&dir, b"  a secret with inner spaces \r\n\n").unwrap();
+        let secret = read_secret_file(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(secret, b"  a secret with inner spaces");
     }
 }
