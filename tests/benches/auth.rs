@@ -36,6 +36,7 @@ fn claims() -> Claims {
         iss: None,
         aud: None,
         email: Some("user42@example.com".into()),
+        roles: Vec::new(),
     }
 }
 

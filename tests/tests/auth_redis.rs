@@ -30,6 +30,7 @@ fn token(sub: &str, jti: &str, lifetime: u64) -> String {
         iss: None,
         aud: None,
         email: None,
+        roles: Vec::new(),
     };
     jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
 }

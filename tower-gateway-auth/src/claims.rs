@@ -15,7 +15,7 @@ pub enum Audience {
     Many(Vec<String>),
 }
 
-/// The registered claims the layer understands, plus `email` (the seed's).
+/// The registered claims the layer understands, plus `email` (the seed's) and `roles`.
 ///
 /// Unknown claims are ignored; a claim given twice makes the token invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +42,16 @@ pub struct Claims {
     /// The user's email.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// The user's roles (`["admin"]`), for [`JwtAuthLayer::any_role`](crate::JwtAuthLayer::any_role).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl Claims {
+    /// Whether the token carries `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
 }
 
 /// The verified identity of a request, in its extensions once

@@ -27,6 +27,8 @@ pub enum Rejection {
     Revoked,
     /// The token store could not be reached (fail closed).
     StoreUnavailable,
+    /// The token is valid but carries none of the roles the route requires.
+    Forbidden,
 }
 
 impl Rejection {
@@ -41,6 +43,7 @@ impl Rejection {
             Self::ClaimsRejected => "claims_rejected",
             Self::Revoked => "revoked_token",
             Self::StoreUnavailable => "auth_unavailable",
+            Self::Forbidden => "forbidden",
         }
     }
 
@@ -54,16 +57,19 @@ impl Rejection {
             Self::ClaimsRejected => "the token was not issued for this service",
             Self::Revoked => "the token has been revoked",
             Self::StoreUnavailable => "authentication is temporarily unavailable",
+            Self::Forbidden => "the token does not carry a role this route requires",
         }
     }
 
     /// The response for this rejection: 401 with `WWW-Authenticate` (RFC 6750
-    /// §3: no error code when no token was sent), or 503 with `Retry-After` when
-    /// the store is down. The body is `{"error":{"code","message"}}`.
+    /// §3: no error code when no token was sent), 403 with `error="insufficient_scope"`
+    /// for a missing role, or 503 with `Retry-After` when the store is down. The body
+    /// is `{"error":{"code","message"}}`.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let (status, challenge) = match self {
             Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
             Self::MissingToken => (StatusCode::UNAUTHORIZED, Some("Bearer")),
+            Self::Forbidden => (StatusCode::FORBIDDEN, Some("Bearer error=\"insufficient_scope\"")),
             _ => (StatusCode::UNAUTHORIZED, Some("Bearer error=\"invalid_token\"")),
         };
         let body = serde_json::json!({ "error": { "code": self.code(), "message": self.message() } });

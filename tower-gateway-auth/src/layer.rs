@@ -16,16 +16,49 @@ use crate::authenticator::{Authenticator, Step, Verified};
 use crate::error::Rejection;
 use crate::store::BoxFuture;
 
-/// Requires a valid, unrevoked `Authorization: Bearer` JWT. See the [crate docs](crate).
+/// The roles a route requires: the token must carry at least one of them.
+type Roles = Option<Arc<[String]>>;
+
+/// Requires a valid, unrevoked `Authorization: Bearer` JWT, and optionally a role.
+/// See the [crate docs](crate).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct JwtAuthLayer {
     auth: Authenticator,
+    roles: Roles,
 }
 
 impl JwtAuthLayer {
-    /// A layer authenticating with `auth`.
+    /// A layer authenticating with `auth`: any valid token is let through.
     pub fn new(auth: Authenticator) -> Self {
-        Self { auth }
+        Self { auth, roles: None }
+    }
+
+    /// Also requires the token's `roles` claim to hold at least one of `roles`;
+    /// a valid token without one is answered `403` with
+    /// `{"error":{"code":"forbidden",..}}` and never reaches the inner service.
+    ///
+    /// ```
+    /// use axum::{Router, routing::{delete, get}};
+    /// use tower_gateway_auth::{Authenticator, JwtAuthLayer, Key};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let auth = Authenticator::builder(Key::hs256(b"a shared secret of at least 32 bytes!")?).build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/products/{id}", delete(|| async { "deleted" }))
+    ///     .route_layer(JwtAuthLayer::new(auth.clone()).any_role(["admin"]))
+    ///     .route("/orders", get(|| async { "your orders" }).route_layer(JwtAuthLayer::new(auth)));
+    /// # let _ = app;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn any_role<I>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.roles = Some(roles.into_iter().map(Into::into).collect());
+        self
     }
 }
 
@@ -33,21 +66,23 @@ impl<S> Layer<S> for JwtAuthLayer {
     type Service = JwtAuth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        JwtAuth { inner, auth: self.auth.clone() }
+        JwtAuth { inner, auth: self.auth.clone(), roles: self.roles.clone() }
     }
 }
 
-/// Requires a valid, unrevoked `Authorization: Bearer` JWT. See the [crate docs](crate).
+/// Requires a valid, unrevoked `Authorization: Bearer` JWT, and optionally a role.
+/// See the [crate docs](crate).
 #[derive(Debug, Clone)]
 pub struct JwtAuth<S> {
     inner: S,
     auth: Authenticator,
+    roles: Roles,
 }
 
 impl<S> JwtAuth<S> {
     /// Wraps `inner`, authenticating with `auth`.
     pub fn new(inner: S, auth: Authenticator) -> Self {
-        Self { inner, auth }
+        Self { inner, auth, roles: None }
     }
 
     /// A [`JwtAuthLayer`] authenticating with `auth`.
@@ -102,11 +137,18 @@ fn scrub(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-fn admit<B>(req: &mut Request<B>, verified: &Verified) {
+/// Lets the request in with the verified identity, if it carries a required role.
+fn admit<B>(req: &mut Request<B>, verified: &Verified, roles: &Roles) -> Result<(), Rejection> {
+    if let Some(roles) = roles
+        && !roles.iter().any(|role| verified.who.has_role(role))
+    {
+        return Err(Rejection::Forbidden);
+    }
     for (name, value) in &verified.headers {
         req.headers_mut().insert(name.clone(), value.clone());
     }
     req.extensions_mut().insert(verified.who.clone());
+    Ok(())
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S>
@@ -125,10 +167,10 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         scrub(req.headers_mut(), self.auth.identity_header_names());
         let state = match self.auth.begin(req.headers()) {
-            Step::Allow(verified) => {
-                admit(&mut req, &verified);
-                State::Calling { future: self.inner.call(req) }
-            }
+            Step::Allow(verified) => match admit(&mut req, &verified, &self.roles) {
+                Ok(()) => State::Calling { future: self.inner.call(req) },
+                Err(rejection) => State::Refused { rejection },
+            },
             Step::Reject(rejection) => {
                 tracing::debug!(reason = rejection.code(), "request refused");
                 State::Refused { rejection }
@@ -139,7 +181,7 @@ where
                 // The ready service goes into the future; a fresh clone stays behind.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                State::Checking { check, request: Some(req), inner: Some(inner) }
+                State::Checking { check, request: Some(req), inner: Some(inner), roles: self.roles.clone() }
             }
         };
         ResponseFuture { state }
@@ -167,6 +209,7 @@ pin_project! {
             check: BoxFuture<'static, Result<Arc<Verified>, Rejection>>,
             request: Option<Req>,
             inner: Option<S>,
+            roles: Roles,
         },
         Calling { #[pin] future: S::Future },
         Refused { rejection: Rejection },
@@ -190,7 +233,7 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Checking { check, request, inner } => {
+                StateProj::Checking { check, request, inner, roles } => {
                     let verified = match ready!(check.as_mut().poll(cx)) {
                         Ok(verified) => verified,
                         Err(rejection) => {
@@ -200,7 +243,10 @@ where
                         }
                     };
                     let mut req = request.take().expect("request taken once");
-                    admit(&mut req, &verified);
+                    if let Err(rejection) = admit(&mut req, &verified, roles) {
+                        this.state.set(State::Refused { rejection });
+                        continue;
+                    }
                     let future = inner.as_mut().expect("service taken once").call(req);
                     this.state.set(State::Calling { future });
                 }

@@ -32,6 +32,7 @@ fn claims(sub: &str) -> Claims {
         iss: Some("user-service".into()),
         aud: Some(Audience::One("gateway".into())),
         email: Some(format!("{sub}@example.com")),
+        roles: Vec::new(),
     }
 }
 
@@ -452,4 +453,38 @@ fn weak_or_mismatched_keys_are_configuration_errors() {
     assert!(Key::public_pem(Algorithm::HS256, RSA_PUBLIC).is_err());
     assert!(Key::public_pem(Algorithm::RS256, b"not a pem").is_err());
     assert!(Key::public_pem(Algorithm::RS256, ED_PUBLIC).is_err());
+}
+
+#[tokio::test]
+async fn a_required_role_is_403_without_it_and_checked_on_every_path() {
+    let auth = builder().build().unwrap();
+    let admin_only = |auth: &Authenticator| JwtAuthLayer::new(auth.clone()).any_role(["admin", "ops"]).layer(inner());
+    let send_with =
+        |token: String| Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+
+    let user = hs256(&claims("1"));
+    let admin = hs256(&Claims { roles: vec!["reader".into(), "ops".into()], ..claims("2") });
+    let roles_not_a_list = raw_hs256(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"3","exp":{},"iss":"user-service","aud":"gateway","roles":"admin"}}"#, unix_now() + 60),
+    );
+    // Twice each: the first asks the store, the second is served from the cache.
+    for round in ["store", "cache"] {
+        let res = admin_only(&auth).oneshot(send_with(user.clone())).await.unwrap();
+        let (status, code, challenge) = refusal(&res);
+        assert_eq!(
+            (status, code.as_str(), challenge.as_deref()),
+            (StatusCode::FORBIDDEN, "forbidden", Some("Bearer error=\"insufficient_scope\"")),
+            "{round}"
+        );
+        assert_eq!(res.extensions().get::<Rejection>(), Some(&Rejection::Forbidden));
+
+        let res = admin_only(&auth).oneshot(send_with(admin.clone())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{round}");
+        assert_eq!(res.extensions().get::<Seen>().unwrap().user_id.as_deref(), Some("2"));
+    }
+    assert_invalid(&admin_only(&auth).oneshot(send_with(roles_not_a_list)).await.unwrap(), "invalid_token");
+    // No token at all is still 401, not 403.
+    let res = admin_only(&auth).oneshot(Request::get("/").body(()).unwrap()).await.unwrap();
+    assert_eq!(refusal(&res).0, StatusCode::UNAUTHORIZED);
 }
