@@ -22,12 +22,17 @@
 //! - backslashes, raw or encoded (`%5C`), and encoded slashes (`%2F`);
 //! - encoded control characters (`%00`–`%1F`, `%7F`) and double-encoded dots,
 //!   slashes or backslashes (`%252e`);
-//! - malformed percent-encoding (`%`, `%zz`).
+//! - malformed percent-encoding (`%`, `%zz`);
+//! - `;` path parameters, raw or encoded (`/admin;x=1`, `/admin%3Bx`): servlet
+//!   containers and some frameworks drop them before routing, so `/api;x/admin`
+//!   could mean `/api/admin` to a backend while looking like another path here
+//!   (Spring Security's `StrictHttpFirewall` refuses them for the same reason).
 //!
-//! Everything else passes. The prefix is compared byte for byte and is
-//! case-sensitive: a percent-encoded spelling of it (`/api/%70roducts`) is not a
-//! match, so it passes through untouched and unstripped. An asterisk-form path
-//! (`OPTIONS *`) passes untouched.
+//! Everything else passes, in its [canonical](canonicalize) form: percent-encoded
+//! unreserved characters are decoded (`/api/%70roducts` is `/api/products`, as
+//! RFC 3986 §6.2.2.2 says they are the same), and other escapes upper-cased. The
+//! prefix is then compared byte for byte and is case-sensitive. An asterisk-form
+//! path (`OPTIONS *`) passes untouched.
 //!
 //! # Example
 //!
@@ -55,6 +60,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -92,6 +98,8 @@ pub enum PathError {
     DoubleEncoded,
     /// A `%` not followed by two hex digits.
     BadPercentEncoding,
+    /// A `;` path parameter, raw or percent-encoded.
+    Parameter,
 }
 
 impl fmt::Display for PathError {
@@ -105,6 +113,7 @@ impl fmt::Display for PathError {
             Self::ControlCharacter => "the path must not contain control characters",
             Self::DoubleEncoded => "the path must not contain double-encoded separators",
             Self::BadPercentEncoding => "the path contains malformed percent-encoding",
+            Self::Parameter => "the path must not contain ';' parameters",
         })
     }
 }
@@ -177,7 +186,7 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
                 b'\\' => return Err(PathError::Backslash),
                 0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
                 b'%' => {
-                    if let Ok(b'.' | b'/' | b'\\') = escape_at(bytes, i + 2) {
+                    if escape_at(bytes, i + 2).is_ok() {
                         return Err(PathError::DoubleEncoded);
                     }
                 }
@@ -194,28 +203,87 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
         if is_dot_segment(segment) {
             return Err(PathError::DotSegment);
         }
+        if segment.contains(&b';') || segment.windows(3).any(|w| w[0] == b'%' && w[1] == b'3' && w[2] | 0x20 == b'b') {
+            return Err(PathError::Parameter);
+        }
     }
     Ok(())
+}
+
+/// The canonical form of `path`, or why it has none: [`check_path`]'s rules, then
+/// percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded and the
+/// remaining escapes upper-cased. Borrowed when `path` is already canonical.
+/// Two spellings that a backend decodes to the same path have the same canonical
+/// form, so matching on it cannot be fooled by encoding.
+///
+/// ```
+/// use tower_gateway::strip_prefix::{canonicalize, PathError};
+///
+/// assert_eq!(canonicalize("/api/users/%61dmin/x%2d1").unwrap(), "/api/users/admin/x-1");
+/// assert_eq!(canonicalize("/a%20b%3a").unwrap(), "/a%20b%3A");
+/// assert_eq!(canonicalize("/api/users/admin;x=1"), Err(PathError::Parameter));
+/// ```
+pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    check_path(path)?;
+    let bytes = path.as_bytes();
+    let needs_work = |i: usize| {
+        bytes[i] == b'%'
+            && escape_at(bytes, i)
+                .is_ok_and(|b| is_unreserved(b) || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase))
+    };
+    let Some(first) = (0..bytes.len()).find(|&i| needs_work(i)) else {
+        return Ok(Cow::Borrowed(path));
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..first]);
+    let mut i = first;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let decoded = escape_at(bytes, i)?;
+            if is_unreserved(decoded) {
+                out.push(decoded);
+            } else {
+                out.push(b'%');
+                out.extend(bytes[i + 1..i + 3].iter().map(u8::to_ascii_uppercase));
+            }
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    // Only ASCII was replaced by ASCII, so the bytes are as UTF-8 as the input was.
+    Ok(Cow::Owned(String::from_utf8(out).expect("ASCII replaced by ASCII")))
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// Strips `prefix` (canonical, without a trailing `/`; empty for the root) from
 /// `path` on a segment boundary.
 ///
-/// Returns `Ok(Some(rest))` on a match, where `rest` is empty or starts with `/`,
-/// `Ok(None)` when the path does not start with the prefix, and an error when the
-/// path is not canonical (whether or not it matches).
+/// Returns `Ok(Some(rest))` on a match, where `rest` is the rest of the
+/// [canonical](canonicalize) path, empty or starting with `/`; `Ok(None)` when the
+/// path does not start with the prefix; and an error when the path is refused
+/// (whether or not it matches).
 ///
 /// ```
 /// use tower_gateway::strip_prefix::{strip, PathError};
 ///
-/// assert_eq!(strip("/api/products", "/api/products/item"), Ok(Some("/item")));
-/// assert_eq!(strip("/api/products", "/api/products"), Ok(Some("")));
-/// assert_eq!(strip("/api/products", "/api/productsX"), Ok(None));
+/// assert_eq!(strip("/api/products", "/api/products/item").unwrap().as_deref(), Some("/item"));
+/// assert_eq!(strip("/api/products", "/api/%70roducts/%69tem").unwrap().as_deref(), Some("/item"));
+/// assert_eq!(strip("/api/products", "/api/products").unwrap().as_deref(), Some(""));
+/// assert_eq!(strip("/api/products", "/api/productsX").unwrap(), None);
 /// assert_eq!(strip("/api/products", "/api/products/%2e%2e/checkout"), Err(PathError::DotSegment));
 /// ```
-pub fn strip<'a>(prefix: &str, path: &'a str) -> Result<Option<&'a str>, PathError> {
-    check_path(path)?;
-    Ok(path.strip_prefix(prefix).filter(|rest| rest.is_empty() || rest.starts_with('/')))
+pub fn strip<'a>(prefix: &str, path: &'a str) -> Result<Option<Cow<'a, str>>, PathError> {
+    let matches = |path: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    Ok(match canonicalize(path)? {
+        Cow::Borrowed(path) if matches(path) => Some(Cow::Borrowed(&path[prefix.len()..])),
+        Cow::Owned(path) if matches(&path) => Some(Cow::Owned(path[prefix.len()..].to_owned())),
+        _ => None,
+    })
 }
 
 /// Rewrites `uri` with `prefix` stripped from its path, keeping the query.
@@ -228,7 +296,7 @@ fn strip_uri(prefix: &str, uri: &Uri) -> Result<Option<Uri>, PathError> {
     let Some(rest) = strip(prefix, path)? else {
         return Ok(None);
     };
-    let rest = if rest.is_empty() { "/" } else { rest };
+    let rest = if rest.is_empty() { "/" } else { &rest };
     let mut path_and_query = String::with_capacity(rest.len() + uri.query().map_or(0, |q| q.len() + 1));
     path_and_query.push_str(rest);
     if let Some(query) = uri.query() {
@@ -423,8 +491,9 @@ mod tests {
             ("/api/productsX", None),
             ("/api/products-x/item", None),
             ("/API/products/item", None),
-            ("/api/%70roducts/item", None),
-            ("/api/products;v=1/item", None),
+            ("/api/%70roducts/%69tem", Some("/item")),
+            ("/api/products/a%2db%7e%5F", Some("/a-b~_")),
+            ("/api/products/caf%c3%a9", Some("/caf%C3%A9")),
             ("/api", None),
             ("/", None),
         ];
@@ -487,6 +556,10 @@ mod tests {
             ("/../api/products/item", DotSegment),
             ("/api/products/a/../../checkout", DotSegment),
             ("/api/products/%2e%2e%2fcheckout", EncodedSlash),
+            ("/api/products;v=1/item", Parameter),
+            ("/api/products/item;jsessionid=1", Parameter),
+            ("/api/products/item%3bx", Parameter),
+            ("/api/products/%2561", DoubleEncoded),
         ];
         assert!(cases.len() >= 25);
         for (input, expected) in cases {
