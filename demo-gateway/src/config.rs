@@ -1,16 +1,28 @@
-//! The gateway's configuration: a TOML file, environment overrides, validated
-//! once at start-up into plain values the hot path only reads.
+//! The gateway's configuration as data: a TOML file, environment overrides and
+//! defaults (the shipped system). [`Plan::compile`](crate::Plan::compile) turns it
+//! into the running gateway, checking every field once.
+//!
+//! ```toml
+//! [upstreams.products]
+//! endpoints = ["http://127.0.0.1:3001", "http://127.0.0.1:3003"]  # or dns = "tasks.product-service:3001"
+//!
+//! [[routes]]
+//! prefix = "/api/products"        # or path = "/api/users" for that path alone
+//! methods = ["GET", "HEAD"]       # any method when left out
+//! upstream = "products"
+//! access = "public"               # or "token", or { roles = ["admin"] }
+//! ```
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tower_gateway_auth::KeyConfig;
 
 /// A configuration that cannot work, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The field, e.g. `routes[1].endpoints[0]`.
+    /// The field, e.g. `routes[1].upstream`.
     pub field: String,
     /// What is wrong with it.
     pub message: String,
@@ -31,7 +43,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The whole configuration. Every field has a default: the empty file is the
-/// seed's gateway.
+/// shipped system on 127.0.0.1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -41,7 +53,7 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// The largest request body accepted (`413` beyond).
     pub max_body_bytes: usize,
-    /// Requests handled at once; more are answered `503` at once.
+    /// Requests forwarded at once; more are answered `503` at once.
     pub max_concurrent_requests: usize,
     /// How long a client may take to send a request head.
     pub header_read_timeout_ms: u64,
@@ -52,57 +64,39 @@ pub struct Config {
     /// Origins allowed by CORS; `["*"]` for any, `[]` for no CORS headers
     /// (`GATEWAY_CORS_ORIGINS`, comma-separated).
     pub cors_origins: Vec<String>,
-    /// The token store for JWT revocation (`REDIS_URL`); in memory without it.
+    /// The token store for revocations (`REDIS_URL`); in memory without it.
     pub redis_url: Option<String>,
-    /// JWT verification, for routes with `auth = true`.
-    pub jwt: JwtConfig,
-    /// The routes, matched by longest prefix.
+    /// How tokens are verified: the key configuration user-service reads too
+    /// (`JWT_*`). The gateway needs only the public key.
+    pub jwt: KeyConfig,
+    /// How revocations are checked.
+    pub revocation: RevocationConfig,
+    /// The upstreams, by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// The routes: the most specific match wins.
     pub routes: Vec<RouteConfig>,
 }
 
-/// JWT verification settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How the token store is consulted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct JwtConfig {
-    /// A file holding the HS256 secret (`JWT_SECRET_FILE`), at least 32 bytes.
-    pub secret_file: Option<PathBuf>,
-    /// The HS256 secret itself (`JWT_SECRET`); prefer `secret_file`.
-    pub secret: Option<String>,
-    /// For asymmetric keys: the algorithm (`RS256`, `ES256`, `EdDSA`…).
-    pub algorithm: Option<String>,
-    /// For asymmetric keys: the public key, PEM.
-    pub public_key_file: Option<PathBuf>,
-    /// Required `iss`.
-    pub issuer: Option<String>,
-    /// Required `aud`.
-    pub audience: Option<String>,
+pub struct RevocationConfig {
     /// How long a token found unrevoked is trusted without asking the store.
     pub cache_bound_ms: u64,
     /// Let locally valid tokens through when the store is down.
     pub fail_open: bool,
 }
 
-impl Default for JwtConfig {
+impl Default for RevocationConfig {
     fn default() -> Self {
-        Self {
-            secret_file: None,
-            secret: None,
-            algorithm: None,
-            public_key_file: None,
-            issuer: None,
-            audience: None,
-            cache_bound_ms: 1_000,
-            fail_open: false,
-        }
+        Self { cache_bound_ms: 1_000, fail_open: false }
     }
 }
 
-/// One route.
+/// A set of endpoints that routes forward to, with its balancing and retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RouteConfig {
-    /// The base path, stripped before forwarding (`/api/products`).
-    pub prefix: String,
+pub struct UpstreamConfig {
     /// Static endpoints, `http://host:port`.
     pub endpoints: Vec<String>,
     /// Or a DNS name with a port (`tasks.product-service:3001`), re-resolved to all
@@ -110,8 +104,6 @@ pub struct RouteConfig {
     pub dns: Option<String>,
     /// How often `dns` is resolved again.
     pub dns_refresh_ms: u64,
-    /// Whether a JWT is required.
-    pub auth: bool,
     /// How long to wait for an upstream's response head.
     pub timeout_ms: u64,
     /// How long to wait for a connection to an upstream.
@@ -124,14 +116,12 @@ pub struct RouteConfig {
     pub retry: RetryConfig,
 }
 
-impl Default for RouteConfig {
+impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            prefix: String::new(),
             endpoints: Vec::new(),
             dns: None,
             dns_refresh_ms: 5_000,
-            auth: false,
             timeout_ms: 15_000,
             connect_timeout_ms: 1_000,
             eject_after: 1,
@@ -141,7 +131,7 @@ impl Default for RouteConfig {
     }
 }
 
-/// Retry settings of a route.
+/// Retry settings of an upstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
@@ -153,7 +143,7 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
     /// Random extra, as a fraction of the backoff.
     pub jitter: f64,
-    /// The longest one attempt may take (0: no limit but the route's timeout).
+    /// The longest one attempt may take (0: no limit but the upstream's timeout).
     pub per_try_timeout_ms: u64,
     /// Request bodies up to this size are buffered so they can be replayed.
     pub max_replay_body_bytes: usize,
@@ -172,18 +162,127 @@ impl Default for RetryConfig {
     }
 }
 
-fn route(prefix: &str, ports: &[u16], auth: bool) -> RouteConfig {
-    RouteConfig {
-        prefix: prefix.into(),
-        endpoints: ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
-        auth,
-        ..RouteConfig::default()
+/// Who may use a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: `access = "public"`.
+    Public,
+    /// Any valid token: `access = "token"`.
+    Token,
+    /// A valid token with one of these roles: `access = { roles = ["admin"] }`.
+    Roles(Vec<String>),
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Public => f.write_str("public"),
+            Self::Token => f.write_str("token"),
+            Self::Roles(roles) => write!(f, "role {}", roles.join(" or ")),
+        }
     }
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum AccessRepr {
+    Named(String),
+    Roles {
+        roles: Vec<String>,
+    },
+}
+
+impl Serialize for Access {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Public => AccessRepr::Named("public".into()),
+            Self::Token => AccessRepr::Named("token".into()),
+            Self::Roles(roles) => AccessRepr::Roles { roles: roles.clone() },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Access {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wrong = || serde::de::Error::custom(r#"access is "public", "token" or { roles = ["..."] }"#);
+        match AccessRepr::deserialize(d).map_err(|_| wrong())? {
+            AccessRepr::Named(name) if name == "public" => Ok(Self::Public),
+            AccessRepr::Named(name) if name == "token" => Ok(Self::Token),
+            AccessRepr::Named(_) => Err(wrong()),
+            AccessRepr::Roles { roles } => Ok(Self::Roles(roles)),
+        }
+    }
+}
+
+/// One route: what it matches, who may use it, where it goes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// A name for logs and metrics (default: the path or prefix and the methods).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Matches this path and everything under it, on segment boundaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Or matches this path alone (a trailing `/` allowed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The methods matched (upper-case); any method when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// What is stripped before forwarding (default: the prefix or path itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// The upstream's name, in `[upstreams]`.
+    pub upstream: String,
+    /// Who may use the route. Required: nothing is open by omission.
+    pub access: Option<Access>,
+}
+
+fn local(ports: &[u16]) -> UpstreamConfig {
+    UpstreamConfig {
+        endpoints: ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+        ..UpstreamConfig::default()
+    }
+}
+
+/// The shipped policy, over upstreams named `products`, `users` and `checkout`.
+pub fn shipped_routes() -> Vec<RouteConfig> {
+    let admin = || Some(Access::Roles(vec!["admin".into()]));
+    let route = |prefix: &str, methods: &[&str], upstream: &str, access| RouteConfig {
+        prefix: Some(prefix.into()),
+        methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        upstream: upstream.into(),
+        access,
+        ..RouteConfig::default()
+    };
+    let users_path = |path: &str, methods: &[&str], access| RouteConfig {
+        prefix: None,
+        path: Some(path.into()),
+        strip_prefix: Some("/api/users".into()),
+        ..route("", methods, "users", access)
+    };
+    vec![
+        route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)),
+        route("/api/products", &[], "products", admin()),
+        users_path("/api/users/signup", &["POST"], Some(Access::Public)),
+        users_path("/api/users/login", &["POST"], Some(Access::Public)),
+        users_path("/api/users", &[], admin()),
+        route("/api/users", &[], "users", Some(Access::Token)),
+        route("/api/checkout", &[], "checkout", Some(Access::Token)),
+    ]
+}
+
+/// The key configuration of the shipped system, less the key files: tokens from
+/// user-service, for this gateway.
+pub fn shipped_jwt() -> KeyConfig {
+    KeyConfig { issuer: Some("user-service".into()), audience: Some("tower-gateway".into()), ..KeyConfig::default() }
+}
+
 impl Default for Config {
-    /// The seed's gateway: `/api/products` → 3001, 3003; `/api/users` → 3002,
-    /// 3004; `/api/checkout` → 3005 with JWT auth.
+    /// The shipped system on 127.0.0.1: products on 3001 and 3003, users on 3002 and
+    /// 3004, checkout on 3005, with the [shipped policy](shipped_routes).
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
@@ -195,19 +294,21 @@ impl Default for Config {
             grace_period_ms: 10_000,
             cors_origins: vec!["*".into()],
             redis_url: None,
-            jwt: JwtConfig::default(),
-            routes: vec![
-                route("/api/products", &[3001, 3003], false),
-                route("/api/users", &[3002, 3004], false),
-                route("/api/checkout", &[3005], true),
-            ],
+            jwt: shipped_jwt(),
+            revocation: RevocationConfig::default(),
+            upstreams: BTreeMap::from([
+                ("products".into(), local(&[3001, 3003])),
+                ("users".into(), local(&[3002, 3004])),
+                ("checkout".into(), local(&[3005])),
+            ]),
+            routes: shipped_routes(),
         }
     }
 }
 
-/// The environment variables that override the file.
-pub const ENV_OVERRIDES: &[&str] =
-    &["GATEWAY_LISTEN", "GATEWAY_CORS_ORIGINS", "REDIS_URL", "JWT_SECRET_FILE", "JWT_SECRET"];
+/// The environment variables that override the file, besides the `JWT_*` ones of
+/// [`KeyConfig::apply_env`].
+pub const ENV_OVERRIDES: &[&str] = &["GATEWAY_LISTEN", "GATEWAY_CORS_ORIGINS", "REDIS_URL"];
 
 impl Config {
     /// Reads `path` (TOML), or the defaults without one, then applies the
@@ -221,79 +322,24 @@ impl Config {
             }
             None => Config::default(),
         };
-        let env = |name: &str| env(name).filter(|v| !v.is_empty());
-        if let Some(listen) = env("GATEWAY_LISTEN") {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(listen) = var("GATEWAY_LISTEN") {
             config.listen = listen;
         }
-        if let Some(origins) = env("GATEWAY_CORS_ORIGINS") {
+        if let Some(origins) = var("GATEWAY_CORS_ORIGINS") {
             config.cors_origins = origins.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect();
         }
-        if let Some(url) = env("REDIS_URL") {
+        if let Some(url) = var("REDIS_URL") {
             config.redis_url = Some(url);
         }
-        if let Some(file) = env("JWT_SECRET_FILE") {
-            config.jwt.secret_file = Some(file.into());
-        }
-        if let Some(secret) = env("JWT_SECRET") {
-            config.jwt.secret = Some(secret);
-        }
+        config.jwt.apply_env(&env).map_err(|e| ConfigError::new(format!("jwt.{}", e.field), e.message))?;
         Ok(config)
     }
 
-    /// Checks everything that can be checked without the network.
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let listen: SocketAddr =
-            self.listen.parse().map_err(|e| ConfigError::new("listen", format!("{:?}: {e}", self.listen)))?;
-        positive("request_timeout_ms", self.request_timeout_ms)?;
-        positive("header_read_timeout_ms", self.header_read_timeout_ms)?;
-        if self.max_concurrent_requests == 0 {
-            return Err(ConfigError::new("max_concurrent_requests", "must be at least 1"));
-        }
-        if self.max_header_bytes < 8 * 1024 {
-            return Err(ConfigError::new("max_header_bytes", "must be at least 8192"));
-        }
-        for (i, origin) in self.cors_origins.iter().enumerate() {
-            if origin != "*" && http::HeaderValue::from_str(origin).is_err() {
-                return Err(ConfigError::new(format!("cors_origins[{i}]"), format!("{origin:?} is not an origin")));
-            }
-        }
-        if self.routes.is_empty() {
-            return Err(ConfigError::new("routes", "at least one route is required"));
-        }
-        for (i, route) in self.routes.iter().enumerate() {
-            route.validate(&format!("routes[{i}]"))?;
-            if self.routes[..i].iter().any(|r| r.prefix.trim_end_matches('/') == route.prefix.trim_end_matches('/')) {
-                return Err(ConfigError::new(
-                    format!("routes[{i}].prefix"),
-                    format!("{:?} is used twice", route.prefix),
-                ));
-            }
-        }
-        if self.routes.iter().any(|r| r.auth)
-            && self.jwt.secret_file.is_none()
-            && self.jwt.secret.is_none()
-            && self.jwt.public_key_file.is_none()
-        {
-            return Err(ConfigError::new(
-                "jwt.secret_file",
-                "a key is required because a route has auth = true (set JWT_SECRET_FILE)",
-            ));
-        }
-        Ok(Settings {
-            listen,
-            request_timeout: Duration::from_millis(self.request_timeout_ms),
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
-            grace_period: Duration::from_millis(self.grace_period_ms),
-            max_header_bytes: self.max_header_bytes,
-        })
-    }
-
-    /// The configuration with secrets masked, as TOML.
+    /// The configuration as TOML, with the policy of every route and the Redis
+    /// password masked.
     pub fn to_masked_toml(&self) -> String {
         let mut masked = self.clone();
-        if masked.jwt.secret.is_some() {
-            masked.jwt.secret = Some("********".into());
-        }
         if let Some(url) = &masked.redis_url {
             masked.redis_url = Some(mask_url_password(url));
         }
@@ -312,102 +358,9 @@ fn mask_url_password(url: &str) -> String {
     }
 }
 
-fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 { Err(ConfigError::new(field, "must be positive")) } else { Ok(()) }
-}
-
-impl RouteConfig {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        tower_gateway::StripPrefixLayer::try_new(&self.prefix)
-            .map_err(|e| ConfigError::new(format!("{at}.prefix"), e))?;
-        if self.prefix.trim_end_matches('/').is_empty() {
-            return Err(ConfigError::new(format!("{at}.prefix"), "a route needs a non-root prefix"));
-        }
-        match (&self.dns, self.endpoints.is_empty()) {
-            (Some(_), false) => {
-                return Err(ConfigError::new(format!("{at}.dns"), "give either endpoints or dns, not both"));
-            }
-            (None, true) => return Err(ConfigError::new(format!("{at}.endpoints"), "give endpoints or dns")),
-            (Some(dns), true) => {
-                let ok = dns
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-                if !ok {
-                    return Err(ConfigError::new(format!("{at}.dns"), format!("{dns:?} is not host:port")));
-                }
-                positive(&format!("{at}.dns_refresh_ms"), self.dns_refresh_ms)?;
-            }
-            (None, false) => {
-                for (j, endpoint) in self.endpoints.iter().enumerate() {
-                    tower_gateway::balance::Endpoints::new([endpoint])
-                        .map_err(|e| ConfigError::new(format!("{at}.endpoints[{j}]"), e))?;
-                }
-            }
-        }
-        positive(&format!("{at}.timeout_ms"), self.timeout_ms)?;
-        positive(&format!("{at}.connect_timeout_ms"), self.connect_timeout_ms)?;
-        let retry = &self.retry;
-        if !(1..=10).contains(&retry.attempts) {
-            return Err(ConfigError::new(format!("{at}.retry.attempts"), "must be between 1 and 10"));
-        }
-        positive(&format!("{at}.retry.backoff_ms"), retry.backoff_ms)?;
-        if retry.max_backoff_ms < retry.backoff_ms {
-            return Err(ConfigError::new(format!("{at}.retry.max_backoff_ms"), "must be at least backoff_ms"));
-        }
-        if !(0.0..=10.0).contains(&retry.jitter) {
-            return Err(ConfigError::new(format!("{at}.retry.jitter"), "must be between 0 and 10"));
-        }
-        Ok(())
-    }
-}
-
-/// The server settings, validated.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    /// Where to listen.
-    pub listen: SocketAddr,
-    /// The longest a request may take.
-    pub request_timeout: Duration,
-    /// How long a client may take to send a request head.
-    pub header_read_timeout: Duration,
-    /// How long in-flight requests may take to finish after SIGTERM.
-    pub grace_period: Duration,
-    /// The largest request head.
-    pub max_header_bytes: usize,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn with_key(mut config: Config) -> Config {
-        config.jwt.secret = Some("x".repeat(32));
-        config
-    }
-
-    #[test]
-    fn the_default_is_the_seeds_table() {
-        let config = Config::default();
-        let table: Vec<(&str, Vec<&str>, bool)> = config
-            .routes
-            .iter()
-            .map(|r| (r.prefix.as_str(), r.endpoints.iter().map(String::as_str).collect(), r.auth))
-            .collect();
-        assert_eq!(
-            table,
-            [
-                ("/api/products", vec!["http://127.0.0.1:3001", "http://127.0.0.1:3003"], false),
-                ("/api/users", vec!["http://127.0.0.1:3002", "http://127.0.0.1:3004"], false),
-                ("/api/checkout", vec!["http://127.0.0.1:3005"], true),
-            ]
-        );
-        assert_eq!(config.routes[0].retry.attempts, 3);
-        assert!(with_key(config).validate().is_ok());
-    }
 
     #[test]
     fn an_empty_file_is_the_default_and_env_overrides_it() {
@@ -417,40 +370,35 @@ mod tests {
             "GATEWAY_LISTEN" => Some("0.0.0.0:9000".to_owned()),
             "REDIS_URL" => Some("redis://:pw@redis:6379".to_owned()),
             "GATEWAY_CORS_ORIGINS" => Some("https://a.example, https://b.example".to_owned()),
+            "JWT_PUBLIC_KEY_FILE" => Some("/run/secrets/jwt_public.pem".to_owned()),
             _ => None,
         };
         let config = Config::load(None, env).unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000");
         assert_eq!(config.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(config.jwt.public_key_file.as_deref(), Some(Path::new("/run/secrets/jwt_public.pem")));
         assert!(config.to_masked_toml().contains("redis://:********@redis:6379"));
     }
 
     #[test]
-    fn errors_name_the_field() {
-        let cases: Vec<(&str, &str)> = vec![
-            ("listen = \"nowhere\"", "listen"),
-            ("[[routes]]\nprefix = \"/api/x\"\nendpoints = [\"ftp://a:1\"]", "routes[0].endpoints[0]"),
-            ("[[routes]]\nprefix = \"/api/x\"", "routes[0].endpoints"),
-            ("[[routes]]\nprefix = \"api\"\nendpoints = [\"http://a:1\"]", "routes[0].prefix"),
-            ("[[routes]]\nprefix = \"/\"\nendpoints = [\"http://a:1\"]", "routes[0].prefix"),
-            ("[[routes]]\nprefix = \"/a\"\ndns = \"tasks.a\"", "routes[0].dns"),
-            (
-                "[[routes]]\nprefix = \"/a\"\nendpoints = [\"http://a:1\"]\nretry = { attempts = 0 }",
-                "routes[0].retry.attempts",
-            ),
-            (
-                "[[routes]]\nprefix = \"/a\"\nendpoints = [\"http://a:1\"]\n[[routes]]\nprefix = \"/a/\"\nendpoints = [\"http://b:1\"]",
-                "routes[1].prefix",
-            ),
-            ("[[routes]]\nprefix = \"/a\"\nendpoints = [\"http://a:1\"]\nauth = true", "jwt.secret_file"),
-        ];
-        for (toml_text, field) in cases {
-            let config: Config = toml::from_str(toml_text).unwrap_or_else(|e| panic!("{toml_text}: {e}"));
-            let err = config.validate().unwrap_err();
-            assert_eq!(err.field, field, "{toml_text}: {err}");
+    fn the_printed_configuration_reads_back_the_same() {
+        let config = Config::default();
+        let text = config.to_masked_toml();
+        assert!(text.contains("access = \"public\""), "{text}");
+        assert!(text.contains("roles = [\"admin\"]"), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn access_is_one_of_three_shapes() {
+        let parse = |access: &str| toml::from_str::<RouteConfig>(&format!("upstream = \"u\"\naccess = {access}"));
+        assert_eq!(parse("\"public\"").unwrap().access, Some(Access::Public));
+        assert_eq!(parse("\"token\"").unwrap().access, Some(Access::Token));
+        assert_eq!(parse("{ roles = [\"admin\"] }").unwrap().access, Some(Access::Roles(vec!["admin".into()])));
+        for wrong in ["\"open\"", "true", "{ role = \"admin\" }"] {
+            let err = parse(wrong).unwrap_err();
+            assert!(err.message().contains("\"public\", \"token\""), "{wrong}: {err}");
         }
-        let unknown = toml::from_str::<Config>("listn = \"x\"").unwrap_err();
-        assert!(unknown.message().contains("listn"), "{unknown}");
     }
 
     #[test]
@@ -458,7 +406,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, "request_timeout_ms = \"soon\"").unwrap();
-        let err = Config::load(Some(&path), no_env).unwrap_err();
+        let err = Config::load(Some(&path), |_| None).unwrap_err();
         assert_eq!(err.field, path.display().to_string());
         assert!(err.message.contains("invalid type"), "{err}");
     }

@@ -1,24 +1,61 @@
-//! The seed's API gateway, made of tower-gateway's layers: one
-//! `StripPrefix → JwtAuth (where required) → Retry → RoundRobin → Proxy` stack per
-//! route, composed with `ServiceBuilder`, and tower-http's request id, access
-//! log, CORS, panic catching, timeout and body limit around them all.
+//! The seed's API gateway, made of tower-gateway's layers, with an access policy
+//! per route and method.
 //!
-//! - [`config`]: the TOML configuration, its defaults (the seed's table) and
-//!   environment overrides;
-//! - [`gateway`]: routing, `/healthz`, `/readyz`, `/metrics`;
-//! - [`server`]: the HTTP server and its graceful shutdown;
-//! - [`demo`]: the whole seed system in one process.
+//! A [`Config`] (TOML, environment overrides, defaults) is compiled once into a
+//! [`Plan`]: each upstream's `Retry → RoundRobin → Proxy` stack, shared by the
+//! routes that name it; each route's match on the canonical path, its policy
+//! (public, any valid token, or a role) and its `StripPrefix → JwtAuth` layers;
+//! the authenticator; the server's settings. [`serve`] runs a plan on a listener
+//! until a shutdown signal: the binary, the one-command demo, the tests and the
+//! benchmarks all go through it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = demo_gateway::Config::load(None, |name| std::env::var(name).ok())?;
+//! let plan = demo_gateway::Plan::compile(config)?;
+//! let listener = tokio::net::TcpListener::bind(plan.listen()).await?;
+//! demo_gateway::serve(plan, listener, demo_gateway::shutdown_signal()).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod config;
-pub mod demo;
-pub mod gateway;
-pub mod metrics;
-pub mod server;
+mod metrics;
+mod plan;
+mod routes;
+mod server;
 
-pub use config::{Config, ConfigError, Settings};
-pub use gateway::Gateway;
+pub use config::{Access, Config, ConfigError};
+pub use plan::Plan;
+pub use routes::RouteName;
+pub use server::serve;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    demo_services::server::shutdown_signal().await;
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }

@@ -19,6 +19,12 @@ struct RouteLabels {
     route: Arc<str>,
 }
 
+/// An upstream's name in labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: Arc<str>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StatusLabels {
     route: Arc<str>,
@@ -28,6 +34,12 @@ struct StatusLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     route: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamReasonLabels {
+    upstream: Arc<str>,
     reason: &'static str,
 }
 
@@ -58,7 +70,7 @@ impl EncodeLabelValue for EndpointName {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct EndpointLabels {
-    route: Arc<str>,
+    upstream: Arc<str>,
     endpoint: EndpointName,
 }
 
@@ -66,24 +78,25 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// All of the gateway's metrics.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     upstream: Family<EndpointLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
-    upstream_errors: Family<ReasonLabels, Counter>,
+    upstream_errors: Family<UpstreamReasonLabels, Counter>,
     auth_rejections: Family<ReasonLabels, Counter>,
-    endpoints: Family<RouteLabels, Gauge>,
-    ejected: Family<RouteLabels, Gauge>,
+    endpoints: Family<UpstreamLabels, Gauge>,
+    ejected: Family<UpstreamLabels, Gauge>,
     unrouted: Counter,
     overloaded: Counter,
 }
 
 /// The metric handles of one route.
 #[derive(Debug, Clone)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     route: Arc<str>,
+    upstream: Arc<str>,
     by_status: [Counter; 5],
     latency: Histogram,
     retries: Counter,
@@ -97,7 +110,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every family.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<StatusLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
@@ -105,20 +118,20 @@ impl Metrics {
         );
         let upstream = Family::<EndpointLabels, Counter>::default();
         let retries = Family::<RouteLabels, Counter>::default();
-        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        let upstream_errors = Family::<UpstreamReasonLabels, Counter>::default();
         let auth_rejections = Family::<ReasonLabels, Counter>::default();
-        let endpoints = Family::<RouteLabels, Gauge>::default();
-        let ejected = Family::<RouteLabels, Gauge>::default();
+        let endpoints = Family::<UpstreamLabels, Gauge>::default();
+        let ejected = Family::<UpstreamLabels, Gauge>::default();
         let unrouted = Counter::default();
         let overloaded = Counter::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
-        registry.register("upstream_requests", "Requests answered through each endpoint", upstream.clone());
+        registry.register("upstream_requests", "Requests answered through each endpoint of each upstream", upstream.clone());
         registry.register("retries", "Retries sent, by route", retries.clone());
-        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
-        registry.register("auth_rejections", "Requests refused by JWT auth, by reason", auth_rejections.clone());
-        registry.register("endpoints", "Endpoints known, by route", endpoints.clone());
-        registry.register("ejected_endpoints", "Endpoints ejected for refusing connections, by route", ejected.clone());
+        registry.register("upstream_errors", "Upstream failures by upstream and kind", upstream_errors.clone());
+        registry.register("auth_rejections", "Requests refused by the route's access policy, by reason", auth_rejections.clone());
+        registry.register("endpoints", "Endpoints known, by upstream", endpoints.clone());
+        registry.register("ejected_endpoints", "Endpoints ejected for refusing connections, by upstream", ejected.clone());
         registry.register("unrouted_requests", "Requests matching no route", unrouted.clone());
         registry.register("overloaded_requests", "Requests refused at the concurrency limit", overloaded.clone());
         Self {
@@ -136,11 +149,12 @@ impl Metrics {
         }
     }
 
-    /// The handles for `route`, made once.
-    pub fn route(&self, route: &Arc<str>) -> RouteMetrics {
+    /// The handles for `route`, which forwards to `upstream`, made once.
+    pub(crate) fn route(&self, route: &Arc<str>, upstream: &Arc<str>) -> RouteMetrics {
         let status = |status| self.requests.get_or_create(&StatusLabels { route: route.clone(), status }).clone();
         RouteMetrics {
             route: route.clone(),
+            upstream: upstream.clone(),
             by_status: STATUS_CLASSES.map(status),
             latency: self.latency.get_or_create(&RouteLabels { route: route.clone() }).clone(),
             retries: self.retries.get_or_create(&RouteLabels { route: route.clone() }).clone(),
@@ -148,7 +162,7 @@ impl Metrics {
     }
 
     /// Counts a response of `route`.
-    pub fn record(&self, route: &RouteMetrics, observed: Observed<'_>) {
+    pub(crate) fn record(&self, route: &RouteMetrics, observed: Observed<'_>) {
         let class = usize::from(observed.status / 100).clamp(1, 5) - 1;
         route.by_status[class].inc();
         route.latency.observe(observed.latency.as_secs_f64());
@@ -156,11 +170,12 @@ impl Metrics {
             route.retries.inc_by(u64::from(observed.attempts - 1));
         }
         if let Some(endpoint) = observed.endpoint {
-            let labels = EndpointLabels { route: route.route.clone(), endpoint: EndpointName(endpoint.clone()) };
+            let labels = EndpointLabels { upstream: route.upstream.clone(), endpoint: EndpointName(endpoint.clone()) };
             self.upstream.get_or_create(&labels).inc();
         }
         if let Some(kind) = observed.upstream_error {
-            self.upstream_errors.get_or_create(&ReasonLabels { route: route.route.clone(), reason: kind }).inc();
+            let labels = UpstreamReasonLabels { upstream: route.upstream.clone(), reason: kind };
+            self.upstream_errors.get_or_create(&labels).inc();
         }
         if let Some(reason) = observed.auth_rejection {
             self.auth_rejections.get_or_create(&ReasonLabels { route: route.route.clone(), reason }).inc();
@@ -168,19 +183,19 @@ impl Metrics {
     }
 
     /// Counts a request that matched no route.
-    pub fn unrouted(&self) {
+    pub(crate) fn unrouted(&self) {
         self.unrouted.inc();
     }
 
     /// Counts a request refused at the concurrency limit.
-    pub fn overloaded(&self) {
+    pub(crate) fn overloaded(&self) {
         self.overloaded.inc();
     }
 
-    /// The text exposition, with endpoint gauges read now.
-    pub fn encode<'a>(&self, routes: impl Iterator<Item = (&'a Arc<str>, &'a Endpoints)>) -> String {
-        for (route, endpoints) in routes {
-            let labels = RouteLabels { route: route.clone() };
+    /// The text exposition, with the endpoint gauges of `upstreams` read now.
+    pub(crate) fn encode<'a>(&self, upstreams: impl Iterator<Item = (&'a Arc<str>, &'a Endpoints)>) -> String {
+        for (upstream, endpoints) in upstreams {
+            let labels = UpstreamLabels { upstream: upstream.clone() };
             self.endpoints.get_or_create(&labels).set(endpoints.len() as i64);
             self.ejected.get_or_create(&labels).set(endpoints.ejected() as i64);
         }
@@ -194,24 +209,29 @@ impl Metrics {
 
 /// What is counted of one response.
 #[derive(Debug, Clone, Copy)]
-pub struct Observed<'a> {
+pub(crate) struct Observed<'a> {
     /// Its status code.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Time to its head.
-    pub latency: Duration,
+    pub(crate) latency: Duration,
     /// Attempts made.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// The endpoint that answered.
-    pub endpoint: Option<&'a Arc<Endpoint>>,
+    pub(crate) endpoint: Option<&'a Arc<Endpoint>>,
     /// The upstream failure, if any.
-    pub upstream_error: Option<&'static str>,
+    pub(crate) upstream_error: Option<&'static str>,
     /// Why auth refused it, if it did.
-    pub auth_rejection: Option<&'static str>,
+    pub(crate) auth_rejection: Option<&'static str>,
 }
 
 impl RouteMetrics {
     /// The route these handles count for.
-    pub fn name(&self) -> &Arc<str> {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.route
+    }
+
+    /// The upstream the route forwards to.
+    pub(crate) fn upstream(&self) -> &Arc<str> {
+        &self.upstream
     }
 }

@@ -1,12 +1,16 @@
-//! The HTTP server around the gateway: tower-http's request id, access log, CORS,
+//! The HTTP server around the route table: ops routes on an axum `Router`, tower-http's request id, access log, CORS,
 //! panic catching, global timeout and body limit, on hyper-util's auto server
 //! (HTTP/1.1 and h2c) with a header read timeout, a head size cap and a graceful
 //! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::routing::get;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -19,22 +23,22 @@ use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::PeerAddr;
 use tower_gateway::balance::ChosenEndpoint;
-use tower_gateway::error::BoxError;
+use tower_gateway::Body;
+use tower_gateway::error::{BoxError, json_error};
 use tower_gateway::retry::Attempts;
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{Config, Settings};
-use crate::gateway::{Gateway, RouteName};
+use crate::plan::Plan;
+use crate::routes::{self, RouteName, Routes, Table};
 
 /// The body of every response the server sends: what the stack answered, or a
 /// JSON error put in place of a bare one.
-pub type ResponseBody = Either<UnsyncBoxBody<Bytes, BoxError>, Full<Bytes>>;
+pub(crate) type ResponseBody = Either<UnsyncBoxBody<Bytes, BoxError>, Full<Bytes>>;
 
 /// tower-http answers a timeout with a bare status and an oversized body with
 /// plain text; give those a JSON body like every other error. Upstream answers
@@ -65,39 +69,63 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<B
     response
 }
 
-fn cors(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::from(Any)
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+async fn readyz(table: Arc<Table>) -> Response<Body> {
+    let (status, body) = match table.ready().await {
+        Ok(()) => (StatusCode::OK, serde_json::json!({ "status": "ready" })),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "not ready", "reason": reason })),
     };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods(Any)
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                "idempotency-key".parse().expect("valid"),
-                "x-request-id".parse().expect("valid"),
-            ])
-            .expose_headers(["x-request-id".parse::<http::HeaderName>().expect("valid")])
-            .max_age(Duration::from_secs(600)),
-    )
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
-/// The gateway with tower-http's layers around it: what the server runs.
-pub fn http_service(
-    gateway: Gateway,
-    config: &Config,
-    settings: &Settings,
+fn metrics(table: &Table) -> Response<Body> {
+    let mut response = Response::new(Body::from(table.metrics_text()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// The gateway's routes: `/healthz`, `/readyz` and `/metrics`, and every other
+/// path through the route table, at most `max_concurrent_requests` at once (more
+/// are answered `503` at once: tower's concurrency limit with load shedding).
+fn router(plan: &Plan) -> Router {
+    let table = plan.table.clone();
+    let metrics_table = plan.table.clone();
+    let shed_table = plan.table.clone();
+    let routes = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(move |err: BoxError| {
+            if !err.is::<tower::load_shed::error::Overloaded>() {
+                tracing::error!(%err, "unexpected error from the route table");
+            }
+            shed_table.metrics.overloaded();
+            std::future::ready(routes::overloaded())
+        }))
+        .load_shed()
+        .concurrency_limit(plan.settings.max_concurrent_requests)
+        .service(Routes { table: plan.table.clone() });
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(move || readyz(table.clone())))
+        .route("/metrics", get(move || std::future::ready(metrics(&metrics_table))))
+        .method_not_allowed_fallback(|| async {
+            json_error::<Body>(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes GET")
+        })
+        .fallback_service(routes)
+}
+
+/// The whole gateway of `plan` as one service: tower-http's layers around the
+/// [`router`]. This is what [`serve`] runs on each connection.
+fn app(
+    plan: &Plan,
 ) -> impl Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible, Future: Send>
 + Clone
 + Send
 + 'static {
+    let settings = &plan.settings;
     ServiceBuilder::new()
         .map_response(json_errors)
         .layer(CatchPanicLayer::custom(panic_response))
@@ -122,24 +150,34 @@ pub fn http_service(
                 }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .option_layer(cors(&config.cors_origins))
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .option_layer(settings.cors.clone())
+        .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, settings.request_timeout))
-        .service(gateway)
+        .service(router(plan))
 }
 
-/// Serves `svc` on `listener` until `shutdown` resolves; then stops accepting and
-/// lets requests in flight finish for up to the grace period.
-pub async fn serve<S>(
-    listener: TcpListener,
-    svc: S,
-    settings: Settings,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()>
-where
-    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+/// Starts resolving the plan's DNS upstreams: once now, then in the background
+/// for as long as the returned tasks live.
+async fn watch_dns(plan: &Plan) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for upstream in &plan.table.upstreams {
+        if let Some((name, every)) = &upstream.dns {
+            if let Err(err) = tower_gateway::balance::dns::resolve(name, &upstream.endpoints).await {
+                tracing::warn!(%name, %err, "no endpoints from DNS yet");
+            }
+            tasks.spawn(tower_gateway::balance::dns::watch(name.clone(), upstream.endpoints.clone(), *every));
+        }
+    }
+    tasks
+}
+
+/// Serves `plan` on `listener` until `shutdown` resolves; then stops accepting and
+/// lets requests in flight finish for up to the grace period. The binary, the
+/// demo, the tests and the benchmarks all run the gateway through this.
+pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let _dns = watch_dns(&plan).await;
+    let svc = app(&plan);
+    let settings = &plan.settings;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

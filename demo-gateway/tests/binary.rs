@@ -41,7 +41,7 @@ fn help_version_and_config_errors() {
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for word in ["--config", "--print-config", "demo", "GATEWAY_LISTEN"] {
+    for word in ["--config", "--print-config", "GATEWAY_LISTEN", "JWT_PUBLIC_KEY_FILE"] {
         assert!(text.contains(word), "--help does not mention {word}:\n{text}");
     }
     let version = Command::new(BIN).arg("--version").output().unwrap();
@@ -49,26 +49,41 @@ fn help_version_and_config_errors() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[routes]]\nprefix = \"/api/x\"\nendpoints = [\"not a url\"]\n").unwrap();
-    let out = Command::new(BIN).args(["--config", bad.to_str().unwrap()]).env_remove("JWT_SECRET").output().unwrap();
+    std::fs::write(&bad, "[upstreams.x]\nendpoints = [\"not a url\"]\n").unwrap();
+    let out = Command::new(BIN).args(["--config", bad.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("routes[0].endpoints[0]"), "{err}");
+    assert!(err.contains("upstreams.x.endpoints[0]"), "{err}");
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+
+    // The shipped routes need tokens: without a key the gateway refuses to start.
+    let out = Command::new(BIN).env_remove("JWT_SECRET_FILE").env_remove("JWT_PUBLIC_KEY_FILE").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jwt: routes need tokens"), "{out:?}");
 }
 
 #[test]
-fn print_config_masks_secrets() {
+fn print_config_shows_every_policy_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("public.pem");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../tower-gateway-auth/tests/fixtures/ed25519-public.pem"), &public)
+        .unwrap();
     let out = Command::new(BIN)
         .arg("--print-config")
-        .env("JWT_SECRET", "a very secret key of more than 32 bytes")
+        .env("JWT_ALGORITHM", "EdDSA")
+        .env("JWT_PUBLIC_KEY_FILE", &public)
         .env("REDIS_URL", "redis://user:hunter2@redis:6379/0")
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("very secret") && !text.contains("hunter2"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("prefix = \"/api/checkout\""), "{text}");
+    assert_eq!(text.matches("access = ").count() + text.matches("[routes.access]").count(), 7, "{text}");
+    let summary: Vec<&str> = text.lines().filter(|l| l.contains("access: ")).map(|l| l.trim_start_matches('#').trim()).collect();
+    assert_eq!(summary.len(), 7, "{text}");
+    assert!(summary[0].starts_with("/api/users/signup POST") && summary[0].ends_with("access: public"), "{text}");
+    assert!(summary.iter().any(|l| l.starts_with("/api/products/* ") && l.ends_with("access: role admin")), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +114,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ngrace_period_ms = 10000\n[[routes]]\nprefix = \"/api/slow\"\nendpoints = [\"http://{backend}\"]\n"
+            "listen = \"127.0.0.1:{port}\"\ngrace_period_ms = 10000\n[upstreams.slow]\nendpoints = [\"http://{backend}\"]\n[[routes]]\nprefix = \"/api/slow\"\nupstream = \"slow\"\naccess = \"public\"\n"
         ),
     )
     .unwrap();

@@ -1,0 +1,453 @@
+//! A [`Config`] compiled, once, into everything the gateway serves: each upstream's
+//! balancer, retries and connection pool; each route's match, access policy and
+//! stack; the authenticator; the server's settings. Every field is checked here
+//! and nowhere else, and every error names its field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method};
+use tower::ServiceBuilder;
+use tower::util::Either;
+use tower_gateway::balance::Endpoints;
+use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
+use tower_gateway_auth::{Authenticator, JwtAuthLayer, MemoryStore, RedisStore, TokenStore};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::config::{Access, Config, ConfigError, RetryConfig, RouteConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::routes::{Matcher, Route, Table, Upstream, UpstreamService};
+
+/// The server's settings, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) request_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) grace_period: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) cors: Option<CorsLayer>,
+}
+
+/// The gateway, built from its configuration: what [`serve`](crate::serve) runs.
+#[derive(Debug)]
+pub struct Plan {
+    pub(crate) config: Config,
+    pub(crate) settings: Settings,
+    pub(crate) table: Arc<Table>,
+}
+
+impl Plan {
+    /// Checks and builds `config`. Routes that need a token check revocations in
+    /// Redis (`redis_url`), or in this process. Call it inside a Tokio runtime.
+    pub fn compile(config: Config) -> Result<Self, ConfigError> {
+        Self::compile_with_store(config, None)
+    }
+
+    /// Like [`compile`](Self::compile), with revocations in `store` (shared with
+    /// the code that revokes, as the one-process demo does) instead of `redis_url`.
+    pub fn compile_with_store(config: Config, store: Option<Arc<dyn TokenStore>>) -> Result<Self, ConfigError> {
+        let settings = settings(&config)?;
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in &config.upstreams {
+            upstreams.insert(name.as_str(), upstream_of(name, upstream)?);
+        }
+        let needs_token = config.routes.iter().any(|r| !matches!(r.access, Some(Access::Public) | None));
+        let auth = if needs_token { Some(authenticator(&config, store)?) } else { None };
+        let metrics = Metrics::new();
+        if config.routes.is_empty() {
+            return Err(ConfigError::new("routes", "at least one route is required"));
+        }
+        let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let built = route_of(&at, route, &upstreams, auth.as_ref(), &metrics)?;
+            if let Some(j) = routes.iter().position(|r| r.overlaps(&built)) {
+                return Err(ConfigError::new(at, format!("matches the same requests as routes[{j}]")));
+            }
+            routes.push(built);
+        }
+        // The most specific first: the longest path, an exact path over a prefix of
+        // the same length, then a route naming methods over one taking any.
+        routes.sort_by_key(|r| r.specificity());
+        let upstreams = upstreams.into_values().collect();
+        let table = Table::new(routes, upstreams, metrics, auth);
+        Ok(Self { config, settings, table: Arc::new(table) })
+    }
+
+    /// The effective configuration as TOML (Redis password masked), under a
+    /// comment listing every route in the order requests are matched, with its
+    /// upstream and policy.
+    pub fn to_masked_toml(&self) -> String {
+        let mut text = String::from("# Routes, most specific first: a request takes the first that matches.\n");
+        for route in &self.table.routes {
+            let upstream = route.metrics.upstream();
+            text.push_str(&format!("#   {:<28} -> {upstream:<10} access: {}\n", &*route.name, route.access));
+        }
+        text.push('\n');
+        text.push_str(&self.config.to_masked_toml());
+        text
+    }
+
+    /// Where the gateway is configured to listen.
+    pub fn listen(&self) -> SocketAddr {
+        self.settings.listen
+    }
+
+    /// The configuration this plan was compiled from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The authenticator of the routes that need a token, if any does.
+    pub fn authenticator(&self) -> Option<&Authenticator> {
+        self.table.auth.as_ref()
+    }
+
+    /// The endpoints of the upstream `name`.
+    pub fn endpoints(&self, name: &str) -> Option<&Endpoints> {
+        self.table.upstreams.iter().find(|u| &*u.name == name).map(|u| &u.endpoints)
+    }
+}
+
+fn positive(field: &str, value: u64) -> Result<Duration, ConfigError> {
+    if value == 0 { Err(ConfigError::new(field, "must be positive")) } else { Ok(Duration::from_millis(value)) }
+}
+
+fn settings(config: &Config) -> Result<Settings, ConfigError> {
+    let listen = config.listen.parse().map_err(|e| ConfigError::new("listen", format!("{:?}: {e}", config.listen)))?;
+    if config.max_concurrent_requests == 0 {
+        return Err(ConfigError::new("max_concurrent_requests", "must be at least 1"));
+    }
+    if config.max_header_bytes < 8 * 1024 {
+        return Err(ConfigError::new("max_header_bytes", "must be at least 8192"));
+    }
+    let mut origins = Vec::new();
+    for (i, origin) in config.cors_origins.iter().enumerate() {
+        if origin != "*" {
+            origins.push(HeaderValue::from_str(origin).map_err(|_| {
+                ConfigError::new(format!("cors_origins[{i}]"), format!("{origin:?} is not an origin"))
+            })?);
+        }
+    }
+    let cors = (!config.cors_origins.is_empty()).then(|| {
+        let allow = if config.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::from(Any)
+        } else {
+            AllowOrigin::list(origins)
+        };
+        let request_id = http::HeaderName::from_static("x-request-id");
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers([
+                http::header::AUTHORIZATION,
+                http::header::CONTENT_TYPE,
+                http::HeaderName::from_static("idempotency-key"),
+                request_id.clone(),
+            ])
+            .expose_headers([request_id])
+            .max_age(Duration::from_secs(600))
+    });
+    Ok(Settings {
+        listen,
+        request_timeout: positive("request_timeout_ms", config.request_timeout_ms)?,
+        header_read_timeout: positive("header_read_timeout_ms", config.header_read_timeout_ms)?,
+        grace_period: Duration::from_millis(config.grace_period_ms),
+        max_header_bytes: config.max_header_bytes,
+        max_body_bytes: config.max_body_bytes,
+        max_concurrent_requests: config.max_concurrent_requests,
+        cors,
+    })
+}
+
+fn authenticator(config: &Config, store: Option<Arc<dyn TokenStore>>) -> Result<Authenticator, ConfigError> {
+    let jwt = &config.jwt;
+    if jwt.private_key_file.is_some() {
+        return Err(ConfigError::new(
+            "jwt.private_key_file",
+            "the gateway only verifies tokens: give it the public key, and the private key to user-service alone",
+        ));
+    }
+    if !jwt.is_set() && jwt.algorithm.is_none() {
+        return Err(ConfigError::new(
+            "jwt",
+            "routes need tokens but no key is configured (JWT_ALGORITHM and JWT_PUBLIC_KEY_FILE, or JWT_SECRET_FILE)",
+        ));
+    }
+    let store: Arc<dyn TokenStore> = match (store, &config.redis_url) {
+        (Some(store), _) => store,
+        (None, Some(url)) => Arc::new(RedisStore::new(url.clone()).map_err(|e| ConfigError::new("redis_url", e))?),
+        (None, None) => Arc::new(MemoryStore::new()),
+    };
+    jwt.authenticator()
+        .map_err(|e| ConfigError::new(format!("jwt.{}", e.field), e.message))?
+        .store(store)
+        .cache_bound(Duration::from_millis(config.revocation.cache_bound_ms))
+        .fail_open(config.revocation.fail_open)
+        .build()
+        .map_err(|e| ConfigError::new("jwt", e))
+}
+
+fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError> {
+    if !(1..=10).contains(&retry.attempts) {
+        return Err(ConfigError::new(format!("{at}.retry.attempts"), "must be between 1 and 10"));
+    }
+    let backoff = positive(&format!("{at}.retry.backoff_ms"), retry.backoff_ms)?;
+    if retry.max_backoff_ms < retry.backoff_ms {
+        return Err(ConfigError::new(format!("{at}.retry.max_backoff_ms"), "must be at least backoff_ms"));
+    }
+    if !(0.0..=10.0).contains(&retry.jitter) {
+        return Err(ConfigError::new(format!("{at}.retry.jitter"), "must be between 0 and 10"));
+    }
+    let policy = RetryPolicy::new()
+        .max_attempts(retry.attempts)
+        .backoff(backoff, Duration::from_millis(retry.max_backoff_ms), retry.jitter)
+        .map_err(|e| ConfigError::new(format!("{at}.retry"), e))?;
+    let layer = RetryLayer::new(policy).max_replay_body(retry.max_replay_body_bytes);
+    Ok(match retry.per_try_timeout_ms {
+        0 => layer,
+        ms => layer.per_try_timeout(Duration::from_millis(ms)),
+    })
+}
+
+fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigError> {
+    let at = format!("upstreams.{name}");
+    let (endpoints, dns) = match (&config.dns, config.endpoints.is_empty()) {
+        (Some(_), false) => return Err(ConfigError::new(format!("{at}.dns"), "give either endpoints or dns, not both")),
+        (None, true) => return Err(ConfigError::new(format!("{at}.endpoints"), "give endpoints or dns")),
+        (Some(dns), true) => {
+            let ok = dns
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(ConfigError::new(format!("{at}.dns"), format!("{dns:?} is not host:port")));
+            }
+            let every = positive(&format!("{at}.dns_refresh_ms"), config.dns_refresh_ms)?;
+            let endpoints = Endpoints::new(Vec::<String>::new()).map_err(|e| ConfigError::new(&at, e))?;
+            (endpoints, Some((dns.clone(), every)))
+        }
+        (None, false) => {
+            for (j, endpoint) in config.endpoints.iter().enumerate() {
+                Endpoints::new([endpoint]).map_err(|e| ConfigError::new(format!("{at}.endpoints[{j}]"), e))?;
+            }
+            (Endpoints::new(&config.endpoints).map_err(|e| ConfigError::new(format!("{at}.endpoints"), e))?, None)
+        }
+    };
+    let proxy = Proxy::builder()
+        .connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?)
+        .timeout(positive(&format!("{at}.timeout_ms"), config.timeout_ms)?)
+        .build();
+    // One stack per upstream, cloned into every route that names it: one round
+    // robin, one ejection state, one retry budget, one connection pool.
+    let service: UpstreamService = ServiceBuilder::new()
+        .layer(retry_layer(&at, &config.retry)?)
+        .layer(
+            RoundRobinLayer::new(endpoints.clone())
+                .eject_after(config.eject_after)
+                .cool_down(Duration::from_millis(config.cool_down_ms)),
+        )
+        .service(proxy);
+    Ok(Upstream { name: name.into(), endpoints, dns, service })
+}
+
+fn path_field<'a>(at: &str, field: &str, value: &'a str) -> Result<&'a str, ConfigError> {
+    let layer = StripPrefixLayer::try_new(value).map_err(|e| ConfigError::new(format!("{at}.{field}"), e))?;
+    if layer.prefix().is_empty() {
+        return Err(ConfigError::new(format!("{at}.{field}"), "a route needs a path below '/'"));
+    }
+    Ok(value.trim_end_matches('/'))
+}
+
+fn methods_of(at: &str, methods: &[String]) -> Result<Option<Box<[Method]>>, ConfigError> {
+    if methods.is_empty() {
+        return Ok(None);
+    }
+    let mut parsed: Vec<Method> = Vec::with_capacity(methods.len());
+    for (j, name) in methods.iter().enumerate() {
+        let field = || format!("{at}.methods[{j}]");
+        if name.is_empty() || name.bytes().any(|b| !b.is_ascii_uppercase()) {
+            return Err(ConfigError::new(field(), format!("{name:?} is not an upper-case method name like GET")));
+        }
+        let method = Method::from_bytes(name.as_bytes()).map_err(|e| ConfigError::new(field(), e))?;
+        if parsed.contains(&method) {
+            return Err(ConfigError::new(field(), format!("{name} is listed twice")));
+        }
+        parsed.push(method);
+    }
+    Ok(Some(parsed.into()))
+}
+
+fn route_of(
+    at: &str,
+    config: &RouteConfig,
+    upstreams: &BTreeMap<&str, Upstream>,
+    auth: Option<&Authenticator>,
+    metrics: &Metrics,
+) -> Result<Route, ConfigError> {
+    let matcher = match (&config.prefix, &config.path) {
+        (Some(prefix), None) => Matcher::Prefix(path_field(at, "prefix", prefix)?.into()),
+        (None, Some(path)) => Matcher::Path(path_field(at, "path", path)?.into()),
+        (Some(_), Some(_)) => return Err(ConfigError::new(format!("{at}.path"), "give either prefix or path, not both")),
+        (None, None) => return Err(ConfigError::new(format!("{at}.prefix"), "give a prefix or a path to match")),
+    };
+    let methods = methods_of(at, &config.methods)?;
+    let strip = match &config.strip_prefix {
+        Some(strip) => {
+            let strip = path_field(at, "strip_prefix", strip)?;
+            if !Matcher::Prefix(strip.into()).matches(matcher.path()) {
+                return Err(ConfigError::new(
+                    format!("{at}.strip_prefix"),
+                    format!("{strip:?} is not a prefix of {:?}", matcher.path()),
+                ));
+            }
+            strip
+        }
+        None => matcher.path(),
+    };
+    let upstream = upstreams.get(config.upstream.as_str()).ok_or_else(|| {
+        let known: Vec<&str> = upstreams.keys().copied().collect();
+        ConfigError::new(format!("{at}.upstream"), format!("{:?} is not one of {known:?}", config.upstream))
+    })?;
+    let access = config.access.clone().ok_or_else(|| {
+        ConfigError::new(format!("{at}.access"), r#"required: "public", "token" or { roles = ["..."] }"#)
+    })?;
+    let auth_layer = match (&access, auth) {
+        (Access::Public, _) => None,
+        (Access::Token, Some(auth)) => Some(JwtAuthLayer::new(auth.clone())),
+        (Access::Roles(roles), Some(auth)) => {
+            if roles.is_empty() || roles.iter().any(String::is_empty) {
+                return Err(ConfigError::new(format!("{at}.access.roles"), "name at least one role, none empty"));
+            }
+            Some(JwtAuthLayer::new(auth.clone()).any_role(roles.iter().cloned()))
+        }
+        (_, None) => unreachable!("an authenticator is built whenever a route needs a token"),
+    };
+    let name: Arc<str> = match &config.name {
+        Some(name) => name.as_str().into(),
+        None => {
+            let star = if matches!(matcher, Matcher::Prefix(_)) { "/*" } else { "" };
+            match &methods {
+                Some(methods) => {
+                    let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                    format!("{}{star} {}", matcher.path(), names.join(",")).into()
+                }
+                None => format!("{}{star}", matcher.path()).into(),
+            }
+        }
+    };
+    let inner = upstream.service.clone();
+    let svc = ServiceBuilder::new()
+        .layer(StripPrefixLayer::new(strip))
+        .service(match auth_layer {
+            Some(layer) => Either::Left(tower::Layer::layer(&layer, inner)),
+            None => Either::Right(inner),
+        });
+    Ok(Route { metrics: metrics.route(&name, &upstream.name), name, matcher, methods, access, svc })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::Recognized;
+
+    fn keyed(mut config: Config, dir: &tempfile::TempDir) -> Config {
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a shared secret of at least 32 bytes").unwrap();
+        config.jwt.secret_file = Some(secret);
+        config
+    }
+
+    #[test]
+    fn the_shipped_policy_picks_the_most_specific_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::compile(keyed(Config::default(), &dir)).unwrap();
+        let table = &plan.table;
+        let admin = Access::Roles(vec!["admin".into()]);
+        let cases = [
+            ("GET", "/api/products", "/api/products/* GET,HEAD", Access::Public),
+            ("HEAD", "/api/products/1", "/api/products/* GET,HEAD", Access::Public),
+            ("PUT", "/api/products/1", "/api/products/*", admin.clone()),
+            ("POST", "/api/products", "/api/products/*", admin.clone()),
+            ("DELETE", "/api/products/1", "/api/products/*", admin.clone()),
+            ("POST", "/api/users/signup", "/api/users/signup POST", Access::Public),
+            ("POST", "/api/users/login", "/api/users/login POST", Access::Public),
+            ("POST", "/api/users/login/", "/api/users/login POST", Access::Public),
+            ("GET", "/api/users/login", "/api/users/*", Access::Token),
+            ("POST", "/api/users/login/x", "/api/users/*", Access::Token),
+            ("POST", "/api/users/logout", "/api/users/*", Access::Token),
+            ("GET", "/api/users", "/api/users", admin.clone()),
+            ("GET", "/api/users/", "/api/users", admin.clone()),
+            ("POST", "/api/users", "/api/users", admin.clone()),
+            ("GET", "/api/users/2", "/api/users/*", Access::Token),
+            ("DELETE", "/api/users/2", "/api/users/*", Access::Token),
+            ("GET", "/api/checkout", "/api/checkout/*", Access::Token),
+            ("POST", "/api/checkout/", "/api/checkout/*", Access::Token),
+        ];
+        for (method, path, name, access) in cases {
+            let method: Method = method.parse().unwrap();
+            let Recognized::Route(i) = table.recognize(&method, path) else { panic!("{method} {path}: no route") };
+            let route = &table.routes[i];
+            assert_eq!((&*route.name, &route.access), (name, &access), "{method} {path}");
+        }
+        for path in ["/api/productsX", "/api", "/api/user", "/", "/healthz"] {
+            assert_eq!(table.recognize(&Method::GET, path), Recognized::NotFound, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_path_taking_other_methods_is_405() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = keyed(Config::default(), &dir);
+        config.routes.retain(|r| r.methods == ["GET", "HEAD"]);
+        let plan = Plan::compile(config).unwrap();
+        assert_eq!(plan.table.recognize(&Method::DELETE, "/api/products/1"), Recognized::MethodNotAllowed);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = "[upstreams.u]\nendpoints = [\"http://a:1\"]\n";
+        let cases: Vec<(String, &str)> = vec![
+            ("listen = \"nowhere\"".into(), "listen"),
+            ("max_concurrent_requests = 0".into(), "max_concurrent_requests"),
+            ("[upstreams.u]\nendpoints = [\"ftp://a:1\"]".into(), "upstreams.u.endpoints[0]"),
+            ("[upstreams.u]\ndns = \"tasks.a\"".into(), "upstreams.u.dns"),
+            ("[upstreams.u]\n".into(), "upstreams.u.endpoints"),
+            (format!("{up}retry = {{ attempts = 0 }}"), "upstreams.u.retry.attempts"),
+            (format!("{up}[[routes]]\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
+            (format!("{up}[[routes]]\nprefix = \"api\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
+            (format!("{up}[[routes]]\nprefix = \"/\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
+            (format!("{up}[[routes]]\nprefix = \"/a/%61\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\npath = \"/b\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].path"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"v\"\naccess = \"public\""), "routes[0].upstream"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\""), "routes[0].access"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"get\"]\nupstream = \"u\"\naccess = \"public\""), "routes[0].methods[0]"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"GET\", \"GET\"]\nupstream = \"u\"\naccess = \"public\""), "routes[0].methods[1]"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nstrip_prefix = \"/b\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].strip_prefix"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = {{ roles = [] }}"), "routes[0].access.roles"),
+            (
+                format!("{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"GET\", \"PUT\"]\nupstream = \"u\"\naccess = \"public\"\n[[routes]]\nprefix = \"/a/\"\nmethods = [\"PUT\"]\nupstream = \"u\"\naccess = \"token\""),
+                "routes[1]",
+            ),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nalgorithm = \"EdDSA\""), "jwt.public_key_file"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"k.pem\""), "jwt.private_key_file"),
+            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nsecret_file = \"/nonexistent\""), "jwt.secret_file"),
+        ];
+        for (text, field) in cases {
+            let config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let err = Plan::compile(keyed_unless_jwt(config, &dir, &text)).unwrap_err();
+            assert_eq!(err.field, field, "{text}\n{err}");
+        }
+        // The default routes need a token, so the default needs a key.
+        assert_eq!(Plan::compile(Config::default()).unwrap_err().field, "jwt");
+    }
+
+    fn keyed_unless_jwt(config: Config, dir: &tempfile::TempDir, text: &str) -> Config {
+        if text.contains("[jwt]") { config } else { keyed(config, dir) }
+    }
+}

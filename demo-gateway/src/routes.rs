@@ -1,0 +1,299 @@
+//! The route table: a request's canonical path and method pick the most specific
+//! route, whose stack (`StripPrefix → JwtAuth per its policy → the upstream's
+//! Retry → RoundRobin → Proxy`) answers it. Recognising the route is a pure
+//! function of the table ([`Table::recognize`]); the [`Routes`] service around it
+//! only dispatches and counts.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::util::{Either, Oneshot};
+use tower::{Service, ServiceExt};
+use tower_gateway::balance::{ChosenEndpoint, Endpoints};
+use tower_gateway::error::{UpstreamError, json_error};
+use tower_gateway::retry::{Attempts, ReplayBody};
+use tower_gateway::strip_prefix::canonicalize;
+use tower_gateway::{Body, Proxy, Retry, RoundRobin, StripPrefix};
+use tower_gateway_auth::{Authenticator, JwtAuth, Rejection};
+
+use crate::config::Access;
+use crate::metrics::{Metrics, Observed, RouteMetrics};
+
+/// The request body routes receive.
+pub(crate) type RouteBody = AxumBody;
+
+/// One upstream's stack, shared by every route that names it.
+pub(crate) type UpstreamService = Retry<RoundRobin<Proxy<ReplayBody<RouteBody>>>>;
+type RouteService = StripPrefix<Either<JwtAuth<UpstreamService>, UpstreamService>>;
+
+/// The name of the route that answered, in the response's extensions (for access logs).
+#[derive(Debug, Clone)]
+pub struct RouteName(pub Arc<str>);
+
+/// What a route matches on the canonical path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Matcher {
+    /// This path and everything under it, on segment boundaries.
+    Prefix(Arc<str>),
+    /// This path alone, with or without a trailing `/`.
+    Path(Arc<str>),
+}
+
+impl Matcher {
+    pub(crate) fn path(&self) -> &str {
+        match self {
+            Self::Prefix(p) | Self::Path(p) => p,
+        }
+    }
+
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Prefix(prefix) => {
+                path.strip_prefix(&**prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            Self::Path(exact) => path.strip_prefix(&**exact).is_some_and(|rest| rest.is_empty() || rest == "/"),
+        }
+    }
+}
+
+pub(crate) struct Upstream {
+    pub(crate) name: Arc<str>,
+    pub(crate) endpoints: Endpoints,
+    /// A DNS name re-resolved every so often, while the gateway serves.
+    pub(crate) dns: Option<(String, Duration)>,
+    pub(crate) service: UpstreamService,
+}
+
+pub(crate) struct Route {
+    pub(crate) name: Arc<str>,
+    pub(crate) matcher: Matcher,
+    pub(crate) methods: Option<Box<[Method]>>,
+    pub(crate) access: Access,
+    pub(crate) svc: RouteService,
+    pub(crate) metrics: RouteMetrics,
+}
+
+impl Route {
+    fn allows(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|methods| methods.contains(method))
+    }
+
+    /// Sorts the most specific route first.
+    pub(crate) fn specificity(&self) -> (std::cmp::Reverse<usize>, bool, bool) {
+        let len = std::cmp::Reverse(self.matcher.path().len());
+        (len, matches!(self.matcher, Matcher::Prefix(_)), self.methods.is_none())
+    }
+
+    /// Whether some request would match both routes equally well.
+    pub(crate) fn overlaps(&self, other: &Route) -> bool {
+        self.matcher == other.matcher
+            && match (&self.methods, &other.methods) {
+                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+/// Every route and upstream of a plan.
+pub(crate) struct Table {
+    pub(crate) routes: Vec<Route>,
+    pub(crate) upstreams: Vec<Upstream>,
+    pub(crate) metrics: Metrics,
+    pub(crate) auth: Option<Authenticator>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: Vec<String> =
+            self.routes.iter().map(|r| format!("{} -> {} ({})", r.name, r.metrics.upstream(), r.access)).collect();
+        f.debug_struct("Table").field("routes", &routes).finish_non_exhaustive()
+    }
+}
+
+/// What the table says about a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Recognized {
+    /// The index of the route that takes it.
+    Route(usize),
+    /// Routes take the path, but none this method.
+    MethodNotAllowed,
+    /// No route takes the path.
+    NotFound,
+}
+
+impl Table {
+    pub(crate) fn new(
+        routes: Vec<Route>,
+        upstreams: Vec<Upstream>,
+        metrics: Metrics,
+        auth: Option<Authenticator>,
+    ) -> Self {
+        Self { routes, upstreams, metrics, auth }
+    }
+
+    /// The route for `method` on the canonical `path`: the first, in order of
+    /// specificity, that matches both.
+    pub(crate) fn recognize(&self, method: &Method, path: &str) -> Recognized {
+        let mut path_matched = false;
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.matcher.matches(path) {
+                if route.allows(method) {
+                    return Recognized::Route(i);
+                }
+                path_matched = true;
+            }
+        }
+        if path_matched { Recognized::MethodNotAllowed } else { Recognized::NotFound }
+    }
+
+    /// Ready when every upstream has an endpoint and, if a route needs a token,
+    /// the token store answers.
+    pub(crate) async fn ready(&self) -> Result<(), String> {
+        if let Some(upstream) = self.upstreams.iter().find(|u| u.endpoints.is_empty()) {
+            return Err(format!("upstream {} has no endpoint", upstream.name));
+        }
+        if let Some(auth) = &self.auth {
+            auth.ready().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn metrics_text(&self) -> String {
+        self.metrics.encode(self.upstreams.iter().map(|u| (&u.name, &u.endpoints)))
+    }
+}
+
+/// The request's URI with its path replaced by `path` (the query kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// Dispatches each request to its route. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub(crate) struct Routes {
+    pub(crate) table: Arc<Table>,
+}
+
+impl Service<Request<RouteBody>> for Routes {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Each request drives its own route's readiness (a `Oneshot`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<RouteBody>) -> Self::Future {
+        let ready = |response| ResponseFuture { state: State::Ready { response: Some(response) } };
+        if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+            return ready(json_error(StatusCode::BAD_REQUEST, "missing_host", "HTTP/1.1 requests need a Host header"));
+        }
+        // Routed, stripped and forwarded as one spelling: the canonical one.
+        let canonical = match canonicalize(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(path)) => Some(path),
+            Err(err) => return ready(json_error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string())),
+        };
+        if let Some(path) = canonical {
+            match with_path(req.uri(), &path) {
+                Some(uri) => *req.uri_mut() = uri,
+                None => return ready(json_error(StatusCode::BAD_REQUEST, "invalid_path", "the path is not valid")),
+            }
+        }
+        let route = match self.table.recognize(req.method(), req.uri().path()) {
+            Recognized::Route(i) => &self.table.routes[i],
+            Recognized::MethodNotAllowed => {
+                self.table.metrics.unrouted();
+                let message = "this path does not take this method";
+                return ready(json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message));
+            }
+            Recognized::NotFound => {
+                self.table.metrics.unrouted();
+                return ready(json_error(StatusCode::NOT_FOUND, "no_route", "no service is routed at this path"));
+            }
+        };
+        ResponseFuture {
+            state: State::Routed {
+                future: route.svc.clone().oneshot(req),
+                table: self.table.clone(),
+                route: route.metrics.clone(),
+                started: Instant::now(),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Routes`].
+    pub(crate) struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Routed {
+            #[pin]
+            future: Oneshot<RouteService, Request<RouteBody>>,
+            table: Arc<Table>,
+            route: RouteMetrics,
+            started: Instant,
+        },
+        Ready { response: Option<Response<Body>> },
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Routed { future, table, route, started } => {
+                let Ok(mut response) = std::task::ready!(future.poll(cx));
+                let extensions = response.extensions();
+                table.metrics.record(
+                    route,
+                    Observed {
+                        status: response.status().as_u16(),
+                        latency: started.elapsed(),
+                        attempts: extensions.get::<Attempts>().map_or(1, |a| a.0),
+                        endpoint: extensions.get::<ChosenEndpoint>().map(|e| &e.0),
+                        upstream_error: extensions.get::<UpstreamError>().map(|e| e.kind().code()),
+                        auth_rejection: extensions.get::<Rejection>().map(|r| r.code()),
+                    },
+                );
+                response.extensions_mut().insert(RouteName(route.name().clone()));
+                Poll::Ready(Ok(response))
+            }
+            StateProj::Ready { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
+        }
+    }
+}
+
+/// The `503` for a request refused at the concurrency limit.
+pub(crate) fn overloaded() -> Response<Body> {
+    let mut response =
+        json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the gateway is at capacity; try again");
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
