@@ -10,7 +10,6 @@
 pub mod checkout;
 pub mod db;
 pub mod error;
-pub mod jwt;
 pub mod money;
 pub mod products;
 pub mod server;

@@ -38,14 +38,6 @@ pub fn listen_addr(port: u16) -> Result<SocketAddr, String> {
     format!("{host}:{port}").parse().map_err(|e| format!("HOST/PORT {host}:{port}: {e}"))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
-}
-
 /// What `/readyz` checks: the database answers, and every upstream the service
 /// calls has at least one endpoint.
 #[derive(Debug, Clone)]
@@ -99,28 +91,6 @@ async fn readyz(ready: Readiness) -> impl IntoResponse {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes the
 /// requests in flight.
 pub async fn serve(
@@ -142,7 +112,7 @@ pub async fn run(name: &str, app: Router, port: u16) -> std::process::ExitCode {
         Err(err) => return fail(name, &format!("cannot listen on {addr}: {err}")),
     };
     tracing::info!(service = name, %addr, "listening");
-    match serve(listener, app, shutdown_signal()).await {
+    match serve(listener, app, demo_gateway::shutdown_signal()).await {
         Ok(()) => {
             tracing::info!(service = name, "stopped");
             std::process::ExitCode::SUCCESS

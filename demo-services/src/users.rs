@@ -1,21 +1,25 @@
 //! user-service: users, sign-up, login (issues a JWT) and logout (revokes it).
 //! Routes as the service sees them, the gateway's `/api/users` stripped:
 //!
-//! | route | |
-//! |---|---|
-//! | `GET /?limit=&offset=` | list |
-//! | `GET /{id}` | one user |
-//! | `POST /` `{name, email, password?}` | create: `201` |
-//! | `PUT /{id}` `{name, email}` | replace |
-//! | `DELETE /{id}` | delete: `204` |
-//! | `POST /signup` `{name, email, password}` | `201` the user |
-//! | `POST /login` `{email, password}` | `200 {"token"}`; wrong credentials `401`, never saying which part |
-//! | `POST /logout` with `Authorization: Bearer` | revokes that token: `204` |
+//! | route | who | |
+//! |---|---|---|
+//! | `GET /?limit=&offset=` | admin | list |
+//! | `POST /` `{name, email, password?}` | admin | create: `201` |
+//! | `GET /{id}` | that user or admin | one user |
+//! | `PUT /{id}` `{name, email, password?, roles?}` | that user or admin; `roles` admin only | replace |
+//! | `DELETE /{id}` | that user or admin | delete: `204` |
+//! | `POST /signup` `{name, email, password}` | anyone | `201` the user |
+//! | `POST /login` `{email, password}` | anyone | `200 {"token"}` with the user's `roles`; wrong credentials `401`, never saying which part |
+//! | `POST /logout` | a token | revokes that token: `204` |
 //!
-//! Passwords are hashed with Argon2id and never returned. Emails are unique,
-//! compared without case: a duplicate is `409`.
+//! The service checks tokens itself (the same [`Authenticator`] and store as the
+//! gateway), so it holds even if reached around the gateway. Deleting a user, or
+//! changing their email, password or roles, revokes every token issued to them
+//! before. Passwords are hashed with Argon2id and never returned. Emails are
+//! unique, compared without case: a duplicate is `409`.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -23,21 +27,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
-use tower_gateway_auth::{Authenticator, Rejection};
+use tower_gateway_auth::{Authenticated, Authenticator, JwtAuthLayer, Rejection, TokenIssuer};
 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
-use crate::jwt::JwtSettings;
+
 
 /// The schema and the seed's users.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/users");
 
 /// A user, as clients see it: never the password hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Its id: the `sub` of its tokens.
     pub id: i64,
@@ -45,6 +49,26 @@ pub struct User {
     pub name: String,
     /// Its email, lower-case.
     pub email: String,
+    /// Its roles, which its tokens carry.
+    pub roles: Vec<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: i64,
+    name: String,
+    email: String,
+    roles: String,
+}
+
+impl From<UserRow> for User {
+    fn from(row: UserRow) -> Self {
+        Self { id: row.id, name: row.name, email: row.email, roles: split_roles(&row.roles) }
+    }
+}
+
+fn split_roles(roles: &str) -> Vec<String> {
+    roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect()
 }
 
 /// Hashes and checks passwords with Argon2id, off the async threads.
@@ -103,28 +127,72 @@ pub struct UsersState {
     /// The users database.
     pub db: SqlitePool,
     /// How login signs tokens.
-    pub jwt: Arc<JwtSettings>,
-    /// Where logout revokes them: the gateway's authenticator, or one on the same store.
+    pub tokens: Arc<TokenIssuer>,
+    /// Verifies the callers of protected routes, and revokes tokens in the store
+    /// the gateway reads: one store, so a logout or a changed password is seen there.
     pub auth: Authenticator,
     /// How passwords are hashed.
     pub passwords: Passwords,
 }
 
-/// The service's routes.
+/// The role that may list, create and change anyone, and grant roles.
+pub const ADMIN: &str = "admin";
+
+/// The service's routes. Sign-up and login are open; a user's own record needs
+/// their token; listing and creating users need the `admin` role, checked here
+/// too, not only at the gateway.
 pub fn app(state: UsersState) -> Router {
     let db = state.db.clone();
+    let token = JwtAuthLayer::new(state.auth.clone());
+    let admin = JwtAuthLayer::new(state.auth.clone()).any_role([ADMIN]);
     let routes = Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(one).put(replace).delete(remove))
+        .route("/", get(list).post(create).route_layer(admin))
+        .route("/{id}", get(one).put(replace).delete(remove).route_layer(token.clone()))
+        .route("/logout", post(logout).route_layer(token))
         .route("/signup", post(signup))
-        .route("/login", post(login))
-        .route("/logout", post(logout));
+        .route("/login", post(login));
     crate::server::with_common(routes, state, crate::server::Readiness::db(db))
 }
 
 /// Opens the users database at `url`.
 pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
     db::connect(url, &MIGRATOR).await
+}
+
+/// Makes `email` an admin with `password`: created if new, promoted and given
+/// that password if not. Idempotent, for start-up. Tokens issued before are revoked
+/// if anything changed.
+pub async fn ensure_admin(s: &UsersState, email: &str, password: String) -> Result<User, ApiError> {
+    let email = valid_email(email)?;
+    valid_password(&password)?;
+    let existing: Option<(i64, Option<String>, String)> =
+        sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE email = ?")
+            .bind(&email)
+            .fetch_optional(&s.db)
+            .await?;
+    let Some((id, hash, roles)) = existing else {
+        return insert(s, "Admin".into(), email, Some(password), &[ADMIN.to_owned()]).await;
+    };
+    let mut roles = split_roles(&roles);
+    let same_password = match hash {
+        Some(hash) => s.passwords.verify(password.clone(), Some(hash)).await,
+        None => false,
+    };
+    if same_password && roles.iter().any(|r| r == ADMIN) {
+        return fetch(s, id).await?.ok_or_else(|| ApiError::not_found("user"));
+    }
+    if !roles.iter().any(|r| r == ADMIN) {
+        roles.push(ADMIN.to_owned());
+    }
+    let hash = s.passwords.hash(password).await?;
+    sqlx::query("UPDATE users SET password_hash = ?, roles = ? WHERE id = ?")
+        .bind(hash)
+        .bind(roles.join(","))
+        .bind(id)
+        .execute(&s.db)
+        .await?;
+    revoke_all(s, id).await?;
+    fetch(s, id).await?.ok_or_else(|| ApiError::not_found("user"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +217,12 @@ struct Signup {
 struct UpdateUser {
     name: String,
     email: String,
+    /// A new password; the old one is kept without it.
+    #[serde(default)]
+    password: Option<String>,
+    /// New roles (admins only); kept without it.
+    #[serde(default)]
+    roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,38 +272,85 @@ fn duplicate_email(err: sqlx::Error) -> ApiError {
     }
 }
 
-async fn insert(s: &UsersState, name: String, email: String, password: Option<String>) -> Result<User, ApiError> {
+async fn insert(
+    s: &UsersState,
+    name: String,
+    email: String,
+    password: Option<String>,
+    roles: &[String],
+) -> Result<User, ApiError> {
     let hash = match password {
         Some(password) => Some(s.passwords.hash(password).await?),
         None => None,
     };
-    sqlx::query_as::<_, User>(
-        "INSERT INTO users (name, email, password_hash) VALUES (?, ?, ?) RETURNING id, name, email",
-    )
+    sqlx::query_as::<_, UserRow>("INSERT INTO users (name, email, password_hash, roles) VALUES (?, ?, ?, ?) RETURNING id, name, email, roles")
     .bind(name)
     .bind(email)
     .bind(hash)
+    .bind(roles.join(","))
     .fetch_one(&s.db)
     .await
+    .map(User::from)
     .map_err(duplicate_email)
+}
+
+async fn fetch(s: &UsersState, id: i64) -> Result<Option<User>, ApiError> {
+    let row = sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&s.db)
+        .await?;
+    Ok(row.map(User::from))
+}
+
+/// Revokes every token of user `id` issued until now, in the store the gateway reads.
+async fn revoke_all(s: &UsersState, id: i64) -> Result<(), ApiError> {
+    s.auth.revoke_subject(&id.to_string(), SystemTime::now()).await.map_err(|err| {
+        tracing::warn!(%err, "could not revoke a user's tokens");
+        ApiError::unavailable("the token store is unavailable; try again")
+    })
+}
+
+/// The caller may act on user `id`: it is them, or they are an admin.
+fn owner_or_admin(who: &Authenticated, id: i64) -> Result<(), ApiError> {
+    if who.sub == id.to_string() || who.has_role(ADMIN) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only the user themselves or an admin may do this"))
+    }
+}
+
+fn valid_roles(roles: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for role in roles {
+        let ok = !role.is_empty() && role.len() <= 32 && role.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+        if !ok {
+            return Err(ApiError::invalid("roles are 1 to 32 lower-case letters or '-'"));
+        }
+        if !out.contains(role) {
+            out.push(role.clone());
+        }
+    }
+    Ok(out)
 }
 
 async fn list(State(s): State<UsersState>, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Vec<User>>, ApiError> {
     let (limit, offset) = page.checked()?;
-    let users = sqlx::query_as::<_, User>("SELECT id, name, email FROM users ORDER BY id LIMIT ? OFFSET ?")
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&s.db)
-        .await?;
-    Ok(Json(users))
+    let users =
+        sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users ORDER BY id LIMIT ? OFFSET ?")
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&s.db)
+            .await?;
+    Ok(Json(users.into_iter().map(User::from).collect()))
 }
 
-async fn one(State(s): State<UsersState>, ApiPath(id): ApiPath<i64>) -> Result<Json<User>, ApiError> {
-    let user = sqlx::query_as::<_, User>("SELECT id, name, email FROM users WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&s.db)
-        .await?;
-    user.map(Json).ok_or_else(|| ApiError::not_found("user"))
+async fn one(
+    State(s): State<UsersState>,
+    Extension(who): Extension<Authenticated>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<User>, ApiError> {
+    owner_or_admin(&who, id)?;
+    fetch(&s, id).await?.map(Json).ok_or_else(|| ApiError::not_found("user"))
 }
 
 async fn create(State(s): State<UsersState>, ApiJson(new): ApiJson<NewUser>) -> Result<impl IntoResponse, ApiError> {
@@ -237,55 +358,90 @@ async fn create(State(s): State<UsersState>, ApiJson(new): ApiJson<NewUser>) -> 
     if let Some(password) = &new.password {
         valid_password(password)?;
     }
-    Ok((StatusCode::CREATED, Json(insert(&s, name, email, new.password).await?)))
+    Ok((StatusCode::CREATED, Json(insert(&s, name, email, new.password, &[]).await?)))
 }
 
 async fn replace(
     State(s): State<UsersState>,
+    Extension(who): Extension<Authenticated>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(update): ApiJson<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
+    owner_or_admin(&who, id)?;
     let (name, email) = (valid_name(&update.name)?, valid_email(&update.email)?);
-    let user = sqlx::query_as::<_, User>("UPDATE users SET name = ?, email = ? WHERE id = ? RETURNING id, name, email")
-        .bind(name)
-        .bind(email)
-        .bind(id)
-        .fetch_optional(&s.db)
-        .await
-        .map_err(duplicate_email)?;
-    user.map(Json).ok_or_else(|| ApiError::not_found("user"))
+    let roles = update.roles.as_deref().map(valid_roles).transpose()?;
+    if roles.is_some() && !who.has_role(ADMIN) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only an admin may change roles"));
+    }
+    if let Some(password) = &update.password {
+        valid_password(password)?;
+    }
+    let before = fetch(&s, id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let roles = roles.unwrap_or_else(|| before.roles.clone());
+    let hash = match update.password {
+        Some(password) => Some(s.passwords.hash(password).await?),
+        None => None,
+    };
+    let user = sqlx::query_as::<_, UserRow>("UPDATE users SET name = ?, email = ?, roles = ?, password_hash = COALESCE(?, password_hash) \
+         WHERE id = ? RETURNING id, name, email, roles")
+    .bind(name)
+    .bind(email)
+    .bind(roles.join(","))
+    .bind(&hash)
+    .bind(id)
+    .fetch_optional(&s.db)
+    .await
+    .map_err(duplicate_email)?
+    .map(User::from)
+    .ok_or_else(|| ApiError::not_found("user"))?;
+    // What a token says (email, roles) or proves (the password) changed: the old ones go.
+    if hash.is_some() || user.email != before.email || user.roles != before.roles {
+        revoke_all(&s, id).await?;
+    }
+    Ok(Json(user))
 }
 
-async fn remove(State(s): State<UsersState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(s): State<UsersState>,
+    Extension(who): Extension<Authenticated>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    owner_or_admin(&who, id)?;
     let deleted = sqlx::query("DELETE FROM users WHERE id = ?").bind(id).execute(&s.db).await?.rows_affected();
-    if deleted == 0 { Err(ApiError::not_found("user")) } else { Ok(StatusCode::NO_CONTENT) }
+    if deleted == 0 {
+        return Err(ApiError::not_found("user"));
+    }
+    revoke_all(&s, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn signup(State(s): State<UsersState>, ApiJson(new): ApiJson<Signup>) -> Result<impl IntoResponse, ApiError> {
     let (name, email) = (valid_name(&new.name)?, valid_email(&new.email)?);
     valid_password(&new.password)?;
-    Ok((StatusCode::CREATED, Json(insert(&s, name, email, Some(new.password)).await?)))
+    Ok((StatusCode::CREATED, Json(insert(&s, name, email, Some(new.password), &[]).await?)))
 }
 
 async fn login(State(s): State<UsersState>, ApiJson(login): ApiJson<Login>) -> Result<impl IntoResponse, ApiError> {
     let email = login.email.trim().to_lowercase();
-    let row: Option<(i64, String, Option<String>)> =
-        sqlx::query_as("SELECT id, email, password_hash FROM users WHERE email = ?")
+    let row: Option<(i64, Option<String>, String)> =
+        sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE email = ?")
             .bind(&email)
             .fetch_optional(&s.db)
             .await?;
-    let (id, hash) = match row {
-        Some((id, _, hash)) => (Some(id), hash),
-        None => (None, None),
+    let (id, hash, roles) = match row {
+        Some((id, hash, roles)) => (Some(id), hash, split_roles(&roles)),
+        None => (None, None, Vec::new()),
     };
     let verified = s.passwords.verify(login.password, hash).await;
     let Some(id) = id.filter(|_| verified) else {
         return Err(ApiError::unauthorized("invalid_credentials", "wrong email or password"));
     };
-    let token = s.jwt.issue(id, &email).map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({ "token": token, "token_type": "Bearer", "expires_in": s.jwt.ttl_secs() })))
+    let token = s.tokens.issue(&id.to_string(), Some(&email), &roles).map_err(ApiError::internal)?;
+    let expires_in = s.tokens.token_ttl().as_secs();
+    Ok(Json(serde_json::json!({ "token": token, "token_type": "Bearer", "expires_in": expires_in })))
 }
 
+/// Behind the token layer, so the header holds a valid bearer token.
 async fn logout(State(s): State<UsersState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)

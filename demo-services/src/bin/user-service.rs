@@ -1,26 +1,35 @@
 //! user-service: `PORT` (default 3002), `DATABASE_URL` (default `sqlite://data/users.db`),
-//! the JWT key (`JWT_SECRET_FILE`, `JWT_SECRET`, or `JWT_ALGORITHM` with
-//! `JWT_PRIVATE_KEY_FILE` and `JWT_PUBLIC_KEY_FILE`), and `REDIS_URL` for the token
-//! store that logout revokes in (in memory without it).
+//! the token key as the gateway reads it (`JWT_ALGORITHM` with `JWT_PRIVATE_KEY_FILE` and
+//! `JWT_PUBLIC_KEY_FILE`, or `JWT_SECRET_FILE`; `JWT_ISSUER` default `user-service`,
+//! `JWT_AUDIENCE` default `tower-gateway`, `JWT_TTL_SECS` default 900), `REDIS_URL` for
+//! the token store (in memory without it), and the first admin: `ADMIN_EMAIL` with
+//! `ADMIN_PASSWORD_FILE`, created or promoted at start-up.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use demo_services::jwt::JwtSettings;
 use demo_services::server;
 use demo_services::users::{self, Passwords, UsersState};
-use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore};
+use tower_gateway_auth::{KeyConfig, MemoryStore, RedisStore, TokenStore, read_secret_file};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "user-service";
-    server::init_tracing();
-    let jwt = match JwtSettings::from_env() {
-        Ok(Some(jwt)) => jwt,
-        Ok(None) => return server::fail(NAME, "no JWT key: set JWT_SECRET_FILE (or JWT_SECRET, at least 32 bytes)"),
-        Err(err) => return server::fail(NAME, &err),
+    demo_gateway::init_tracing();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut keys = KeyConfig {
+        issuer: Some("user-service".into()),
+        audience: Some("tower-gateway".into()),
+        ..KeyConfig::default()
     };
-    let store: Arc<dyn TokenStore> = match std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) {
+    if let Err(err) = keys.apply_env(env) {
+        return server::fail(NAME, &format!("JWT key: {err}"));
+    }
+    let tokens = match keys.token_issuer() {
+        Ok(tokens) => tokens,
+        Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
+    };
+    let store: Arc<dyn TokenStore> = match env("REDIS_URL") {
         Some(url) => match RedisStore::new(url) {
             Ok(store) => Arc::new(store),
             Err(err) => return server::fail(NAME, &format!("REDIS_URL: {err}")),
@@ -30,15 +39,31 @@ async fn main() -> ExitCode {
             Arc::new(MemoryStore::new())
         }
     };
-    let auth = match jwt.authenticator().store(store).build() {
-        Ok(auth) => auth,
-        Err(err) => return server::fail(NAME, &err.to_string()),
+    let auth = match keys.authenticator().map(|b| b.store(store).build()) {
+        Ok(Ok(auth)) => auth,
+        Ok(Err(err)) => return server::fail(NAME, &format!("JWT key: {err}")),
+        Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
     };
     let url = server::database_url("users.db");
     let db = match users::connect(&url).await {
         Ok(db) => db,
         Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
     };
-    let state = UsersState { db, jwt: Arc::new(jwt), auth, passwords: Passwords::new(argon2::Params::default()) };
+    let state =
+        UsersState { db, tokens: Arc::new(tokens), auth, passwords: Passwords::new(argon2::Params::default()) };
+    if let Some(email) = env("ADMIN_EMAIL") {
+        let Some(path) = env("ADMIN_PASSWORD_FILE") else {
+            return server::fail(NAME, "ADMIN_EMAIL needs ADMIN_PASSWORD_FILE");
+        };
+        let password = match read_secret_file(path.as_ref()).map(String::from_utf8) {
+            Ok(Ok(password)) => password,
+            Ok(Err(_)) => return server::fail(NAME, &format!("ADMIN_PASSWORD_FILE {path}: not UTF-8")),
+            Err(err) => return server::fail(NAME, &format!("ADMIN_PASSWORD_FILE {path}: {err}")),
+        };
+        match users::ensure_admin(&state, &email, password).await {
+            Ok(user) => tracing::info!(id = user.id, %email, "admin ready"),
+            Err(err) => return server::fail(NAME, &format!("ADMIN_EMAIL {email}: {err:?}")),
+        }
+    }
     server::run(NAME, users::app(state), 3002).await
 }

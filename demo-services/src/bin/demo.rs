@@ -1,0 +1,198 @@
+//! The one-command demo: the whole system in this process — the gateway on 8080,
+//! product-service on 3001 and 3003, user-service on 3002 and 3004,
+//! checkout-service on 3005 — with data in `./data` (`DATA_DIR`).
+//!
+//! Tokens are signed with an Ed25519 key made for the run: user-service holds the
+//! private key in memory, the gateway reads only the public key
+//! (`$DATA_DIR/jwt-public.pem`). Revocations are kept in memory, or in Redis when
+//! `REDIS_URL` is set — one store for the gateway and user-service either way, so
+//! a logout or a changed password takes effect at the gateway. An admin is made
+//! for the run (`ADMIN_EMAIL`, default `admin@example.com`, with a generated
+//! password or `ADMIN_PASSWORD_FILE`) and printed. `GATEWAY_CONFIG` may replace the
+//! gateway's defaults (its upstreams should still be the demo's ports).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use demo_gateway::{Config, Plan};
+use demo_services::checkout::{self, CheckoutState, ProductClient};
+use demo_services::products::{self, ProductsState};
+use demo_services::users::{self, Passwords, UsersState};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_gateway::balance::Endpoints;
+use tower_gateway_auth::{Algorithm, KeyConfig, MemoryStore, RedisStore, TokenIssuer, TokenStore, read_secret_file};
+
+const ISSUER: &str = "user-service";
+const AUDIENCE: &str = "tower-gateway";
+const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    demo_gateway::init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("demo: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let base64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = base64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// A fresh Ed25519 key pair: (private key PKCS#8 PEM, public key SPKI PEM).
+fn ed25519_key_pair() -> Result<(String, String), String> {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate an Ed25519 key")?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| "cannot read the Ed25519 key back")?;
+    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed 12-byte header, then the key.
+    let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    Ok((pem("PRIVATE KEY", pkcs8.as_ref()), pem("PUBLIC KEY", &spki)))
+}
+
+/// 18 random bytes, base64url: a password for the run's admin.
+fn random_password() -> Result<String, String> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut bytes = [0u8; 18];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "no random source")?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| format!("{name} cannot listen on {addr}: {e}"))
+}
+
+async fn run() -> Result<(), String> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let data_dir = PathBuf::from(env("DATA_DIR").unwrap_or_else(|| "data".into()));
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let db = |file: &str| format!("sqlite://{}", data_dir.join(file).display());
+
+    let (private_pem, public_pem) = ed25519_key_pair()?;
+    let public_key_file = data_dir.join("jwt-public.pem");
+    std::fs::write(&public_key_file, public_pem).map_err(|e| format!("{}: {e}", public_key_file.display()))?;
+    let tokens = TokenIssuer::private_pem(Algorithm::EdDSA, private_pem.as_bytes())
+        .map_err(|e| e.to_string())?
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .ttl(TOKEN_TTL);
+    let keys = KeyConfig {
+        algorithm: Some("EdDSA".into()),
+        public_key_file: Some(public_key_file.clone()),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        token_ttl_secs: TOKEN_TTL.as_secs(),
+        ..KeyConfig::default()
+    };
+
+    let (store, store_name): (Arc<dyn TokenStore>, String) = match env("REDIS_URL") {
+        Some(url) => {
+            (Arc::new(RedisStore::new(url.clone()).map_err(|e| format!("REDIS_URL: {e}"))?), format!("Redis at {url}"))
+        }
+        None => (Arc::new(MemoryStore::new()), "in memory".to_owned()),
+    };
+    let auth = keys.authenticator().map_err(|e| e.to_string())?.store(store.clone()).build().map_err(|e| e.to_string())?;
+
+    let mut config = Config::load(env("GATEWAY_CONFIG").as_deref().map(std::path::Path::new), |name| env(name))
+        .map_err(|e| e.to_string())?;
+    config.jwt = keys;
+    let plan = Plan::compile_with_store(config, Some(store)).map_err(|e| e.to_string())?;
+
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut table = Vec::new();
+
+    for port in [3001, 3003] {
+        let listener = bind("product-service", local(port)).await?;
+        let state = ProductsState::connect(&db("products.db")).await.map_err(|e| format!("products.db: {e}"))?;
+        tasks.spawn(demo_services::server::serve(listener, products::app(state), stopped()));
+        table.push(("product-service", port));
+    }
+    let passwords = Passwords::new(argon2::Params::default());
+    let tokens = Arc::new(tokens);
+    let admin_email = env("ADMIN_EMAIL").unwrap_or_else(|| "admin@example.com".into());
+    let admin_password = match env("ADMIN_PASSWORD_FILE") {
+        Some(path) => String::from_utf8(read_secret_file(path.as_ref()).map_err(|e| format!("{path}: {e}"))?)
+            .map_err(|_| format!("{path}: not UTF-8"))?,
+        None => random_password()?,
+    };
+    for (i, port) in [3002, 3004].into_iter().enumerate() {
+        let listener = bind("user-service", local(port)).await?;
+        let db = users::connect(&db("users.db")).await.map_err(|e| format!("users.db: {e}"))?;
+        let state = UsersState { db, tokens: tokens.clone(), auth: auth.clone(), passwords: passwords.clone() };
+        if i == 0 {
+            users::ensure_admin(&state, &admin_email, admin_password.clone())
+                .await
+                .map_err(|e| format!("the admin {admin_email}: {e:?}"))?;
+        }
+        tasks.spawn(demo_services::server::serve(listener, users::app(state), stopped()));
+        table.push(("user-service", port));
+    }
+    {
+        let listener = bind("checkout-service", local(3005)).await?;
+        let endpoints =
+            Endpoints::new(["http://127.0.0.1:3001", "http://127.0.0.1:3003"]).map_err(|e| e.to_string())?;
+        let db = checkout::connect(&db("orders.db")).await.map_err(|e| format!("orders.db: {e}"))?;
+        let state = CheckoutState { db, products: ProductClient::new(endpoints) };
+        tasks.spawn(demo_services::server::serve(listener, checkout::app(state), stopped()));
+        table.push(("checkout-service", 3005));
+    }
+    let listen = plan.listen();
+    let listener = bind("gateway", listen).await?;
+    tasks.spawn(demo_gateway::serve(plan, listener, stopped()));
+
+    let base = format!("http://{listen}");
+    println!("tower-gateway demo: the whole system, in one process (Ctrl-C stops it all)\n");
+    println!("  gateway            {base}   /api/products  /api/users  /api/checkout");
+    for (name, port) in &table {
+        println!("  {name:<18} http://127.0.0.1:{port}");
+    }
+    println!("\n  data in {}/ (products.db, users.db, orders.db)", data_dir.display());
+    println!(
+        "  tokens: EdDSA, key made for this run; the gateway has only {}; revoked {store_name}",
+        public_key_file.display()
+    );
+    println!("  admin: {admin_email} / {admin_password}");
+    println!("  health {base}/healthz  readiness {base}/readyz  metrics {base}/metrics\n");
+    println!("Try it:\n");
+    println!(
+        "  curl -s -X POST {base}/api/users/signup -H 'content-type: application/json' -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\",\"password\":\"correct horse\"}}'"
+    );
+    println!(
+        "  TOKEN=$(curl -s -X POST {base}/api/users/login -H 'content-type: application/json' -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')"
+    );
+    println!(
+        "  curl -s -X POST {base}/api/checkout -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -H 'idempotency-key: order-1' -d '{{\"product_id\":1,\"quantity\":2}}'"
+    );
+    println!(
+        "  curl -s -X PUT {base}/api/products/1 -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Laptop\",\"price\":0.01}}'   # 403: needs admin\n"
+    );
+
+    demo_gateway::shutdown_signal().await;
+    println!("stopping: finishing requests in flight");
+    let _ = shutdown_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(err)) = done {
+            tracing::warn!(%err, "a server stopped with an error");
+        }
+    }
+    Ok(())
+}
