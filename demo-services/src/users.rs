@@ -36,7 +36,6 @@ use tower_gateway_auth::{Authenticated, Authenticator, JwtAuthLayer, Rejection, 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
 
-
 /// The schema and the seed's users.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/users");
 
@@ -283,7 +282,9 @@ async fn insert(
         Some(password) => Some(s.passwords.hash(password).await?),
         None => None,
     };
-    sqlx::query_as::<_, UserRow>("INSERT INTO users (name, email, password_hash, roles) VALUES (?, ?, ?, ?) RETURNING id, name, email, roles")
+    sqlx::query_as::<_, UserRow>(
+        "INSERT INTO users (name, email, password_hash, roles) VALUES (?, ?, ?, ?) RETURNING id, name, email, roles",
+    )
     .bind(name)
     .bind(email)
     .bind(hash)
@@ -335,12 +336,11 @@ fn valid_roles(roles: &[String]) -> Result<Vec<String>, ApiError> {
 
 async fn list(State(s): State<UsersState>, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Vec<User>>, ApiError> {
     let (limit, offset) = page.checked()?;
-    let users =
-        sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users ORDER BY id LIMIT ? OFFSET ?")
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&s.db)
-            .await?;
+    let users = sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users ORDER BY id LIMIT ? OFFSET ?")
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&s.db)
+        .await?;
     Ok(Json(users.into_iter().map(User::from).collect()))
 }
 
@@ -382,8 +382,10 @@ async fn replace(
         Some(password) => Some(s.passwords.hash(password).await?),
         None => None,
     };
-    let user = sqlx::query_as::<_, UserRow>("UPDATE users SET name = ?, email = ?, roles = ?, password_hash = COALESCE(?, password_hash) \
-         WHERE id = ? RETURNING id, name, email, roles")
+    let user = sqlx::query_as::<_, UserRow>(
+        "UPDATE users SET name = ?, email = ?, roles = ?, password_hash = COALESCE(?, password_hash) \
+         WHERE id = ? RETURNING id, name, email, roles",
+    )
     .bind(name)
     .bind(email)
     .bind(roles.join(","))

@@ -5,17 +5,27 @@ mod common;
 use std::sync::Arc;
 
 use common::{assert_error, call, temp_db};
-use demo_services::jwt::JwtSettings;
 use demo_services::users::{self, Passwords, UsersState};
 use http::{Method, StatusCode};
 use serde_json::json;
+use tower_gateway_auth::{Algorithm, Authenticator, Key, TokenIssuer};
 
 const SECRET: &[u8] = b"a test secret that is 32 bytes or longer";
 
 async fn state(url: &str) -> UsersState {
-    let jwt = JwtSettings::hs256(SECRET).unwrap().issuer("user-service");
-    let auth = jwt.authenticator().build().unwrap();
-    UsersState { db: users::connect(url).await.unwrap(), jwt: Arc::new(jwt), auth, passwords: Passwords::for_tests() }
+    let tokens = TokenIssuer::hmac(Algorithm::HS256, SECRET).unwrap().issuer("user-service");
+    let auth = Authenticator::builder(Key::hs256(SECRET).unwrap()).issuer("user-service").build().unwrap();
+    UsersState {
+        db: users::connect(url).await.unwrap(),
+        tokens: Arc::new(tokens),
+        auth,
+        passwords: Passwords::for_tests(),
+    }
+}
+
+/// `Authorization` for an admin who is not in the database.
+fn admin(state: &UsersState) -> String {
+    format!("Bearer {}", state.tokens.issue("1000", None, &["admin".into()]).unwrap())
 }
 
 async fn signup_and_login(app: &axum::Router, email: &str) -> (i64, String) {
@@ -54,10 +64,11 @@ async fn password_hash_is_stored_hashed_and_never_returned() {
     let (_dir, url) = temp_db("users.db");
     let state = state(&url).await;
     let app = users::app(state.clone());
-    let (id, _) = signup_and_login(&app, "dave@example.com").await;
-    let (_, user) = call(&app, Method::GET, &format!("/{id}"), None, &[]).await;
-    assert_eq!(user, json!({"id": id, "name": "Carol", "email": "dave@example.com"}));
-    let (_, list) = call(&app, Method::GET, "/", None, &[]).await;
+    let (id, token) = signup_and_login(&app, "dave@example.com").await;
+    let (_, user) =
+        call(&app, Method::GET, &format!("/{id}"), None, &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(user, json!({"id": id, "name": "Carol", "email": "dave@example.com", "roles": []}));
+    let (_, list) = call(&app, Method::GET, "/", None, &[("authorization", &admin(&state))]).await;
     assert!(!list.to_string().contains("password"), "{list}");
     let hash: String =
         sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?").bind(id).fetch_one(&state.db).await.unwrap();
@@ -92,7 +103,10 @@ async fn wrong_credentials_do_not_say_which_part_was_wrong() {
 #[tokio::test]
 async fn duplicate_email_is_409_whatever_its_case() {
     let (_dir, url) = temp_db("users.db");
-    let app = users::app(state(&url).await);
+    let state = state(&url).await;
+    let admin = admin(&state);
+    let admin = [("authorization", admin.as_str())];
+    let app = users::app(state);
     signup_and_login(&app, "frank@example.com").await;
     let again = call(
         &app,
@@ -103,9 +117,10 @@ async fn duplicate_email_is_409_whatever_its_case() {
     )
     .await;
     assert_error(&again, StatusCode::CONFLICT, "conflict");
-    let seeded = call(&app, Method::POST, "/", Some(json!({"name": "A", "email": "alice@example.com"})), &[]).await;
+    let seeded = call(&app, Method::POST, "/", Some(json!({"name": "A", "email": "alice@example.com"})), &admin).await;
     assert_error(&seeded, StatusCode::CONFLICT, "conflict");
-    let rename = call(&app, Method::PUT, "/2", Some(json!({"name": "Bob", "email": "alice@example.com"})), &[]).await;
+    let rename =
+        call(&app, Method::PUT, "/2", Some(json!({"name": "Bob", "email": "alice@example.com"})), &admin).await;
     assert_error(&rename, StatusCode::CONFLICT, "conflict");
 }
 
@@ -133,22 +148,28 @@ async fn logout_revokes_the_token() {
 #[tokio::test]
 async fn crud_and_validation() {
     let (_dir, url) = temp_db("users.db");
-    let app = users::app(state(&url).await);
-    let (_, list) = call(&app, Method::GET, "/", None, &[]).await;
+    let state = state(&url).await;
+    let admin = admin(&state);
+    let admin = [("authorization", admin.as_str())];
+    let app = users::app(state);
+    let (_, list) = call(&app, Method::GET, "/", None, &admin).await;
     assert_eq!(
         list,
-        json!([{"id": 1, "name": "Alice", "email": "alice@example.com"}, {"id": 2, "name": "Bob", "email": "bob@example.com"}])
+        json!([{"id": 1, "name": "Alice", "email": "alice@example.com", "roles": []}, {"id": 2, "name": "Bob", "email": "bob@example.com", "roles": []}])
     );
     let (status, created) =
-        call(&app, Method::POST, "/", Some(json!({"name": "Hal", "email": "hal@example.com"})), &[]).await;
+        call(&app, Method::POST, "/", Some(json!({"name": "Hal", "email": "hal@example.com"})), &admin).await;
     assert_eq!((status, created["id"].as_i64()), (StatusCode::CREATED, Some(3)));
     let (status, updated) =
-        call(&app, Method::PUT, "/3", Some(json!({"name": "Hal 9000", "email": "hal@example.org"})), &[]).await;
-    assert_eq!((status, updated), (StatusCode::OK, json!({"id": 3, "name": "Hal 9000", "email": "hal@example.org"})));
-    assert_eq!(call(&app, Method::DELETE, "/3", None, &[]).await.0, StatusCode::NO_CONTENT);
-    assert_error(&call(&app, Method::GET, "/3", None, &[]).await, StatusCode::NOT_FOUND, "not_found");
+        call(&app, Method::PUT, "/3", Some(json!({"name": "Hal 9000", "email": "hal@example.org"})), &admin).await;
+    assert_eq!(
+        (status, updated),
+        (StatusCode::OK, json!({"id": 3, "name": "Hal 9000", "email": "hal@example.org", "roles": []}))
+    );
+    assert_eq!(call(&app, Method::DELETE, "/3", None, &admin).await.0, StatusCode::NO_CONTENT);
+    assert_error(&call(&app, Method::GET, "/3", None, &admin).await, StatusCode::NOT_FOUND, "not_found");
     assert_error(
-        &call(&app, Method::PUT, "/3", Some(json!({"name": "x", "email": "x@y.z"})), &[]).await,
+        &call(&app, Method::PUT, "/3", Some(json!({"name": "x", "email": "x@y.z"})), &admin).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -182,4 +203,69 @@ async fn crud_and_validation() {
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
+}
+
+#[tokio::test]
+async fn users_act_on_themselves_admins_on_anyone_and_only_admins_grant_roles() {
+    let (_dir, url) = temp_db("users.db");
+    let state = state(&url).await;
+    let app = users::app(state.clone());
+    let (ivy, ivy_token) = signup_and_login(&app, "ivy@example.com").await;
+    let (jon, _) = signup_and_login(&app, "jon@example.com").await;
+    let ivy_auth = format!("Bearer {ivy_token}");
+    let as_ivy = [("authorization", ivy_auth.as_str())];
+    let admin = admin(&state);
+    let as_admin = [("authorization", admin.as_str())];
+    let body = json!({"name": "Jon", "email": "jon@example.com"});
+
+    for (method, path, body) in [
+        (Method::GET, "/".to_owned(), None),
+        (Method::POST, "/".to_owned(), Some(json!({"name": "X", "email": "x@example.com"}))),
+        (Method::GET, format!("/{jon}"), None),
+        (Method::PUT, format!("/{jon}"), Some(body.clone())),
+        (Method::DELETE, format!("/{jon}"), None),
+    ] {
+        assert_error(
+            &call(&app, method.clone(), &path, body.clone(), &as_ivy).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_error(&call(&app, method, &path, body, &[]).await, StatusCode::UNAUTHORIZED, "missing_token");
+    }
+    assert_eq!(call(&app, Method::GET, &format!("/{ivy}"), None, &as_ivy).await.0, StatusCode::OK);
+    let grant = json!({"name": "Ivy", "email": "ivy@example.com", "roles": ["admin"]});
+    assert_error(
+        &call(&app, Method::PUT, &format!("/{ivy}"), Some(grant.clone()), &as_ivy).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (status, ivy_now) = call(&app, Method::PUT, &format!("/{ivy}"), Some(grant), &as_admin).await;
+    assert_eq!((status, ivy_now["roles"].clone()), (StatusCode::OK, json!(["admin"])));
+    // Her roles changed: the token she had is revoked; a new login carries the role.
+    assert_eq!(state.auth.authenticate(&ivy_token).await.unwrap_err(), tower_gateway_auth::Rejection::Revoked);
+    assert_eq!(call(&app, Method::DELETE, &format!("/{jon}"), None, &as_admin).await.0, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn ensure_admin_creates_or_promotes_once() {
+    let (_dir, url) = temp_db("users.db");
+    let state = state(&url).await;
+    let app = users::app(state.clone());
+    let made = users::ensure_admin(&state, "root@example.com", "admin password".into()).await.unwrap();
+    assert_eq!(made.roles, ["admin"]);
+    let again = users::ensure_admin(&state, "ROOT@example.com", "admin password".into()).await.unwrap();
+    assert_eq!(again, made, "idempotent");
+    let (_, login) = call(
+        &app,
+        Method::POST,
+        "/login",
+        Some(json!({"email": "root@example.com", "password": "admin password"})),
+        &[],
+    )
+    .await;
+    let who = state.auth.authenticate(login["token"].as_str().unwrap()).await.unwrap();
+    assert!(who.has_role("admin"));
+    // A seeded user is promoted and given the password.
+    let alice = users::ensure_admin(&state, "alice@example.com", "alice's new password".into()).await.unwrap();
+    assert_eq!((alice.id, alice.roles.as_slice()), (1, ["admin".to_owned()].as_slice()));
 }

@@ -102,7 +102,8 @@ async fn run() -> Result<(), String> {
         }
         None => (Arc::new(MemoryStore::new()), "in memory".to_owned()),
     };
-    let auth = keys.authenticator().map_err(|e| e.to_string())?.store(store.clone()).build().map_err(|e| e.to_string())?;
+    let auth =
+        keys.authenticator().map_err(|e| e.to_string())?.store(store.clone()).build().map_err(|e| e.to_string())?;
 
     let mut config = Config::load(env("GATEWAY_CONFIG").as_deref().map(std::path::Path::new), |name| env(name))
         .map_err(|e| e.to_string())?;

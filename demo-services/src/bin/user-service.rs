@@ -49,8 +49,7 @@ async fn main() -> ExitCode {
         Ok(db) => db,
         Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
     };
-    let state =
-        UsersState { db, tokens: Arc::new(tokens), auth, passwords: Passwords::new(argon2::Params::default()) };
+    let state = UsersState { db, tokens: Arc::new(tokens), auth, passwords: Passwords::new(argon2::Params::default()) };
     if let Some(email) = env("ADMIN_EMAIL") {
         let Some(path) = env("ADMIN_PASSWORD_FILE") else {
             return server::fail(NAME, "ADMIN_EMAIL needs ADMIN_PASSWORD_FILE");
