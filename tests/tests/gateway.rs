@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use demo_gateway::config::RouteConfig;
-use demo_gateway::{Config, Gateway, server};
+use demo_gateway::config::{RouteConfig, UpstreamConfig};
+use demo_gateway::{Access, Config, Plan};
 use demo_services::checkout::{self, CheckoutState, ProductClient};
-use demo_services::jwt::JwtSettings;
 use demo_services::products::{self, ProductsState};
 use demo_services::users::{self, Passwords, UsersState};
 use http::{Request, StatusCode};
@@ -18,10 +17,21 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tower_gateway::balance::Endpoints;
-use tower_gateway_auth::RedisStore;
+use tower_gateway_auth::{Algorithm, Authenticator, Key, KeyConfig, RedisStore, TokenIssuer, TokenStore};
 use tower_gateway_tests::{Client, RedisServer, Reply, Server, backend, counting_backend, raw_get, serve};
 
 const SECRET: &str = "an end-to-end test secret of 32+ bytes";
+
+/// The test secret, in a file as the gateway reads keys.
+fn secret_file() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let path = dir.path().join("jwt_secret");
+    if !path.exists() {
+        std::fs::write(&path, SECRET).unwrap();
+    }
+    path
+}
 
 /// A gateway replica on a loopback port; stopped (gracefully) when dropped.
 struct GatewayProcess {
@@ -43,32 +53,51 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn route(prefix: &str, urls: &[String], auth: bool) -> RouteConfig {
-    RouteConfig { prefix: prefix.into(), endpoints: urls.to_vec(), auth, ..RouteConfig::default() }
+/// A route at `prefix` to its own upstream of `urls`.
+fn route(prefix: &str, urls: &[String], access: Access) -> (String, UpstreamConfig, RouteConfig) {
+    let name = prefix.trim_start_matches('/').replace('/', "-");
+    let upstream = UpstreamConfig { endpoints: urls.to_vec(), ..UpstreamConfig::default() };
+    let route = RouteConfig {
+        prefix: Some(prefix.into()),
+        upstream: name.clone(),
+        access: Some(access),
+        ..RouteConfig::default()
+    };
+    (name, upstream, route)
 }
 
-fn config(routes: Vec<RouteConfig>, redis: Option<&RedisServer>) -> Config {
-    Config {
+fn config(routes: Vec<(String, UpstreamConfig, RouteConfig)>, redis: Option<&RedisServer>) -> Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".into(),
-        routes,
         redis_url: redis.map(RedisServer::url),
-        jwt: demo_gateway::config::JwtConfig { secret: Some(SECRET.into()), ..Default::default() },
+        jwt: KeyConfig { secret_file: Some(secret_file()), ..KeyConfig::default() },
+        upstreams: Default::default(),
+        routes: Vec::new(),
         ..Config::default()
+    };
+    for (name, upstream, route) in routes {
+        config.upstreams.insert(name, upstream);
+        config.routes.push(route);
     }
+    config
 }
 
-async fn start_gateway(routes: Vec<RouteConfig>, redis: Option<&RedisServer>) -> GatewayProcess {
+async fn start_gateway(
+    routes: Vec<(String, UpstreamConfig, RouteConfig)>,
+    redis: Option<&RedisServer>,
+) -> GatewayProcess {
     start_gateway_with(config(routes, redis)).await
 }
 
 async fn start_gateway_with(config: Config) -> GatewayProcess {
-    let settings = config.validate().unwrap();
-    let gateway = Gateway::build(&config, None).await.unwrap();
+    start_plan(Plan::compile(config).unwrap()).await
+}
+
+async fn start_plan(plan: Plan) -> GatewayProcess {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let svc = server::http_service(gateway, &config, &settings);
-    tokio::spawn(server::serve(listener, svc, settings, async move {
+    tokio::spawn(demo_gateway::serve(plan, listener, async move {
         let _ = stopped.await;
     }));
     GatewayProcess { addr, stop: Some(stop) }
@@ -79,37 +108,44 @@ struct Services {
     products: Vec<Server>,
     users: Vec<Server>,
     checkout: Server,
+    users_state: UsersState,
     _data: TempDir,
 }
 
 impl Services {
-    fn routes(&self) -> Vec<RouteConfig> {
-        vec![
-            route("/api/products", &self.products.iter().map(Server::url).collect::<Vec<_>>(), false),
-            route("/api/users", &self.users.iter().map(Server::url).collect::<Vec<_>>(), false),
-            route("/api/checkout", &[self.checkout.url()], true),
-        ]
+    /// The shipped policy over these services.
+    fn config(&self, redis: Option<&RedisServer>) -> Config {
+        let urls = |servers: &[Server]| servers.iter().map(Server::url).collect::<Vec<_>>();
+        let upstream = |endpoints| UpstreamConfig { endpoints, ..UpstreamConfig::default() };
+        let mut config = config(Vec::new(), redis);
+        config.upstreams.insert("products".into(), upstream(urls(&self.products)));
+        config.upstreams.insert("users".into(), upstream(urls(&self.users)));
+        config.upstreams.insert("checkout".into(), upstream(vec![self.checkout.url()]));
+        config.routes = demo_gateway::config::shipped_routes();
+        config
     }
 }
 
-async fn start_services(redis: &RedisServer) -> Services {
+/// The services, with revocations in `store`.
+async fn start_services_with(store: Arc<dyn TokenStore>) -> Services {
     let data = tempfile::tempdir().unwrap();
     let db = |file: &str| format!("sqlite://{}", data.path().join(file).display());
     let mut products = Vec::new();
     for _ in 0..2 {
         products.push(serve(products::app(ProductsState::connect(&db("products.db")).await.unwrap())).await);
     }
-    let jwt = Arc::new(JwtSettings::hs256(SECRET.as_bytes()).unwrap());
-    let store = Arc::new(RedisStore::new(redis.url()).unwrap());
-    let auth = jwt.authenticator().store(store).build().unwrap();
+    let tokens = Arc::new(TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap());
+    let auth = Authenticator::builder(Key::hs256(SECRET.as_bytes()).unwrap()).store(store).build().unwrap();
     let mut user_instances = Vec::new();
+    let mut users_state = None;
     for _ in 0..2 {
         let state = UsersState {
             db: users::connect(&db("users.db")).await.unwrap(),
-            jwt: jwt.clone(),
+            tokens: tokens.clone(),
             auth: auth.clone(),
             passwords: Passwords::for_tests(),
         };
+        users_state = Some(state.clone());
         user_instances.push(serve(users::app(state)).await);
     }
     let endpoints = Endpoints::new(products.iter().map(Server::url)).unwrap();
@@ -118,7 +154,11 @@ async fn start_services(redis: &RedisServer) -> Services {
         products: ProductClient::new(endpoints),
     };
     let checkout = serve(checkout::app(state)).await;
-    Services { products, users: user_instances, checkout, _data: data }
+    Services { products, users: user_instances, checkout, users_state: users_state.unwrap(), _data: data }
+}
+
+async fn start_services(redis: &RedisServer) -> Services {
+    start_services_with(Arc::new(RedisStore::new(redis.url()).unwrap())).await
 }
 
 async fn post(client: &Client, url: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
@@ -138,8 +178,8 @@ async fn get(client: &Client, url: &str, headers: &[(&str, &str)]) -> Reply {
 }
 
 fn token_for(sub: &str) -> String {
-    let jwt = JwtSettings::hs256(SECRET.as_bytes()).unwrap();
-    jwt.issue(sub.parse().unwrap(), &format!("user{sub}@example.com")).unwrap()
+    let tokens = TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap();
+    tokens.issue(sub, Some(&format!("user{sub}@example.com")), &[]).unwrap()
 }
 
 #[tokio::test]
@@ -148,9 +188,9 @@ async fn the_seeds_routing_examples_and_round_robin() {
         (backend("u1").await, backend("u2").await, backend("p1").await, backend("p2").await, backend("c").await);
     let gw = start_gateway(
         vec![
-            route("/api/users", &[u1.url(), u2.url()], false),
-            route("/api/products", &[p1.url(), p2.url()], false),
-            route("/api/checkout", &[c.url()], true),
+            route("/api/users", &[u1.url(), u2.url()], Access::Public),
+            route("/api/products", &[p1.url(), p2.url()], Access::Public),
+            route("/api/checkout", &[c.url()], Access::Token),
         ],
         None,
     )
@@ -194,8 +234,10 @@ async fn the_seeds_routing_examples_and_round_robin() {
 async fn signup_login_checkout_then_logout_is_refused_by_every_replica() {
     let redis = RedisServer::start().await;
     let services = start_services(&redis).await;
-    let (gw1, gw2) =
-        (start_gateway(services.routes(), Some(&redis)).await, start_gateway(services.routes(), Some(&redis)).await);
+    let (gw1, gw2) = (
+        start_gateway_with(services.config(Some(&redis))).await,
+        start_gateway_with(services.config(Some(&redis))).await,
+    );
     let client = Client::new();
 
     let signup = post(
@@ -263,7 +305,7 @@ async fn signup_login_checkout_then_logout_is_refused_by_every_replica() {
 async fn a_killed_product_instance_costs_no_client_request() {
     let redis = RedisServer::start().await;
     let mut services = start_services(&redis).await;
-    let gw = start_gateway(services.routes(), Some(&redis)).await;
+    let gw = start_gateway_with(services.config(Some(&redis))).await;
     let client = Client::new();
     let bearer = format!("Bearer {}", token_for("7"));
 
@@ -310,7 +352,7 @@ async fn a_killed_product_instance_costs_no_client_request() {
 async fn redis_down_closes_checkout_fast_and_leaves_products_open() {
     let mut redis = RedisServer::start().await;
     let services = start_services(&redis).await;
-    let gw = start_gateway(services.routes(), Some(&redis)).await;
+    let gw = start_gateway_with(services.config(Some(&redis))).await;
     let client = Client::new();
     let checkout = |sub: &str| {
         let (client, url, bearer) =
@@ -345,9 +387,9 @@ async fn path_escapes_never_reach_checkout_without_a_token() {
     let (c, checkout_hits) = counting_backend("c").await;
     let gw = start_gateway(
         vec![
-            route("/api/products", &[p.url()], false),
-            route("/api/users", &[u.url()], false),
-            route("/api/checkout", &[c.url()], true),
+            route("/api/products", &[p.url()], Access::Public),
+            route("/api/users", &[u.url()], Access::Public),
+            route("/api/checkout", &[c.url()], Access::Token),
         ],
         None,
     )
@@ -388,8 +430,10 @@ async fn hostile_clients_get_json_errors_and_bounded_waits() {
     }))
     .await;
     let fast = backend("fast").await;
-    let mut cfg =
-        config(vec![route("/api/slow", &[slow.url()], false), route("/api/fast", &[fast.url()], false)], None);
+    let mut cfg = config(
+        vec![route("/api/slow", &[slow.url()], Access::Public), route("/api/fast", &[fast.url()], Access::Public)],
+        None,
+    );
     cfg.request_timeout_ms = 300;
     cfg.max_body_bytes = 1024;
     cfg.header_read_timeout_ms = 300;
@@ -444,7 +488,7 @@ async fn hostile_clients_get_json_errors_and_bounded_waits() {
 #[tokio::test]
 async fn h2c_clients_are_served() {
     let fast = backend("fast").await;
-    let gw = start_gateway(vec![route("/api/fast", &[fast.url()], false)], None).await;
+    let gw = start_gateway(vec![route("/api/fast", &[fast.url()], Access::Public)], None).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -460,9 +504,9 @@ async fn h2c_clients_are_served() {
 #[tokio::test]
 async fn dns_routes_follow_the_name() {
     let b = backend("b").await;
-    let mut products = route("/api/products", &[], false);
-    products.dns = Some(format!("localhost:{}", b.addr().port()));
-    products.dns_refresh_ms = 200;
+    let mut products = route("/api/products", &[], Access::Public);
+    products.1.dns = Some(format!("localhost:{}", b.addr().port()));
+    products.1.dns_refresh_ms = 200;
     let gw = start_gateway_with(config(vec![products], None)).await;
     let client = Client::new();
     for _ in 0..4 {
@@ -473,4 +517,113 @@ async fn dns_routes_follow_the_name() {
     let metrics =
         String::from_utf8_lossy(&client.get(&format!("{}/metrics", gw.url())).await.unwrap().body).into_owned();
     assert!(metrics.contains(&format!("endpoint=\"http://127.0.0.1:{}\"", b.addr().port())), "{metrics}");
+}
+
+async fn send(client: &Client, method: &str, url: &str, body: Option<Value>, bearer: Option<&str>) -> Reply {
+    let mut req = Request::builder().method(method).uri(url).header("content-type", "application/json");
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    client.send(req.body(Full::new(body)).unwrap()).await.unwrap()
+}
+
+async fn login(client: &Client, base: &str, email: &str, password: &str) -> String {
+    let reply =
+        post(client, &format!("{base}/api/users/login"), json!({"email": email, "password": password}), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    reply.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// Polls until `token` is refused at `url`, within the 1 s cache bound (and some slack).
+async fn refused_within_the_bound(client: &Client, url: &str, token: &str) {
+    let since = Instant::now();
+    loop {
+        let reply = send(client, "GET", url, None, Some(token)).await;
+        if reply.status == StatusCode::UNAUTHORIZED {
+            assert_eq!(reply.json()["error"]["code"], "revoked_token");
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_millis(1_500), "{url} still accepts the token: {}", reply.status);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The report's five requests, ownership and revocation, through the shipped policy
+/// in front of the real services.
+async fn shipped_policy(services: &Services, gw: &GatewayProcess) {
+    let client = Client::new();
+    let base = gw.url();
+    users::ensure_admin(&services.users_state, "root@example.com", "root password".into()).await.unwrap();
+    let admin = login(&client, &base, "root@example.com", "root password").await;
+    let signup = |email: &str| {
+        let (client, url) = (client.clone(), format!("{base}/api/users/signup"));
+        let body = json!({"name": "User", "email": email, "password": "correct horse"});
+        async move { post(&client, &url, body, &[]).await.json()["id"].as_i64().unwrap() }
+    };
+    let ada = signup("ada@example.com").await;
+    let user = login(&client, &base, "ada@example.com", "correct horse").await;
+
+    let five = [
+        ("PUT", "/api/products/1".to_owned(), Some(json!({"name": "Laptop", "price": 0.01})), StatusCode::OK),
+        ("GET", "/api/users?limit=500".to_owned(), None, StatusCode::OK),
+        ("PUT", "/api/users/1".to_owned(), Some(json!({"name": "A", "email": "someone@else.example"})), StatusCode::OK),
+        ("DELETE", "/api/users/2".to_owned(), None, StatusCode::NO_CONTENT),
+        ("POST", "/api/products".to_owned(), Some(json!({"name": "Free", "price": 0.5})), StatusCode::CREATED),
+    ];
+    for (method, path, body, admin_status) in five {
+        let url = format!("{base}{path}");
+        let none = send(&client, method, &url, body.clone(), None).await;
+        assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(none.headers["www-authenticate"], "Bearer");
+        let forbidden = send(&client, method, &url, body.clone(), Some(&user)).await;
+        assert_eq!(forbidden.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(forbidden.json()["error"]["code"], "forbidden");
+        let done = send(&client, method, &url, body, Some(&admin)).await;
+        assert_eq!(done.status, admin_status, "{method} {path}: {}", String::from_utf8_lossy(&done.body));
+    }
+    // Checkout takes any valid token, as the seed says; never none.
+    let order = json!({"product_id": 1, "quantity": 3});
+    assert_eq!(send(&client, "POST", &format!("{base}/api/checkout"), Some(order.clone()), None).await.status, 401);
+    let placed = send(&client, "POST", &format!("{base}/api/checkout"), Some(order), Some(&user)).await;
+    assert_eq!((placed.status, placed.json()["total_price"].clone()), (StatusCode::CREATED, json!(0.03)));
+    // Reading products stays public.
+    assert_eq!(send(&client, "GET", &format!("{base}/api/products/1"), None, None).await.status, StatusCode::OK);
+
+    // Ownership: her own record, not another's.
+    let bob = signup("bob2@example.com").await;
+    let own = format!("{base}/api/users/{ada}");
+    let other = format!("{base}/api/users/{bob}");
+    assert_eq!(send(&client, "GET", &own, None, Some(&user)).await.status, StatusCode::OK);
+    assert_eq!(send(&client, "GET", &other, None, Some(&user)).await.status, StatusCode::FORBIDDEN);
+    let rename = json!({"name": "Bob", "email": "bob2@example.com"});
+    assert_eq!(send(&client, "PUT", &other, Some(rename), Some(&user)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(send(&client, "DELETE", &other, None, Some(&user)).await.status, StatusCode::FORBIDDEN);
+
+    // A changed password revokes her token at the gateway within the bound.
+    let change = json!({"name": "Ada", "email": "ada@example.com", "password": "another horse"});
+    assert_eq!(send(&client, "PUT", &own, Some(change), Some(&user)).await.status, StatusCode::OK);
+    refused_within_the_bound(&client, &format!("{base}/api/checkout"), &user).await;
+
+    // A deleted user's token too.
+    let bob_token = login(&client, &base, "bob2@example.com", "correct horse").await;
+    assert_eq!(send(&client, "GET", &format!("{base}/api/checkout"), None, Some(&bob_token)).await.status, 200);
+    assert_eq!(send(&client, "DELETE", &other, None, Some(&admin)).await.status, StatusCode::NO_CONTENT);
+    refused_within_the_bound(&client, &format!("{base}/api/checkout"), &bob_token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_policy_with_revocations_in_redis() {
+    let redis = RedisServer::start().await;
+    let services = start_services(&redis).await;
+    let gw = start_gateway_with(services.config(Some(&redis))).await;
+    shipped_policy(&services, &gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_policy_with_one_in_process_store_as_in_the_demo() {
+    let store: Arc<dyn TokenStore> = Arc::new(tower_gateway_auth::MemoryStore::new());
+    let services = start_services_with(store.clone()).await;
+    let gw = start_plan(Plan::compile_with_store(services.config(None), Some(store)).unwrap()).await;
+    shipped_policy(&services, &gw).await;
 }
