@@ -187,9 +187,7 @@ impl std::fmt::Display for Access {
 #[serde(untagged)]
 enum AccessRepr {
     Named(String),
-    Roles {
-        roles: Vec<String>,
-    },
+    Roles { roles: Vec<String> },
 }
 
 impl Serialize for Access {

@@ -126,12 +126,24 @@ impl Metrics {
         let overloaded = Counter::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
-        registry.register("upstream_requests", "Requests answered through each endpoint of each upstream", upstream.clone());
+        registry.register(
+            "upstream_requests",
+            "Requests answered through each endpoint of each upstream",
+            upstream.clone(),
+        );
         registry.register("retries", "Retries sent, by route", retries.clone());
         registry.register("upstream_errors", "Upstream failures by upstream and kind", upstream_errors.clone());
-        registry.register("auth_rejections", "Requests refused by the route's access policy, by reason", auth_rejections.clone());
+        registry.register(
+            "auth_rejections",
+            "Requests refused by the route's access policy, by reason",
+            auth_rejections.clone(),
+        );
         registry.register("endpoints", "Endpoints known, by upstream", endpoints.clone());
-        registry.register("ejected_endpoints", "Endpoints ejected for refusing connections, by upstream", ejected.clone());
+        registry.register(
+            "ejected_endpoints",
+            "Endpoints ejected for refusing connections, by upstream",
+            ejected.clone(),
+        );
         registry.register("unrouted_requests", "Requests matching no route", unrouted.clone());
         registry.register("overloaded_requests", "Requests refused at the concurrency limit", overloaded.clone());
         Self {

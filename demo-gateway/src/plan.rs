@@ -129,9 +129,11 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
     let mut origins = Vec::new();
     for (i, origin) in config.cors_origins.iter().enumerate() {
         if origin != "*" {
-            origins.push(HeaderValue::from_str(origin).map_err(|_| {
-                ConfigError::new(format!("cors_origins[{i}]"), format!("{origin:?} is not an origin"))
-            })?);
+            origins.push(
+                HeaderValue::from_str(origin).map_err(|_| {
+                    ConfigError::new(format!("cors_origins[{i}]"), format!("{origin:?} is not an origin"))
+                })?,
+            );
         }
     }
     let cors = (!config.cors_origins.is_empty()).then(|| {
@@ -218,7 +220,9 @@ fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError>
 fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigError> {
     let at = format!("upstreams.{name}");
     let (endpoints, dns) = match (&config.dns, config.endpoints.is_empty()) {
-        (Some(_), false) => return Err(ConfigError::new(format!("{at}.dns"), "give either endpoints or dns, not both")),
+        (Some(_), false) => {
+            return Err(ConfigError::new(format!("{at}.dns"), "give either endpoints or dns, not both"));
+        }
         (None, true) => return Err(ConfigError::new(format!("{at}.endpoints"), "give endpoints or dns")),
         (Some(dns), true) => {
             let ok = dns
@@ -292,7 +296,9 @@ fn route_of(
     let matcher = match (&config.prefix, &config.path) {
         (Some(prefix), None) => Matcher::Prefix(path_field(at, "prefix", prefix)?.into()),
         (None, Some(path)) => Matcher::Path(path_field(at, "path", path)?.into()),
-        (Some(_), Some(_)) => return Err(ConfigError::new(format!("{at}.path"), "give either prefix or path, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(format!("{at}.path"), "give either prefix or path, not both"));
+        }
         (None, None) => return Err(ConfigError::new(format!("{at}.prefix"), "give a prefix or a path to match")),
     };
     let methods = methods_of(at, &config.methods)?;
@@ -341,12 +347,10 @@ fn route_of(
         }
     };
     let inner = upstream.service.clone();
-    let svc = ServiceBuilder::new()
-        .layer(StripPrefixLayer::new(strip))
-        .service(match auth_layer {
-            Some(layer) => Either::Left(tower::Layer::layer(&layer, inner)),
-            None => Either::Right(inner),
-        });
+    let svc = ServiceBuilder::new().layer(StripPrefixLayer::new(strip)).service(match auth_layer {
+        Some(layer) => Either::Left(tower::Layer::layer(&layer, inner)),
+        None => Either::Right(inner),
+    });
     Ok(Route { metrics: metrics.route(&name, &upstream.name), name, matcher, methods, access, svc })
 }
 
@@ -423,20 +427,56 @@ mod tests {
             (format!("{up}[[routes]]\nprefix = \"api\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
             (format!("{up}[[routes]]\nprefix = \"/\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
             (format!("{up}[[routes]]\nprefix = \"/a/%61\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\npath = \"/b\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].path"),
+            (
+                format!("{up}[[routes]]\nprefix = \"/a\"\npath = \"/b\"\nupstream = \"u\"\naccess = \"public\""),
+                "routes[0].path",
+            ),
             (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"v\"\naccess = \"public\""), "routes[0].upstream"),
             (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\""), "routes[0].access"),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"get\"]\nupstream = \"u\"\naccess = \"public\""), "routes[0].methods[0]"),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"GET\", \"GET\"]\nupstream = \"u\"\naccess = \"public\""), "routes[0].methods[1]"),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\nstrip_prefix = \"/b\"\nupstream = \"u\"\naccess = \"public\""), "routes[0].strip_prefix"),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = {{ roles = [] }}"), "routes[0].access.roles"),
             (
-                format!("{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"GET\", \"PUT\"]\nupstream = \"u\"\naccess = \"public\"\n[[routes]]\nprefix = \"/a/\"\nmethods = [\"PUT\"]\nupstream = \"u\"\naccess = \"token\""),
+                format!("{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"get\"]\nupstream = \"u\"\naccess = \"public\""),
+                "routes[0].methods[0]",
+            ),
+            (
+                format!(
+                    "{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"GET\", \"GET\"]\nupstream = \"u\"\naccess = \"public\""
+                ),
+                "routes[0].methods[1]",
+            ),
+            (
+                format!(
+                    "{up}[[routes]]\nprefix = \"/a\"\nstrip_prefix = \"/b\"\nupstream = \"u\"\naccess = \"public\""
+                ),
+                "routes[0].strip_prefix",
+            ),
+            (
+                format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = {{ roles = [] }}"),
+                "routes[0].access.roles",
+            ),
+            (
+                format!(
+                    "{up}[[routes]]\nprefix = \"/a\"\nmethods = [\"GET\", \"PUT\"]\nupstream = \"u\"\naccess = \"public\"\n[[routes]]\nprefix = \"/a/\"\nmethods = [\"PUT\"]\nupstream = \"u\"\naccess = \"token\""
+                ),
                 "routes[1]",
             ),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nalgorithm = \"EdDSA\""), "jwt.public_key_file"),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"k.pem\""), "jwt.private_key_file"),
-            (format!("{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nsecret_file = \"/nonexistent\""), "jwt.secret_file"),
+            (
+                format!(
+                    "{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nalgorithm = \"EdDSA\""
+                ),
+                "jwt.public_key_file",
+            ),
+            (
+                format!(
+                    "{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"k.pem\""
+                ),
+                "jwt.private_key_file",
+            ),
+            (
+                format!(
+                    "{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"\n[jwt]\nsecret_file = \"/nonexistent\""
+                ),
+                "jwt.secret_file",
+            ),
         ];
         for (text, field) in cases {
             let config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));

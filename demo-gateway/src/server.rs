@@ -21,9 +21,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_gateway::Body;
 use tower_gateway::PeerAddr;
 use tower_gateway::balance::ChosenEndpoint;
-use tower_gateway::Body;
 use tower_gateway::error::{BoxError, json_error};
 use tower_gateway::retry::Attempts;
 use tower_http::body::UnsyncBoxBody;
@@ -72,7 +72,9 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<B
 async fn readyz(table: Arc<Table>) -> Response<Body> {
     let (status, body) = match table.ready().await {
         Ok(()) => (StatusCode::OK, serde_json::json!({ "status": "ready" })),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "not ready", "reason": reason })),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "not ready", "reason": reason }))
+        }
     };
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;

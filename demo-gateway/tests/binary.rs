@@ -66,8 +66,11 @@ fn help_version_and_config_errors() {
 fn print_config_shows_every_policy_and_masks_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let public = dir.path().join("public.pem");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../tower-gateway-auth/tests/fixtures/ed25519-public.pem"), &public)
-        .unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tower-gateway-auth/tests/fixtures/ed25519-public.pem"),
+        &public,
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .arg("--print-config")
         .env("JWT_ALGORITHM", "EdDSA")
@@ -80,7 +83,8 @@ fn print_config_shows_every_policy_and_masks_secrets() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("prefix = \"/api/checkout\""), "{text}");
     assert_eq!(text.matches("access = ").count() + text.matches("[routes.access]").count(), 7, "{text}");
-    let summary: Vec<&str> = text.lines().filter(|l| l.contains("access: ")).map(|l| l.trim_start_matches('#').trim()).collect();
+    let summary: Vec<&str> =
+        text.lines().filter(|l| l.contains("access: ")).map(|l| l.trim_start_matches('#').trim()).collect();
     assert_eq!(summary.len(), 7, "{text}");
     assert!(summary[0].starts_with("/api/users/signup POST") && summary[0].ends_with("access: public"), "{text}");
     assert!(summary.iter().any(|l| l.starts_with("/api/products/* ") && l.ends_with("access: role admin")), "{text}");

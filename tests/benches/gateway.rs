@@ -9,8 +9,8 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use demo_gateway::config::{JwtConfig, RouteConfig};
-use demo_gateway::{Config, Gateway, server};
+use demo_gateway::config::{RouteConfig, UpstreamConfig};
+use demo_gateway::{Access, Config, Plan};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -54,21 +54,21 @@ async fn main() {
 
     let config = Config {
         listen: "127.0.0.1:0".into(),
+        upstreams: [("products".to_owned(), UpstreamConfig { endpoints: vec![backend.url()], ..Default::default() })]
+            .into(),
         routes: vec![RouteConfig {
-            prefix: "/api/products".into(),
-            endpoints: vec![backend.url()],
+            prefix: Some("/api/products".into()),
+            upstream: "products".into(),
+            access: Some(Access::Public),
             ..RouteConfig::default()
         }],
-        jwt: JwtConfig::default(),
         ..Config::default()
     };
-    let settings = config.validate().unwrap();
-    let gateway = Gateway::build(&config, None).await.unwrap();
+    let plan = Plan::compile(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let svc = server::http_service(gateway, &config, &settings);
-    let running = tokio::spawn(server::serve(listener, svc, settings, async move {
+    let running = tokio::spawn(demo_gateway::serve(plan, listener, async move {
         let _ = stopped.await;
     }));
 

@@ -185,11 +185,7 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
                 b'/' => return Err(PathError::EncodedSlash),
                 b'\\' => return Err(PathError::Backslash),
                 0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
-                b'%' => {
-                    if escape_at(bytes, i + 2).is_ok() {
-                        return Err(PathError::DoubleEncoded);
-                    }
-                }
+                b'%' if escape_at(bytes, i + 2).is_ok() => return Err(PathError::DoubleEncoded),
                 _ => {}
             },
             _ => {}
