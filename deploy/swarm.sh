@@ -48,9 +48,14 @@ up() {
   fi
   "$here/build-images.sh"
   mkdir -p "$here/secrets"
-  if [ ! -s "$here/secrets/jwt_secret" ]; then
-    log "generating the JWT secret (deploy/secrets/jwt_secret, not committed)"
-    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$here/secrets/jwt_secret")
+  if [ ! -s "$here/secrets/jwt_private.pem" ]; then
+    log "generating the Ed25519 token key pair (deploy/secrets/jwt_*.pem, not committed)"
+    (umask 077 && openssl genpkey -algorithm ED25519 -out "$here/secrets/jwt_private.pem")
+    openssl pkey -in "$here/secrets/jwt_private.pem" -pubout -out "$here/secrets/jwt_public.pem"
+  fi
+  if [ ! -s "$here/secrets/admin_password" ]; then
+    log "generating the admin's password (deploy/secrets/admin_password, not committed)"
+    (umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$here/secrets/admin_password")
   fi
   log "deploying the stack $stack"
   (cd "$here" && docker stack deploy --resolve-image never -c stack.yml "$stack" >/dev/null)
@@ -75,19 +80,48 @@ all_healthy() { # every task the stack wants runs and passes its health check
 }
 
 ready_endpoints() { # SERVICE: the gateway knows as many endpoints as the service has replicas
-  local svc=$1 route want have
+  local svc=$1 upstream want have
   case $svc in
-    product-service) route=/api/products ;;
-    user-service) route=/api/users ;;
-    checkout-service) route=/api/checkout ;;
+    product-service) upstream=products ;;
+    user-service) upstream=users ;;
+    checkout-service) upstream=checkout ;;
   esac
   want=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "${stack}_$svc")
-  have=$(metric "gateway_endpoints{route=\"$route\"}")
+  have=$(metric "gateway_endpoints{upstream=\"$upstream\"}")
   [ "$have" = "$want" ]
 }
 
-login() { # EMAIL -> prints a token
-  json_post "$base/api/users/login" "{\"email\":\"$1\",\"password\":\"correct horse\"}" | cut -d' ' -f2- | jq -r .token
+login() { # EMAIL [PASSWORD] -> prints a token
+  json_post "$base/api/users/login" "{\"email\":\"$1\",\"password\":\"${2:-correct horse}\"}" | cut -d' ' -f2- | jq -r .token
+}
+
+status_of() { # METHOD PATH BODY [TOKEN] -> prints the status code
+  local args=()
+  [ -n "${4:-}" ] && args+=(-H "authorization: Bearer $4")
+  [ -n "$3" ] && args+=(-d "$3")
+  curl -s -m 10 -o /dev/null -w '%{http_code}' -X "$1" "$base$2" -H 'content-type: application/json' "${args[@]}"
+}
+
+policy() { # USER_TOKEN ADMIN_TOKEN USER_ID: the report's requests, by who asks
+  local user=$1 admin=$2 me=$3 method path body want got
+  while IFS='|' read -r method path body want; do
+    got=$(status_of "$method" "$path" "$body")
+    [ "$got" = 401 ] || fail "$method $path without a token: $got"
+    got=$(status_of "$method" "$path" "$body" "$user")
+    [ "$got" = 403 ] || fail "$method $path with a user's token: $got"
+    got=$(status_of "$method" "$path" "$body" "$admin")
+    [ "$got" = "$want" ] || fail "$method $path with the admin's token: $got"
+    echo "   $method $path: none 401, user 403, admin $want"
+  done <<'REQUESTS'
+PUT|/api/products/1|{"name":"Laptop","price":999.99}|200
+POST|/api/products|{"name":"Pen","price":1.5}|201
+GET|/api/users?limit=500||200
+PUT|/api/users/1|{"name":"Alice","email":"alice@example.com"}|200
+DELETE|/api/users/2||204
+REQUESTS
+  [ "$(status_of GET "/api/users/$me" "" "$user")" = 200 ] || fail "a user cannot read their own record"
+  [ "$(status_of GET /api/users/1 "" "$user")" = 403 ] || fail "a user reads another's record"
+  echo "   a user's own record 200, another's 403"
 }
 
 check() {
@@ -104,10 +138,20 @@ check() {
   out=$(json_post "$base/api/checkout" '{"product_id":1,"quantity":1}')
   [ "${out%% *}" = 401 ] || fail "checkout without a token: $out"
 
+  log "1b. the access policy: no token 401, a user's token 403, the admin's works"
+  local admin me secrets
+  admin=$(login admin@example.com "$(cat "$here/secrets/admin_password")")
+  [ -n "$admin" ] && [ "$admin" != null ] || fail "the admin cannot log in"
+  me=$(json_post "$base/api/users/signup" "{\"name\":\"P\",\"email\":\"p-$email\",\"password\":\"correct horse\"}" | cut -d' ' -f2- | jq -r .id)
+  policy "$(login "p-$email")" "$admin" "$me"
+  secrets=$(docker service inspect --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}' "${stack}_gateway")
+  case "$secrets" in *jwt_private*) fail "the gateway's container holds the private key: $secrets" ;; esac
+  echo "   the gateway's secrets: $secrets(no private key)"
+
   log "2. round robin across the product replicas"
   for _ in $(seq 1 20); do curl -fsS -m 5 -o /dev/null "$base/api/products/1" || fail "GET /api/products/1"; done
   local used
-  used=$(curl -fsS "$base/metrics" | grep -c '^gateway_upstream_requests_total{route="/api/products",endpoint=')
+  used=$(curl -fsS "$base/metrics" | grep -c '^gateway_upstream_requests_total{upstream="products",endpoint=')
   [ "$used" -ge 2 ] || fail "only $used product endpoint(s) served requests"
   echo "   $used product endpoints served requests"
 
@@ -143,7 +187,7 @@ check() {
   log "4. scaling product-service to 3 reaches the gateway without a restart"
   docker service scale "${stack}_product-service=3" >/dev/null 2>&1
   wait_for 90 "the gateway sees 3 product endpoints" ready_endpoints product-service
-  echo "   gateway_endpoints{route=\"/api/products\"} = $(metric 'gateway_endpoints{route="/api/products"}')"
+  echo "   gateway_endpoints{upstream=\"products\"} = $(metric 'gateway_endpoints{upstream="products"}')"
 
   log "5. Redis killed: checkout fails closed with 503, then recovers"
   local redis
