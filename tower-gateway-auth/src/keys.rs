@@ -146,25 +146,34 @@ impl KeyConfig {
         Ok(Duration::from_secs(self.token_ttl_secs))
     }
 
+    /// The algorithm, the field holding its key and that key's bytes: the shared
+    /// secret for HMAC, else the key file at `field` (the public or the private one).
+    fn key_file(
+        &self,
+        field: &'static str,
+        path: Option<&Path>,
+    ) -> Result<(Algorithm, &'static str, Vec<u8>), KeyConfigError> {
+        let algorithm = self.algorithm()?;
+        let (field, path) = if algorithm.family() == AlgorithmFamily::Hmac {
+            ("secret_file", self.secret_file.as_deref())
+        } else if self.secret_file.is_some() {
+            return Err(KeyConfigError::new("secret_file", format!("{algorithm:?} uses key files, not a secret")));
+        } else {
+            (field, path)
+        };
+        let path = path.ok_or_else(|| KeyConfigError::new(field, format!("{algorithm:?} needs {field}")))?;
+        Ok((algorithm, field, read(field, path)?))
+    }
+
     /// The key that verifies tokens: the shared secret, or the public key.
     pub fn verifying_key(&self) -> Result<Key, KeyConfigError> {
-        let algorithm = self.algorithm()?;
-        if algorithm.family() == AlgorithmFamily::Hmac {
-            let path = self.secret_file.as_deref().ok_or_else(|| {
-                KeyConfigError::new("secret_file", format!("{algorithm:?} needs a shared secret file"))
-            })?;
-            return Key::hmac(algorithm, &read("secret_file", path)?)
-                .map_err(|e| KeyConfigError::new("secret_file", e));
-        }
-        if self.secret_file.is_some() {
-            return Err(KeyConfigError::new("secret_file", format!("{algorithm:?} uses key files, not a secret")));
-        }
-        let path = self
-            .public_key_file
-            .as_deref()
-            .ok_or_else(|| KeyConfigError::new("public_key_file", format!("{algorithm:?} needs a public key file")))?;
-        Key::public_pem(algorithm, &read("public_key_file", path)?)
-            .map_err(|e| KeyConfigError::new("public_key_file", e))
+        let (algorithm, field, key) = self.key_file("public_key_file", self.public_key_file.as_deref())?;
+        let key = if algorithm.family() == AlgorithmFamily::Hmac {
+            Key::hmac(algorithm, &key)
+        } else {
+            Key::public_pem(algorithm, &key)
+        };
+        key.map_err(|e| KeyConfigError::new(field, e))
     }
 
     /// An authenticator builder accepting exactly the tokens this configuration
@@ -182,19 +191,11 @@ impl KeyConfig {
 
     /// What signs tokens: the shared secret, or the private key.
     pub fn token_issuer(&self) -> Result<TokenIssuer, KeyConfigError> {
-        let algorithm = self.algorithm()?;
+        let (algorithm, field, key) = self.key_file("private_key_file", self.private_key_file.as_deref())?;
         let issuer = if algorithm.family() == AlgorithmFamily::Hmac {
-            let path = self.secret_file.as_deref().ok_or_else(|| {
-                KeyConfigError::new("secret_file", format!("{algorithm:?} needs a shared secret file"))
-            })?;
-            TokenIssuer::hmac(algorithm, &read("secret_file", path)?)
-                .map_err(|e| KeyConfigError::new("secret_file", e))?
+            TokenIssuer::hmac(algorithm, &key).map_err(|e| KeyConfigError::new(field, e))?
         } else {
-            let path = self.private_key_file.as_deref().ok_or_else(|| {
-                KeyConfigError::new("private_key_file", format!("{algorithm:?} needs a private key file to sign"))
-            })?;
-            TokenIssuer::private_pem(algorithm, &read("private_key_file", path)?)
-                .map_err(|e| KeyConfigError::new("private_key_file", e))?
+            TokenIssuer::private_pem(algorithm, &key).map_err(|e| KeyConfigError::new(field, e))?
         };
         let mut issuer = issuer.ttl(self.ttl()?);
         issuer.issuer.clone_from(&self.issuer);
@@ -344,6 +345,9 @@ mod tests {
         let missing = KeyConfig { algorithm: Some("EdDSA".into()), ..KeyConfig::default() };
         assert_eq!(missing.verifying_key().unwrap_err().field, "public_key_file");
         assert_eq!(missing.token_issuer().unwrap_err().field, "private_key_file");
+        let mixed = KeyConfig { secret_file: Some("s".into()), ..missing.clone() };
+        assert_eq!(mixed.verifying_key().unwrap_err().field, "secret_file");
+        assert_eq!(mixed.token_issuer().unwrap_err().field, "secret_file");
         let bad = KeyConfig { algorithm: Some("ROT13".into()), ..KeyConfig::default() };
         assert_eq!(bad.verifying_key().unwrap_err().field, "algorithm");
         let nothing = KeyConfig::default();
