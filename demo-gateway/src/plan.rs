@@ -75,7 +75,7 @@ impl Plan {
         // the same length, then a route naming methods over one taking any.
         routes.sort_by_key(|r| r.specificity());
         let upstreams = upstreams.into_values().collect();
-        let table = Table::new(routes, upstreams, metrics, auth);
+        let table = Table { routes, upstreams, metrics, auth };
         Ok(Self { config, settings, table: Arc::new(table) })
     }
 

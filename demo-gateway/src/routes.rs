@@ -4,7 +4,6 @@
 //! function of the table ([`Table::recognize`]); the [`Routes`] service around it
 //! only dispatches and counts.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,8 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body as AxumBody;
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::util::{Either, Oneshot};
@@ -133,15 +131,6 @@ pub(crate) enum Recognized {
 }
 
 impl Table {
-    pub(crate) fn new(
-        routes: Vec<Route>,
-        upstreams: Vec<Upstream>,
-        metrics: Metrics,
-        auth: Option<Authenticator>,
-    ) -> Self {
-        Self { routes, upstreams, metrics, auth }
-    }
-
     /// The route for `method` on the canonical `path`: the first, in order of
     /// specificity, that matches both.
     pub(crate) fn recognize(&self, method: &Method, path: &str) -> Recognized {
@@ -174,17 +163,6 @@ impl Table {
     }
 }
 
-/// The request's URI with its path replaced by `path` (the query kept).
-fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
-    Uri::from_parts(parts).ok()
-}
-
 /// Dispatches each request to its route. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub(crate) struct Routes {
@@ -201,24 +179,18 @@ impl Service<Request<RouteBody>> for Routes {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<RouteBody>) -> Self::Future {
+    fn call(&mut self, req: Request<RouteBody>) -> Self::Future {
         let ready = |response| ResponseFuture { state: State::Ready { response: Some(response) } };
         if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
             return ready(json_error(StatusCode::BAD_REQUEST, "missing_host", "HTTP/1.1 requests need a Host header"));
         }
-        // Routed, stripped and forwarded as one spelling: the canonical one.
-        let canonical = match canonicalize(req.uri().path()) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(path)) => Some(path),
+        // Routed on the canonical path; the route's StripPrefix (whose prefix the
+        // route's path always starts with) forwards that same canonical spelling.
+        let path = match canonicalize(req.uri().path()) {
+            Ok(path) => path,
             Err(err) => return ready(json_error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string())),
         };
-        if let Some(path) = canonical {
-            match with_path(req.uri(), &path) {
-                Some(uri) => *req.uri_mut() = uri,
-                None => return ready(json_error(StatusCode::BAD_REQUEST, "invalid_path", "the path is not valid")),
-            }
-        }
-        let route = match self.table.recognize(req.method(), req.uri().path()) {
+        let route = match self.table.recognize(req.method(), &path) {
             Recognized::Route(i) => &self.table.routes[i],
             Recognized::MethodNotAllowed => {
                 self.table.metrics.unrouted();
