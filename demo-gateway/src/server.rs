@@ -1,7 +1,7 @@
-//! The HTTP server around the route table: ops routes on an axum `Router`, tower-http's request id, access log, CORS,
-//! panic catching, global timeout and body limit, on hyper-util's auto server
-//! (HTTP/1.1 and h2c) with a header read timeout, a head size cap and a graceful
-//! shutdown.
+//! The HTTP server around the route table: ops routes on an axum `Router`;
+//! tower-http's request id, access log, CORS, panic catching, global timeout and
+//! body limit; on hyper-util's auto server (HTTP/1.1 and h2c) with a header read
+//! timeout, a head size cap and a graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -69,27 +69,17 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<B
     response
 }
 
-async fn readyz(table: Arc<Table>) -> Response<Body> {
-    let (status, body) = match table.ready().await {
-        Ok(()) => (StatusCode::OK, serde_json::json!({ "status": "ready" })),
-        Err(reason) => {
-            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "not ready", "reason": reason }))
-        }
-    };
-    let mut response = Response::new(Body::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+async fn readyz(table: Arc<Table>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    match table.ready().await {
+        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ready" }))),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "not ready", "reason": reason })),
+        ),
+    }
 }
 
-fn metrics(table: &Table) -> Response<Body> {
-    let mut response = Response::new(Body::from(table.metrics_text()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    response
-}
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The gateway's routes: `/healthz`, `/readyz` and `/metrics`, and every other
 /// path through the route table, at most `max_concurrent_requests` at once (more
@@ -112,7 +102,10 @@ fn router(plan: &Plan) -> Router {
     Router::new()
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(move || readyz(table.clone())))
-        .route("/metrics", get(move || std::future::ready(metrics(&metrics_table))))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(([(header::CONTENT_TYPE, OPENMETRICS)], metrics_table.metrics_text()))),
+        )
         .method_not_allowed_fallback(|| async {
             json_error::<Body>(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes GET")
         })
