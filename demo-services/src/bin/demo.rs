@@ -102,13 +102,16 @@ async fn run() -> Result<(), String> {
         }
         None => (Arc::new(MemoryStore::new()), "in memory".to_owned()),
     };
-    let auth =
-        keys.authenticator().map_err(|e| e.to_string())?.store(store.clone()).build().map_err(|e| e.to_string())?;
-
     let mut config = Config::load(env("GATEWAY_CONFIG").as_deref().map(std::path::Path::new), |name| env(name))
         .map_err(|e| e.to_string())?;
-    config.jwt = keys;
-    let plan = Plan::compile_with_store(config, Some(store)).map_err(|e| e.to_string())?;
+    config.jwt = keys.clone();
+    let plan = Plan::compile_with_store(config, Some(store.clone())).map_err(|e| e.to_string())?;
+    // The gateway's own authenticator for user-service too: a logout, a changed
+    // password or a deleted user is refused at the gateway at once, not after its cache bound.
+    let auth = match plan.authenticator() {
+        Some(auth) => auth.clone(),
+        None => keys.authenticator().map_err(|e| e.to_string())?.store(store).build().map_err(|e| e.to_string())?,
+    };
 
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
