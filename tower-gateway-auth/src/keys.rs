@@ -197,7 +197,13 @@ impl KeyConfig {
         } else {
             TokenIssuer::private_pem(algorithm, &key).map_err(|e| KeyConfigError::new(field, e))?
         };
-        let mut issuer = issuer.ttl(self.ttl()?);
+        self.apply_to(issuer)
+    }
+
+    /// `issuer` (whose key came from elsewhere, e.g. made in memory) issuing this
+    /// configuration's `iss`, `aud` and lifetime.
+    pub fn apply_to(&self, mut issuer: TokenIssuer) -> Result<TokenIssuer, KeyConfigError> {
+        issuer.ttl = self.ttl()?;
         issuer.issuer.clone_from(&self.issuer);
         issuer.audience.clone_from(&self.audience);
         Ok(issuer)

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use demo_gateway::{Config, Plan};
@@ -26,10 +25,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_gateway::balance::Endpoints;
 use tower_gateway_auth::{Algorithm, KeyConfig, MemoryStore, RedisStore, TokenIssuer, TokenStore, read_secret_file};
-
-const ISSUER: &str = "user-service";
-const AUDIENCE: &str = "tower-gateway";
-const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -82,19 +77,13 @@ async fn run() -> Result<(), String> {
     let (private_pem, public_pem) = ed25519_key_pair()?;
     let public_key_file = data_dir.join("jwt-public.pem");
     std::fs::write(&public_key_file, public_pem).map_err(|e| format!("{}: {e}", public_key_file.display()))?;
-    let tokens = TokenIssuer::private_pem(Algorithm::EdDSA, private_pem.as_bytes())
-        .map_err(|e| e.to_string())?
-        .issuer(ISSUER)
-        .audience(AUDIENCE)
-        .ttl(TOKEN_TTL);
     let keys = KeyConfig {
         algorithm: Some("EdDSA".into()),
         public_key_file: Some(public_key_file.clone()),
-        issuer: Some(ISSUER.into()),
-        audience: Some(AUDIENCE.into()),
-        token_ttl_secs: TOKEN_TTL.as_secs(),
-        ..KeyConfig::default()
+        ..demo_gateway::config::shipped_jwt()
     };
+    let tokens = TokenIssuer::private_pem(Algorithm::EdDSA, private_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let tokens = keys.apply_to(tokens).map_err(|e| e.to_string())?;
 
     let (store, store_name): (Arc<dyn TokenStore>, String) = match env("REDIS_URL") {
         Some(url) => {

@@ -10,18 +10,15 @@ use std::sync::Arc;
 
 use demo_services::server;
 use demo_services::users::{self, Passwords, UsersState};
-use tower_gateway_auth::{KeyConfig, MemoryStore, RedisStore, TokenStore, read_secret_file};
+use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore, read_secret_file};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "user-service";
     demo_gateway::init_tracing();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let mut keys = KeyConfig {
-        issuer: Some("user-service".into()),
-        audience: Some("tower-gateway".into()),
-        ..KeyConfig::default()
-    };
+    // The shipped issuer and audience, which the gateway requires by default.
+    let mut keys = demo_gateway::config::shipped_jwt();
     if let Err(err) = keys.apply_env(env) {
         return server::fail(NAME, &format!("JWT key: {err}"));
     }
