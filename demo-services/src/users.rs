@@ -173,24 +173,20 @@ pub async fn ensure_admin(s: &UsersState, email: &str, password: String) -> Resu
         return insert(s, "Admin".into(), email, Some(password), &[ADMIN.to_owned()]).await;
     };
     let mut roles = split_roles(&roles);
-    let same_password = match hash {
-        Some(hash) => s.passwords.verify(password.clone(), Some(hash)).await,
-        None => false,
-    };
-    if same_password && roles.iter().any(|r| r == ADMIN) {
-        return fetch(s, id).await?.ok_or_else(|| ApiError::not_found("user"));
+    let is_admin = roles.iter().any(|r| r == ADMIN);
+    if !(is_admin && s.passwords.verify(password.clone(), hash).await) {
+        if !is_admin {
+            roles.push(ADMIN.to_owned());
+        }
+        let hash = s.passwords.hash(password).await?;
+        sqlx::query("UPDATE users SET password_hash = ?, roles = ? WHERE id = ?")
+            .bind(hash)
+            .bind(roles.join(","))
+            .bind(id)
+            .execute(&s.db)
+            .await?;
+        revoke_all(s, id).await?;
     }
-    if !roles.iter().any(|r| r == ADMIN) {
-        roles.push(ADMIN.to_owned());
-    }
-    let hash = s.passwords.hash(password).await?;
-    sqlx::query("UPDATE users SET password_hash = ?, roles = ? WHERE id = ?")
-        .bind(hash)
-        .bind(roles.join(","))
-        .bind(id)
-        .execute(&s.db)
-        .await?;
-    revoke_all(s, id).await?;
     fetch(s, id).await?.ok_or_else(|| ApiError::not_found("user"))
 }
 
