@@ -255,18 +255,20 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
         access,
         ..RouteConfig::default()
     };
-    let users_path = |path: &str, methods: &[&str], access| RouteConfig {
-        prefix: None,
-        path: Some(path.into()),
+    let users_path =
+        |path: &str, access| RouteConfig { prefix: None, path: Some(path.into()), ..route("", &[], "users", access) };
+    // Forwarded as /signup and /login, under user-service's own root.
+    let users_post = |path: &str| RouteConfig {
+        methods: vec!["POST".into()],
         strip_prefix: Some("/api/users".into()),
-        ..route("", methods, "users", access)
+        ..users_path(path, Some(Access::Public))
     };
     vec![
         route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)),
         route("/api/products", &[], "products", admin()),
-        users_path("/api/users/signup", &["POST"], Some(Access::Public)),
-        users_path("/api/users/login", &["POST"], Some(Access::Public)),
-        users_path("/api/users", &[], admin()),
+        users_post("/api/users/signup"),
+        users_post("/api/users/login"),
+        users_path("/api/users", admin()),
         route("/api/users", &[], "users", Some(Access::Token)),
         route("/api/checkout", &[], "checkout", Some(Access::Token)),
     ]
@@ -385,6 +387,15 @@ mod tests {
         assert!(text.contains("access = \"public\""), "{text}");
         assert!(text.contains("roles = [\"admin\"]"), "{text}");
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn the_swarm_configuration_ships_the_same_policy() {
+        let swarm: Config = toml::from_str(include_str!("../../deploy/gateway.toml")).unwrap();
+        assert_eq!(swarm.routes, shipped_routes());
+        assert_eq!((&swarm.jwt.issuer, &swarm.jwt.audience), (&shipped_jwt().issuer, &shipped_jwt().audience));
+        assert_eq!(swarm.upstreams.keys().collect::<Vec<_>>(), Config::default().upstreams.keys().collect::<Vec<_>>());
+        assert!(swarm.jwt.private_key_file.is_none() && swarm.jwt.secret_file.is_none(), "public key only");
     }
 
     #[test]
