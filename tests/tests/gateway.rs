@@ -161,20 +161,25 @@ async fn start_services(redis: &RedisServer) -> Services {
     start_services_with(Arc::new(RedisStore::new(redis.url()).unwrap())).await
 }
 
-async fn post(client: &Client, url: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::post(url).header("content-type", "application/json");
+/// Sends `method url` with `headers`, and `body` as JSON when given.
+async fn request(client: &Client, method: &str, url: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    client.send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap()
+    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    client.send(req.body(Full::new(body)).unwrap()).await.unwrap()
+}
+
+async fn post(client: &Client, url: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+    request(client, "POST", url, Some(body), headers).await
 }
 
 async fn get(client: &Client, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(url);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    client.send(req.body(Full::default()).unwrap()).await.unwrap()
+    request(client, "GET", url, None, headers).await
 }
 
 fn token_for(sub: &str) -> String {
@@ -519,13 +524,11 @@ async fn dns_routes_follow_the_name() {
     assert!(metrics.contains(&format!("endpoint=\"http://127.0.0.1:{}\"", b.addr().port())), "{metrics}");
 }
 
+/// [`request`] with the token, if any, as `Authorization: Bearer`.
 async fn send(client: &Client, method: &str, url: &str, body: Option<Value>, bearer: Option<&str>) -> Reply {
-    let mut req = Request::builder().method(method).uri(url).header("content-type", "application/json");
-    if let Some(token) = bearer {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    client.send(req.body(Full::new(body)).unwrap()).await.unwrap()
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization.iter().map(|v| ("authorization", v.as_str())).collect();
+    request(client, method, url, body, &headers).await
 }
 
 async fn login(client: &Client, base: &str, email: &str, password: &str) -> String {
