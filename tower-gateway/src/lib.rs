@@ -37,6 +37,7 @@
 
 pub mod balance;
 mod body;
+pub mod client_addr;
 pub mod error;
 pub mod proxy;
 pub mod retry;
@@ -44,6 +45,7 @@ pub mod strip_prefix;
 
 pub use self::balance::{RoundRobin, RoundRobinLayer};
 pub use self::body::Body;
+pub use self::client_addr::{ClientAddr, ClientAddrLayer};
 pub use self::proxy::{PeerAddr, Proxy};
 pub use self::retry::{Retry, RetryLayer, RetryPolicy};
 pub use self::strip_prefix::{StripPrefix, StripPrefixLayer};

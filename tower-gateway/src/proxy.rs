@@ -8,10 +8,12 @@
 //! - removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it
 //!   names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 //!   `Upgrade`, `Proxy-Authorization` — from the request and from the response;
-//! - appends the client's address (from the [`PeerAddr`] extension, when there is
-//!   one) to `X-Forwarded-For`, and sets `X-Forwarded-Proto` and
-//!   `X-Forwarded-Host` (the `Host` the client asked for), replacing client-sent
-//!   copies of the last two;
+//! - sets `X-Forwarded-For` to the client as [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer)
+//!   decided it (with the trusted proxies it came through), or else to the
+//!   [`PeerAddr`] alone, and `X-Forwarded-Proto` and `X-Forwarded-Host` (the
+//!   `Host` the client asked for); client-sent copies of these, and of
+//!   `Forwarded` and `X-Real-IP`, are never passed on (with neither extension no
+//!   `X-Forwarded-For` is sent);
 //! - sends the upstream its own authority as `Host`, over HTTP/1.1.
 //!
 //! Failures are answered, never returned as errors (`Error = Infallible`, as axum
@@ -52,6 +54,7 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::Body;
+use crate::client_addr::ClientAddr;
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
 
 /// The address of the client that sent a request; put it in the request's
@@ -65,6 +68,7 @@ pub struct PeerAddr(pub SocketAddr);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -211,17 +215,20 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
         headers.remove(&X_FORWARDED_HOST);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), forwarded_proto.clone());
-    if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>().copied() {
-        let ip = addr.ip().to_string();
-        let headers = req.headers_mut();
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-            _ => ip,
-        };
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
-        }
-    }
+    // The client's own forwarding claims are never passed on: X-Forwarded-For is
+    // what ClientAddr verified, or the peer alone.
+    headers.remove(header::FORWARDED);
+    headers.remove(&X_REAL_IP);
+    let forwarded_for = match (req.extensions().get::<ClientAddr>(), req.extensions().get::<PeerAddr>()) {
+        (Some(client), _) => Some(client.forwarded_for()),
+        (None, Some(PeerAddr(peer))) => HeaderValue::try_from(peer.ip().to_canonical().to_string()).ok(),
+        (None, None) => None,
+    };
+    let headers = req.headers_mut();
+    match forwarded_for {
+        Some(value) => headers.insert(X_FORWARDED_FOR.clone(), value),
+        None => headers.remove(&X_FORWARDED_FOR),
+    };
     *req.version_mut() = Version::HTTP_11;
 }
 
