@@ -75,3 +75,87 @@ impl Deref for Authenticated {
         &self.0
     }
 }
+
+/// Which claim [`ClaimKey`] counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// `sub`, the user.
+    Subject,
+    /// `email`.
+    Email,
+    /// `iss`, the issuer (one quota per issuing service).
+    Issuer,
+}
+
+/// A rate-limit key: a claim of the verified token, for a
+/// [`RateLimitLayer`](tower_gateway::RateLimitLayer) inside [`JwtAuthLayer`](crate::JwtAuthLayer).
+/// A request without a verified token (or without the claim) has no key.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_gateway::{Limiter, Quota, RateLimitLayer};
+/// use tower_gateway_auth::{Authenticator, ClaimKey, JwtAuthLayer, Key};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let auth = Authenticator::builder(Key::hs256(b"a shared secret of at least 32 bytes!")?).build()?;
+/// let per_user = ServiceBuilder::new()
+///     .layer(JwtAuthLayer::new(auth))
+///     .layer(RateLimitLayer::new(Limiter::new("orders", Quota::per_minute(30)), ClaimKey::subject()));
+/// # let _ = per_user;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimKey(Claim);
+
+impl ClaimKey {
+    /// Counts by `claim`.
+    pub fn new(claim: Claim) -> Self {
+        Self(claim)
+    }
+
+    /// Counts by `sub`: one quota per user, whichever address they come from.
+    pub fn subject() -> Self {
+        Self(Claim::Subject)
+    }
+}
+
+impl<B> tower_gateway::rate_limit::KeyExtractor<B> for ClaimKey {
+    fn extract(&self, req: &http::Request<B>) -> Option<String> {
+        let claims = req.extensions().get::<Authenticated>()?;
+        match self.0 {
+            Claim::Subject => Some(claims.sub.clone()),
+            Claim::Email => claims.email.clone(),
+            Claim::Issuer => claims.iss.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_gateway::rate_limit::KeyExtractor;
+
+    use super::*;
+
+    #[test]
+    fn claim_keys_read_the_verified_identity_only() {
+        let claims = Claims {
+            sub: "42".into(),
+            exp: 1,
+            iat: None,
+            nbf: None,
+            jti: None,
+            iss: Some("user-service".into()),
+            aud: None,
+            email: None,
+            roles: Vec::new(),
+        };
+        let mut req = http::Request::builder().header("x-user-id", "7").body(()).unwrap();
+        assert_eq!(ClaimKey::subject().extract(&req), None, "a client-sent identity header is no key");
+        req.extensions_mut().insert(Authenticated(Arc::new(claims)));
+        assert_eq!(ClaimKey::subject().extract(&req).as_deref(), Some("42"));
+        assert_eq!(ClaimKey::new(Claim::Issuer).extract(&req).as_deref(), Some("user-service"));
+        assert_eq!(ClaimKey::new(Claim::Email).extract(&req), None);
+    }
+}

@@ -108,7 +108,7 @@ pub mod store;
 mod verify;
 
 pub use self::authenticator::{Authenticator, AuthenticatorBuilder, MAX_AUTHORIZATION_LEN, MAX_LEEWAY};
-pub use self::claims::{Audience, Authenticated, Claims};
+pub use self::claims::{Audience, Authenticated, Claim, ClaimKey, Claims};
 pub use self::error::{ConfigError, Rejection, StoreError};
 pub use self::keys::{KeyConfig, KeyConfigError, TokenIssuer, read_secret_file};
 pub use self::layer::{JwtAuth, JwtAuthLayer, ResponseFuture};

@@ -40,6 +40,7 @@ mod body;
 pub mod client_addr;
 pub mod error;
 pub mod proxy;
+pub mod rate_limit;
 pub mod retry;
 pub mod strip_prefix;
 
@@ -47,5 +48,6 @@ pub use self::balance::{RoundRobin, RoundRobinLayer};
 pub use self::body::Body;
 pub use self::client_addr::{ClientAddr, ClientAddrLayer};
 pub use self::proxy::{PeerAddr, Proxy};
+pub use self::rate_limit::{Limiter, Quota, RateLimit, RateLimitLayer};
 pub use self::retry::{Retry, RetryLayer, RetryPolicy};
 pub use self::strip_prefix::{StripPrefix, StripPrefixLayer};

@@ -1,0 +1,125 @@
+//! Limits shared through Redis: one Lua script per decision, on Redis's clock.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::gcra::{Decision, Quota};
+use super::{BoxFuture, Store, StoreError};
+
+/// The decision, atomically, where the state lives. The time is Redis's own
+/// (`TIME`), so the gateways' clocks do not matter; the key expires when its TAT
+/// passes, which is when it would mean nothing anyway. Plain `EVALSHA`: no module,
+/// so any Redis 5 or later will do, managed ones included.
+const DECIDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tonumber(ARGV[2])
+if now < allow_at then
+  return {0, tat - now, allow_at - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, new_tat - now, 0}
+";
+
+/// Limits kept in Redis, shared by every process that uses the same limit names.
+///
+/// Each key is `<prefix><limit>:<key>` (prefix default `tower-gateway:rl:`), holding
+/// the key's TAT in microseconds and expiring with it. One multiplexed
+/// connection, re-made in the background when it breaks. Pair it with
+/// [`LimiterBuilder::store`](super::LimiterBuilder::store).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    script: Arc<redis::Script>,
+    prefix: Arc<str>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key (default `tower-gateway:rl:`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long to wait for a connection (default 100 ms).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for an answer (default 100 ms).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// The store. It connects when first used, so this succeeds while Redis is
+    /// down and fails only on a bad URL. Call it inside a Tokio runtime.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(self.url.as_str()).map_err(StoreError::new)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::new)?;
+        Ok(RedisStore { conn, script: Arc::new(redis::Script::new(DECIDE)), prefix: self.prefix.into() })
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store at `url` (e.g. `redis://127.0.0.1:6379/0`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "tower-gateway:rl:".into(),
+            connection_timeout: Duration::from_millis(100),
+            response_timeout: Duration::from_millis(100),
+        }
+    }
+
+    /// A store at `url` with the default settings.
+    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+}
+
+impl Store for RedisStore {
+    fn decide<'a>(&'a self, key: &'a str, quota: &'a Quota) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            let mut full = String::with_capacity(self.prefix.len() + key.len());
+            full.push_str(&self.prefix);
+            full.push_str(key);
+            let mut invocation = self.script.prepare_invoke();
+            invocation.key(full).arg(quota.interval_us()).arg(quota.capacity_us());
+            let mut conn = self.conn.clone();
+            let (allowed, reset_after, retry_after): (i64, i64, i64) =
+                invocation.invoke_async(&mut conn).await.map_err(StoreError::new)?;
+            let us = |n: i64| u64::try_from(n).unwrap_or(0);
+            Ok(quota.decision(allowed == 1, us(reset_after), us(retry_after)))
+        })
+    }
+}
