@@ -139,11 +139,12 @@ check() {
   [ "${out%% *}" = 401 ] || fail "checkout without a token: $out"
 
   log "1b. the access policy: no token 401, a user's token 403, the admin's works"
-  local admin me secrets
+  local admin me secrets ptoken
   admin=$(login admin@example.com "$(cat "$here/secrets/admin_password")")
   [ -n "$admin" ] && [ "$admin" != null ] || fail "the admin cannot log in"
   me=$(json_post "$base/api/users/signup" "{\"name\":\"P\",\"email\":\"p-$email\",\"password\":\"correct horse\"}" | cut -d' ' -f2- | jq -r .id)
-  policy "$(login "p-$email")" "$admin" "$me"
+  ptoken=$(login "p-$email")
+  policy "$ptoken" "$admin" "$me"
   secrets=$(docker service inspect --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}' "${stack}_gateway")
   case "$secrets" in *jwt_private*) fail "the gateway's container holds the private key: $secrets" ;; esac
   echo "   the gateway's secrets: $secrets(no private key)"
@@ -160,9 +161,13 @@ check() {
   : > "$results"
   (
     for i in $(seq 1 800); do
-      if [ $((i % 4)) = 0 ]; then
+      # Every 16th request an order, by two users in turn: within the shipped
+      # per-user checkout limit (a burst of 30, then 2 a second).
+      if [ $((i % 16)) = 0 ]; then
+        buyer=$token
+        [ $((i % 32)) = 0 ] && buyer=$ptoken
         code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST "$base/api/checkout" -H 'content-type: application/json' \
-          -H "authorization: Bearer $token" -H "idempotency-key: load-$email-$i" -d '{"product_id":2,"quantity":1}')
+          -H "authorization: Bearer $buyer" -H "idempotency-key: load-$email-$i" -d '{"product_id":2,"quantity":1}')
       else
         code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$base/api/products/$((1 + i % 4))")
       fi
@@ -194,22 +199,38 @@ check() {
   redis=$(docker ps -q -f "name=${stack}_redis" | head -1)
   [ -n "$redis" ] || fail "no redis container"
   docker kill "$redis" >/dev/null
+  # The gateway trusts a token it found unrevoked for 1 s, then asks Redis again.
   closed() {
-    local t
-    t=$(login "$email") # a fresh token is never in the gateway's cache
-    [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $t")" = 503 ]
+    [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $ptoken")" = 503 ]
   }
   wait_for 20 "checkout answers 503 without Redis" closed
   out=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/products/1")
   [ "$out" = 200 ] || fail "products while Redis is down: $out"
   echo "   checkout 503, products 200"
   open() {
-    local t
-    t=$(login "$email")
-    [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $t")" = 200 ]
+    [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $ptoken")" = 200 ]
   }
   wait_for 90 "checkout recovers once Swarm restarts Redis" open
   echo "   checkout 200 again"
+
+  log "6. rate limits in Redis: one user over the checkout limit gets 429, another is served"
+  local headers=/tmp/tg-headers code first_429=
+  for i in $(seq 1 40); do
+    code=$(curl -s -m 5 -D "$headers" -o /tmp/tg-body -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $token")
+    if [ "$code" = 429 ]; then first_429=$i; break; fi
+    [ "$code" = 200 ] || fail "GET /api/checkout before the limit: $code"
+  done
+  [ -n "$first_429" ] || fail "40 requests by one user were never limited"
+  grep -qi '^retry-after: [1-9]' "$headers" || fail "429 without Retry-After: $(cat "$headers")"
+  [ "$(jq -r .error.code /tmp/tg-body)" = rate_limited ] || fail "429 body: $(cat /tmp/tg-body)"
+  echo "   user 1: 429 at request $first_429, $(grep -i '^retry-after' "$headers" | tr -d '\r'), $(grep -i '^ratelimit:' "$headers" | tr -d '\r' | tr '\n' ' ')"
+  code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/api/checkout" -H "authorization: Bearer $ptoken")
+  [ "$code" = 200 ] || fail "another user while the first is limited: $code"
+  echo "   user 2 meanwhile: $code"
+  local keys
+  keys=$(docker exec "$(docker ps -q -f "name=${stack}_redis" | head -1)" /bin/redis-cli --scan --pattern 'tower-gateway:rl:checkout-user:*' | wc -l)
+  [ "$keys" -ge 2 ] || fail "the checkout limit is not kept in Redis ($keys keys)"
+  echo "   $keys checkout-user keys in Redis; gateway_rate_limit_decisions_total{limit=\"checkout-user\",outcome=\"limited\"} = $(metric 'gateway_rate_limit_decisions_total{limit="checkout-user",outcome="limited"}')"
   log "all checks passed"
 }
 

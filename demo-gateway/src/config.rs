@@ -11,6 +11,13 @@
 //! methods = ["GET", "HEAD"]       # any method when left out
 //! upstream = "products"
 //! access = "public"               # or "token", or { roles = ["admin"] }
+//! limits = ["per-address"]        # named limits, counted in this order
+//!
+//! [limits.per-address]
+//! rate = 100                      # requests...
+//! per = "second"                  # ...per "second", "minute" or "hour"
+//! burst = 200                     # at most this many at once (default: rate)
+//! key = "client_ip"               # or "subject", "header:x-api-key", "json:email", "global", or a list
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,8 +71,18 @@ pub struct Config {
     /// Origins allowed by CORS; `["*"]` for any, `[]` for no CORS headers
     /// (`GATEWAY_CORS_ORIGINS`, comma-separated).
     pub cors_origins: Vec<String>,
-    /// The token store for revocations (`REDIS_URL`); in memory without it.
+    /// The token store for revocations and the store of rate limits
+    /// (`REDIS_URL`); in memory without it.
     pub redis_url: Option<String>,
+    /// Proxies in front of the gateway whose forwarding header is believed (CIDR
+    /// blocks); none by default, so the peer is the client.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// The header those proxies append the client to: `"x-forwarded-for"` or `"forwarded"`.
+    pub forwarded_header: String,
+    /// Rate limits, by name; routes name the ones they count against. A limit
+    /// named by several routes is one quota across all of them.
+    pub limits: BTreeMap<String, LimitConfig>,
     /// How tokens are verified: the key configuration user-service reads too
     /// (`JWT_*`). The gateway needs only the public key.
     pub jwt: KeyConfig,
@@ -162,6 +179,61 @@ impl Default for RetryConfig {
     }
 }
 
+/// One rate limit: `rate` requests `per` second, minute or hour for each key,
+/// at most `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Requests per period.
+    pub rate: u32,
+    /// `"second"`, `"minute"` or `"hour"`.
+    pub per: String,
+    /// The most at once (default: `rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// What requests are counted by: `"client_ip"`, `"subject"` (the token's
+    /// `sub`), `"claim:email"`, `"header:<name>"`, `"json:<field>"` (a field of a
+    /// JSON body), `"global"` (the whole limit one bucket), or a list of these
+    /// for their combination.
+    pub key: LimitKey,
+    /// `"redis"` (the default when `redis_url` is set: one quota across every
+    /// gateway replica) or `"memory"` (this process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// When Redis fails: `"open"` (decide locally from what Redis last said; the
+    /// default) or `"closed"` (`503`).
+    #[serde(default = "open", skip_serializing_if = "is_open")]
+    pub on_store_error: String,
+}
+
+fn open() -> String {
+    "open".into()
+}
+
+fn is_open(value: &String) -> bool {
+    value == "open"
+}
+
+/// The key of a limit: one part or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LimitKey {
+    /// One part, e.g. `"client_ip"`.
+    One(String),
+    /// Several, counted together, e.g. `["client_ip", "json:email"]`.
+    Many(Vec<String>),
+}
+
+impl LimitKey {
+    /// The parts.
+    pub fn parts(&self) -> &[String] {
+        match self {
+            Self::One(part) => std::slice::from_ref(part),
+            Self::Many(parts) => parts,
+        }
+    }
+}
+
 /// Who may use a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -236,6 +308,9 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Who may use the route. Required: nothing is open by omission.
     pub access: Option<Access>,
+    /// The names of the limits (in `[limits]`) requests count against, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<String>,
 }
 
 fn local(ports: &[u16]) -> UpstreamConfig {
@@ -263,15 +338,45 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
         strip_prefix: Some("/api/users".into()),
         ..users_path(path, Some(Access::Public))
     };
+    let limited = |route: RouteConfig, limits: &[&str]| {
+        let mut names = vec!["per-address".to_owned()];
+        names.extend(limits.iter().map(|l| (*l).to_owned()));
+        RouteConfig { limits: names, ..route }
+    };
     vec![
-        route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)),
-        route("/api/products", &[], "products", admin()),
-        users_post("/api/users/signup"),
-        users_post("/api/users/login"),
-        users_path("/api/users", admin()),
-        route("/api/users", &[], "users", Some(Access::Token)),
-        route("/api/checkout", &[], "checkout", Some(Access::Token)),
+        limited(route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)), &[]),
+        limited(route("/api/products", &[], "products", admin()), &[]),
+        limited(users_post("/api/users/signup"), &["login-address", "login-account"]),
+        limited(users_post("/api/users/login"), &["login-address", "login-account"]),
+        limited(users_path("/api/users", admin()), &[]),
+        limited(route("/api/users", &[], "users", Some(Access::Token)), &[]),
+        limited(route("/api/checkout", &[], "checkout", Some(Access::Token)), &["checkout-user"]),
     ]
+}
+
+/// The shipped limits, named by [`shipped_routes`]:
+///
+/// | limit | key | rate | burst |
+/// |---|---|---|---|
+/// | `per-address` | client address, every route | 100 / s | 200 |
+/// | `login-address` | client address, login and signup | 30 / min | 10 |
+/// | `login-account` | the `email` of the body, login and signup | 10 / min | 5 |
+/// | `checkout-user` | the token's subject, checkout | 120 / min | 30 |
+pub fn shipped_limits() -> BTreeMap<String, LimitConfig> {
+    let limit = |rate, per: &str, burst, key: &str| LimitConfig {
+        rate,
+        per: per.into(),
+        burst: Some(burst),
+        key: LimitKey::One(key.into()),
+        store: None,
+        on_store_error: open(),
+    };
+    BTreeMap::from([
+        ("per-address".into(), limit(100, "second", 200, "client_ip")),
+        ("login-address".into(), limit(30, "minute", 10, "client_ip")),
+        ("login-account".into(), limit(10, "minute", 5, "json:email")),
+        ("checkout-user".into(), limit(120, "minute", 30, "subject")),
+    ])
 }
 
 /// The key configuration of the shipped system, less the key files: tokens from
@@ -294,6 +399,9 @@ impl Default for Config {
             grace_period_ms: 10_000,
             cors_origins: vec!["*".into()],
             redis_url: None,
+            trusted_proxies: Vec::new(),
+            forwarded_header: "x-forwarded-for".into(),
+            limits: shipped_limits(),
             jwt: shipped_jwt(),
             revocation: RevocationConfig::default(),
             upstreams: BTreeMap::from([
@@ -393,6 +501,7 @@ mod tests {
     fn the_swarm_configuration_ships_the_same_policy() {
         let swarm: Config = toml::from_str(include_str!("../../deploy/gateway.toml")).unwrap();
         assert_eq!(swarm.routes, shipped_routes());
+        assert_eq!(swarm.limits, shipped_limits());
         assert_eq!((&swarm.jwt.issuer, &swarm.jwt.audience), (&shipped_jwt().issuer, &shipped_jwt().audience));
         assert_eq!(swarm.upstreams.keys().collect::<Vec<_>>(), Config::default().upstreams.keys().collect::<Vec<_>>());
         assert!(swarm.jwt.private_key_file.is_none() && swarm.jwt.secret_file.is_none(), "public key only");

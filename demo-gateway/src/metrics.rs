@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tower_gateway::Limiter;
 use tower_gateway::balance::{Endpoint, Endpoints};
 
 /// A route's name in labels.
@@ -74,6 +75,17 @@ struct EndpointLabels {
     endpoint: EndpointName,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    limit: Arc<str>,
+    outcome: &'static str,
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// All of the gateway's metrics.
@@ -90,6 +102,10 @@ pub(crate) struct Metrics {
     ejected: Family<UpstreamLabels, Gauge>,
     unrouted: Counter,
     overloaded: Counter,
+    limit_decisions: Family<DecisionLabels, Counter>,
+    limit_store_errors: Family<LimitLabels, Counter>,
+    /// Scrapes bring the limiters' own counts over one at a time.
+    scrape: std::sync::Mutex<()>,
 }
 
 /// The metric handles of one route.
@@ -124,6 +140,8 @@ impl Metrics {
         let ejected = Family::<UpstreamLabels, Gauge>::default();
         let unrouted = Counter::default();
         let overloaded = Counter::default();
+        let limit_decisions = Family::<DecisionLabels, Counter>::default();
+        let limit_store_errors = Family::<LimitLabels, Counter>::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
         registry.register(
@@ -146,6 +164,16 @@ impl Metrics {
         );
         registry.register("unrouted_requests", "Requests matching no route", unrouted.clone());
         registry.register("overloaded_requests", "Requests refused at the concurrency limit", overloaded.clone());
+        registry.register(
+            "rate_limit_decisions",
+            "Rate-limit decisions by limit and outcome (allowed, limited, fallback_allowed, fallback_limited, unavailable)",
+            limit_decisions.clone(),
+        );
+        registry.register(
+            "rate_limit_store_errors",
+            "Rate-limit store calls that failed or took too long, by limit",
+            limit_store_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -158,6 +186,9 @@ impl Metrics {
             ejected,
             unrouted,
             overloaded,
+            limit_decisions,
+            limit_store_errors,
+            scrape: std::sync::Mutex::new(()),
         }
     }
 
@@ -204,8 +235,36 @@ impl Metrics {
         self.overloaded.inc();
     }
 
-    /// The text exposition, with the endpoint gauges of `upstreams` read now.
-    pub(crate) fn encode<'a>(&self, upstreams: impl Iterator<Item = (&'a Arc<str>, &'a Endpoints)>) -> String {
+    /// Brings the counters of `limits` up to what the limiters counted.
+    fn sync_limits(&self, limits: &[Limiter]) {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        for limiter in limits {
+            let stats = limiter.stats();
+            let limit = limiter.name().clone();
+            for (outcome, total) in [
+                ("allowed", stats.allowed),
+                ("limited", stats.limited),
+                ("fallback_allowed", stats.fallback_allowed),
+                ("fallback_limited", stats.fallback_limited),
+                ("unavailable", stats.unavailable),
+            ] {
+                catch_up(&self.limit_decisions.get_or_create(&DecisionLabels { limit: limit.clone(), outcome }), total);
+            }
+            catch_up(&self.limit_store_errors.get_or_create(&LimitLabels { limit }), stats.store_errors);
+        }
+    }
+
+    /// The text exposition, with the endpoint gauges of `upstreams` and the
+    /// counts of `limits` read now.
+    pub(crate) fn encode<'a>(
+        &self,
+        upstreams: impl Iterator<Item = (&'a Arc<str>, &'a Endpoints)>,
+        limits: &[Limiter],
+    ) -> String {
+        self.sync_limits(limits);
         for (upstream, endpoints) in upstreams {
             let labels = UpstreamLabels { upstream: upstream.clone() };
             self.endpoints.get_or_create(&labels).set(endpoints.len() as i64);

@@ -8,17 +8,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Method};
-use tower::ServiceBuilder;
-use tower::util::Either;
+use http::{HeaderName, HeaderValue, Method};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder};
 use tower_gateway::balance::Endpoints;
+use tower_gateway::client_addr::{ClientAddrLayer, ForwardedHeader, TrustedProxies};
+use tower_gateway::rate_limit::key::{ClientIp, Global, Header, JsonField};
+use tower_gateway::rate_limit::{self, KeyExtractor, Limiter, OnStoreError, Quota, RateLimitLayer, ReadJsonLayer};
 use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
-use tower_gateway_auth::{Authenticator, JwtAuthLayer, MemoryStore, RedisStore, TokenStore};
+use tower_gateway_auth::{Authenticator, Claim, ClaimKey, JwtAuthLayer, MemoryStore, RedisStore, TokenStore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::{Access, Config, ConfigError, RetryConfig, RouteConfig, UpstreamConfig};
+use crate::config::{Access, Config, ConfigError, LimitConfig, RetryConfig, RouteConfig, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::routes::{Matcher, Route, Table, Upstream, UpstreamService};
+use crate::routes::{Matcher, Route, RouteBody, RouteService, Table, Upstream, UpstreamService};
 
 /// The server's settings, checked.
 #[derive(Debug, Clone)]
@@ -31,6 +34,20 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_concurrent_requests: usize,
     pub(crate) cors: Option<CorsLayer>,
+    pub(crate) client_addr: ClientAddrLayer,
+}
+
+/// A limit's key as the configuration composed it.
+type RouteKey = Arc<dyn KeyExtractor<RouteBody> + Send + Sync>;
+
+/// A named limit, built once and shared by every route that names it.
+struct BuiltLimit {
+    limiter: Limiter,
+    key: RouteKey,
+    /// The key reads the verified token, so the limit goes inside the auth layer.
+    needs_identity: bool,
+    /// The JSON body fields the key reads.
+    json_fields: Vec<String>,
 }
 
 /// The gateway, built from its configuration: what [`serve`](crate::serve) runs.
@@ -58,6 +75,7 @@ impl Plan {
         }
         let needs_token = config.routes.iter().any(|r| !matches!(r.access, Some(Access::Public) | None));
         let auth = if needs_token { Some(authenticator(&config, store)?) } else { None };
+        let limits = limits_of(&config)?;
         let metrics = Metrics::new();
         if config.routes.is_empty() {
             return Err(ConfigError::new("routes", "at least one route is required"));
@@ -65,7 +83,7 @@ impl Plan {
         let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            let built = route_of(&at, route, &upstreams, auth.as_ref(), &metrics)?;
+            let built = route_of(&at, route, &upstreams, auth.as_ref(), &limits, &metrics)?;
             if let Some(j) = routes.iter().position(|r| r.overlaps(&built)) {
                 return Err(ConfigError::new(at, format!("matches the same requests as routes[{j}]")));
             }
@@ -75,7 +93,8 @@ impl Plan {
         // the same length, then a route naming methods over one taking any.
         routes.sort_by_key(|r| r.specificity());
         let upstreams = upstreams.into_values().collect();
-        let table = Table { routes, upstreams, metrics, auth };
+        let limits = limits.into_values().map(|l| l.limiter).collect();
+        let table = Table { routes, upstreams, metrics, auth, limits };
         Ok(Self { config, settings, table: Arc::new(table) })
     }
 
@@ -155,7 +174,19 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
             .expose_headers([request_id])
             .max_age(Duration::from_secs(600))
     });
+    let trusted = TrustedProxies::parse(&config.trusted_proxies).map_err(|e| ConfigError::new("trusted_proxies", e))?;
+    let header = match config.forwarded_header.to_ascii_lowercase().as_str() {
+        "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+        "forwarded" => ForwardedHeader::Forwarded,
+        other => {
+            return Err(ConfigError::new(
+                "forwarded_header",
+                format!("{other:?} is not \"x-forwarded-for\" or \"forwarded\""),
+            ));
+        }
+    };
     Ok(Settings {
+        client_addr: ClientAddrLayer::new().trusted(trusted).header(header),
         listen,
         request_timeout: positive("request_timeout_ms", config.request_timeout_ms)?,
         header_read_timeout: positive("header_read_timeout_ms", config.header_read_timeout_ms)?,
@@ -193,6 +224,118 @@ fn authenticator(config: &Config, store: Option<Arc<dyn TokenStore>>) -> Result<
         .fail_open(config.revocation.fail_open)
         .build()
         .map_err(|e| ConfigError::new("jwt", e))
+}
+
+/// One part of a limit's key, from its name in the configuration.
+fn key_part(at: &str, part: &str, built: &mut BuiltLimit) -> Result<RouteKey, ConfigError> {
+    let wrong = |why: &str| ConfigError::new(at, format!("{part:?}: {why}"));
+    Ok(match part.split_once(':') {
+        None if part == "client_ip" => Arc::new(ClientIp::new()),
+        None if part == "global" => Arc::new(Global),
+        None if part == "subject" => {
+            built.needs_identity = true;
+            Arc::new(ClaimKey::subject())
+        }
+        Some(("claim", claim)) => {
+            built.needs_identity = true;
+            Arc::new(ClaimKey::new(match claim {
+                "sub" => Claim::Subject,
+                "email" => Claim::Email,
+                "iss" => Claim::Issuer,
+                _ => return Err(wrong("the claims are sub, email and iss")),
+            }))
+        }
+        Some(("header", name)) => {
+            Arc::new(Header::new(HeaderName::try_from(name).map_err(|_| wrong("not a header name"))?))
+        }
+        Some(("json", field)) if !field.is_empty() => {
+            built.json_fields.push(field.to_owned());
+            Arc::new(JsonField::new(field))
+        }
+        _ => {
+            return Err(wrong(
+                r#"use "client_ip", "subject", "claim:<name>", "header:<name>", "json:<field>" or "global""#,
+            ));
+        }
+    })
+}
+
+fn limit_of(
+    name: &str,
+    config: &LimitConfig,
+    redis: Option<&Arc<dyn rate_limit::Store>>,
+) -> Result<BuiltLimit, ConfigError> {
+    let at = format!("limits.{name}");
+    let period = match config.per.as_str() {
+        "second" => Duration::from_secs(1),
+        "minute" => Duration::from_secs(60),
+        "hour" => Duration::from_secs(3600),
+        other => {
+            return Err(ConfigError::new(
+                format!("{at}.per"),
+                format!("{other:?} is not \"second\", \"minute\" or \"hour\""),
+            ));
+        }
+    };
+    let mut quota = Quota::try_new(config.rate, period).map_err(|e| ConfigError::new(format!("{at}.rate"), e))?;
+    if let Some(burst) = config.burst {
+        if burst == 0 {
+            return Err(ConfigError::new(format!("{at}.burst"), "must be at least 1"));
+        }
+        quota = quota.burst(burst);
+    }
+    let mut builder = Limiter::builder(name, quota);
+    match (config.store.as_deref(), redis) {
+        (None | Some("redis"), Some(redis)) => builder = builder.store(redis.clone()),
+        (Some("redis"), None) => return Err(ConfigError::new(format!("{at}.store"), "\"redis\" needs redis_url")),
+        (None | Some("memory"), _) => {}
+        (Some(other), _) => {
+            return Err(ConfigError::new(format!("{at}.store"), format!("{other:?} is not \"redis\" or \"memory\"")));
+        }
+    }
+    builder = builder.on_store_error(match config.on_store_error.as_str() {
+        "open" => OnStoreError::FailOpen,
+        "closed" => OnStoreError::FailClosed,
+        other => {
+            return Err(ConfigError::new(
+                format!("{at}.on_store_error"),
+                format!("{other:?} is not \"open\" or \"closed\""),
+            ));
+        }
+    });
+    let limiter = builder.build().map_err(|e| ConfigError::new(&at, e))?;
+    let mut built = BuiltLimit { limiter, key: Arc::new(Global), needs_identity: false, json_fields: Vec::new() };
+    let parts = config.key.parts();
+    let field = |i: usize| if parts.len() == 1 { format!("{at}.key") } else { format!("{at}.key[{i}]") };
+    let mut keys = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        keys.push(key_part(&field(i), part, &mut built)?);
+    }
+    built.key = match <[RouteKey; 1]>::try_from(keys) {
+        Ok([one]) => one,
+        Err(keys) => match <[RouteKey; 2]>::try_from(keys) {
+            Ok([a, b]) => Arc::new((a, b)),
+            Err(keys) => match <[RouteKey; 3]>::try_from(keys) {
+                Ok([a, b, c]) => Arc::new((a, b, c)),
+                Err(_) => return Err(ConfigError::new(format!("{at}.key"), "give one to three parts")),
+            },
+        },
+    };
+    Ok(built)
+}
+
+fn limits_of(config: &Config) -> Result<BTreeMap<String, BuiltLimit>, ConfigError> {
+    let redis: Option<Arc<dyn rate_limit::Store>> = match &config.redis_url {
+        Some(url) if !config.limits.is_empty() => Some(Arc::new(
+            rate_limit::RedisStore::builder(url.clone()).build().map_err(|e| ConfigError::new("redis_url", e))?,
+        )),
+        _ => None,
+    };
+    let mut limits = BTreeMap::new();
+    for (name, limit) in &config.limits {
+        limits.insert(name.clone(), limit_of(name, limit, redis.as_ref())?);
+    }
+    Ok(limits)
 }
 
 fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError> {
@@ -259,6 +402,20 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
     Ok(Upstream { name: name.into(), endpoints, dns, service })
 }
 
+/// `svc` behind `limits`, the first listed outermost; the JSON body is read just
+/// before the first limit that needs it.
+fn limited(mut svc: RouteService, limits: &[&BuiltLimit]) -> RouteService {
+    let fields: Vec<&String> = limits.iter().flat_map(|l| &l.json_fields).collect();
+    let first_json = limits.iter().position(|l| !l.json_fields.is_empty());
+    for (i, limit) in limits.iter().enumerate().rev() {
+        svc = BoxCloneSyncService::new(RateLimitLayer::new(limit.limiter.clone(), limit.key.clone()).layer(svc));
+        if Some(i) == first_json {
+            svc = BoxCloneSyncService::new(ReadJsonLayer::new(&fields).layer(svc));
+        }
+    }
+    svc
+}
+
 fn path_field<'a>(at: &str, field: &str, value: &'a str) -> Result<&'a str, ConfigError> {
     let layer = StripPrefixLayer::try_new(value).map_err(|e| ConfigError::new(format!("{at}.{field}"), e))?;
     if layer.prefix().is_empty() {
@@ -291,6 +448,7 @@ fn route_of(
     config: &RouteConfig,
     upstreams: &BTreeMap<&str, Upstream>,
     auth: Option<&Authenticator>,
+    limits: &BTreeMap<String, BuiltLimit>,
     metrics: &Metrics,
 ) -> Result<Route, ConfigError> {
     let matcher = match (&config.prefix, &config.path) {
@@ -346,11 +504,32 @@ fn route_of(
             }
         }
     };
-    let inner = upstream.service.clone();
-    let svc = ServiceBuilder::new().layer(StripPrefixLayer::new(strip)).service(match auth_layer {
-        Some(layer) => Either::Left(tower::Layer::layer(&layer, inner)),
-        None => Either::Right(inner),
-    });
+    let mut named: Vec<&BuiltLimit> = Vec::with_capacity(config.limits.len());
+    for (j, limit) in config.limits.iter().enumerate() {
+        let field = || format!("{at}.limits[{j}]");
+        let built = limits.get(limit).ok_or_else(|| {
+            let known: Vec<&String> = limits.keys().collect();
+            ConfigError::new(field(), format!("{limit:?} is not one of {known:?}"))
+        })?;
+        if config.limits[..j].contains(limit) {
+            return Err(ConfigError::new(field(), format!("{limit} is listed twice")));
+        }
+        if built.needs_identity && access == Access::Public {
+            return Err(ConfigError::new(field(), format!("{limit} counts by the token, but the route is public")));
+        }
+        named.push(built);
+    }
+    // Limits by address, header or body are decided before the token is checked
+    // (a flood of bad tokens is limited before it costs verification); limits by
+    // the token's claims inside the auth layer.
+    let (inside, outside): (Vec<&BuiltLimit>, Vec<&BuiltLimit>) = named.into_iter().partition(|l| l.needs_identity);
+    let mut svc: RouteService = BoxCloneSyncService::new(upstream.service.clone());
+    svc = limited(svc, &inside);
+    if let Some(layer) = auth_layer {
+        svc = BoxCloneSyncService::new(layer.layer(svc));
+    }
+    svc = limited(svc, &outside);
+    let svc = BoxCloneSyncService::new(StripPrefixLayer::new(strip).layer(svc));
     Ok(Route { metrics: metrics.route(&name, &upstream.name), name, matcher, methods, access, svc })
 }
 
@@ -478,6 +657,33 @@ mod tests {
                 "jwt.secret_file",
             ),
         ];
+        let limited = |limit: &str, route_limits: &str, access: &str| {
+            format!(
+                "{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = {access}\nlimits = {route_limits}\n{limit}"
+            )
+        };
+        let lim = |body: &str| format!("[limits.l]\n{body}");
+        let ok = "rate = 1\nper = \"second\"\nkey = \"client_ip\"";
+        let public = "\"public\"";
+        let mut cases = cases;
+        cases.extend([
+            ("trusted_proxies = [\"10.0.0.0/33\"]".to_owned(), "trusted_proxies"),
+            ("forwarded_header = \"x-real-ip\"".to_owned(), "forwarded_header"),
+            (limited(&lim("rate = 0\nper = \"second\"\nkey = \"client_ip\""), "[\"l\"]", public), "limits.l.rate"),
+            (limited(&lim("rate = 1\nper = \"day\"\nkey = \"client_ip\""), "[\"l\"]", public), "limits.l.per"),
+            (limited(&lim(&format!("{ok}\nburst = 0")), "[\"l\"]", public), "limits.l.burst"),
+            (limited(&lim("rate = 1\nper = \"second\"\nkey = \"ip\""), "[\"l\"]", public), "limits.l.key"),
+            (
+                limited(&lim("rate = 1\nper = \"second\"\nkey = [\"client_ip\", \"claim:roles\"]"), "[\"l\"]", public),
+                "limits.l.key[1]",
+            ),
+            (limited(&lim(&format!("{ok}\nstore = \"redis\"")), "[\"l\"]", public), "limits.l.store"),
+            (limited(&lim(&format!("{ok}\non_store_error = \"maybe\"")), "[\"l\"]", public), "limits.l.on_store_error"),
+            (limited(&format!("[limits.\"a b\"]\n{ok}"), "[\"a b\"]", public), "limits.a b"),
+            (limited(&lim(ok), "[\"m\"]", public), "routes[0].limits[0]"),
+            (limited(&lim(ok), "[\"l\", \"l\"]", public), "routes[0].limits[1]"),
+            (limited(&lim("rate = 1\nper = \"second\"\nkey = \"subject\""), "[\"l\"]", public), "routes[0].limits[0]"),
+        ]);
         for (text, field) in cases {
             let config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             let err = Plan::compile(keyed_unless_jwt(config, &dir, &text)).unwrap_err();

@@ -15,14 +15,14 @@ use axum::body::Body as AxumBody;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower::util::{Either, Oneshot};
+use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
 use tower_gateway::balance::{ChosenEndpoint, Endpoints};
 use tower_gateway::error::{UpstreamError, json_error};
 use tower_gateway::retry::{Attempts, ReplayBody};
 use tower_gateway::strip_prefix::canonicalize;
-use tower_gateway::{Body, Proxy, Retry, RoundRobin, StripPrefix};
-use tower_gateway_auth::{Authenticator, JwtAuth, Rejection};
+use tower_gateway::{Body, Limiter, Proxy, Retry, RoundRobin};
+use tower_gateway_auth::{Authenticator, Rejection};
 
 use crate::config::Access;
 use crate::metrics::{Metrics, Observed, RouteMetrics};
@@ -32,7 +32,9 @@ pub(crate) type RouteBody = AxumBody;
 
 /// One upstream's stack, shared by every route that names it.
 pub(crate) type UpstreamService = Retry<RoundRobin<Proxy<ReplayBody<RouteBody>>>>;
-type RouteService = StripPrefix<Either<JwtAuth<UpstreamService>, UpstreamService>>;
+/// A route's whole stack: `StripPrefix → limits → JwtAuth → limits → upstream`,
+/// each part there only if the route has it.
+pub(crate) type RouteService = BoxCloneSyncService<Request<RouteBody>, Response<Body>, Infallible>;
 
 /// The name of the route that answered, in the response's extensions (for access logs).
 #[derive(Debug, Clone)]
@@ -109,6 +111,8 @@ pub(crate) struct Table {
     pub(crate) upstreams: Vec<Upstream>,
     pub(crate) metrics: Metrics,
     pub(crate) auth: Option<Authenticator>,
+    /// Every rate limit, for metrics.
+    pub(crate) limits: Vec<Limiter>,
 }
 
 impl std::fmt::Debug for Table {
@@ -159,7 +163,7 @@ impl Table {
     }
 
     pub(crate) fn metrics_text(&self) -> String {
-        self.metrics.encode(self.upstreams.iter().map(|u| (&u.name, &u.endpoints)))
+        self.metrics.encode(self.upstreams.iter().map(|u| (&u.name, &u.endpoints)), &self.limits)
     }
 }
 

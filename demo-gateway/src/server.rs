@@ -1,5 +1,5 @@
-//! The HTTP server around the route table: ops routes on an axum `Router`;
-//! tower-http's request id, access log, CORS, panic catching, global timeout and
+//! The HTTP server around the route table: ops routes on an axum `Router`; the
+//! client's address decided once; tower-http's request id, access log, CORS, panic catching, global timeout and
 //! body limit; on hyper-util's auto server (HTTP/1.1 and h2c) with a header read
 //! timeout, a head size cap and a graceful shutdown.
 
@@ -22,10 +22,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::Body;
-use tower_gateway::PeerAddr;
 use tower_gateway::balance::ChosenEndpoint;
 use tower_gateway::error::{BoxError, json_error};
 use tower_gateway::retry::Attempts;
+use tower_gateway::{ClientAddr, PeerAddr};
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -123,13 +123,17 @@ fn app(
     let settings = &plan.settings;
     ServiceBuilder::new()
         .map_response(json_errors)
+        // Who the client is, decided once: the access log, the rate limits and
+        // X-Forwarded-For all use this answer.
+        .layer(settings.client_addr.clone())
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<Incoming>| {
                     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    let client = req.extensions().get::<ClientAddr>().map(|c| tracing::field::display(c.ip()));
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client)
                 })
                 .on_request(())
                 .on_response(|res: &Response<_>, latency: Duration, _: &tracing::Span| {

@@ -119,6 +119,50 @@ pub fn closed_port() -> SocketAddr {
     listener.local_addr().expect("local address")
 }
 
+/// A demo-gateway on a loopback port, serving a compiled plan; stopped
+/// (gracefully) when dropped.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Gateway {
+    /// Compiles `config` (its `listen` is ignored) and serves it.
+    pub async fn start(config: demo_gateway::Config) -> Self {
+        Self::serve(demo_gateway::Plan::compile(config).expect("a valid configuration")).await
+    }
+
+    /// Serves `plan` on a fresh loopback port.
+    pub async fn serve(plan: demo_gateway::Plan) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(demo_gateway::serve(plan, listener, async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop: Some(stop) }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A plain HTTP/1.1 client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -154,6 +198,14 @@ impl Client {
     /// A client with its own connection pool.
     pub fn new() -> Self {
         Self { inner: HyperClient::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// A client whose connections come from `ip` (any of 127.0.0.0/8 works on
+    /// loopback): another client address, as a server sees it.
+    pub fn from_address(ip: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(ip));
+        Self { inner: HyperClient::builder(TokioExecutor::new()).build(connector) }
     }
 
     /// Sends `req` and reads the whole response.

@@ -15,10 +15,9 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 use tower_gateway::balance::Endpoints;
 use tower_gateway_auth::{Algorithm, Authenticator, Key, KeyConfig, RedisStore, TokenIssuer, TokenStore};
-use tower_gateway_tests::{Client, RedisServer, Reply, Server, backend, counting_backend, raw_get, serve};
+use tower_gateway_tests::{Client, Gateway, RedisServer, Reply, Server, backend, counting_backend, raw_get, serve};
 
 const SECRET: &str = "an end-to-end test secret of 32+ bytes";
 
@@ -31,26 +30,6 @@ fn secret_file() -> std::path::PathBuf {
         std::fs::write(&path, SECRET).unwrap();
     }
     path
-}
-
-/// A gateway replica on a loopback port; stopped (gracefully) when dropped.
-struct GatewayProcess {
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl GatewayProcess {
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// A route at `prefix` to its own upstream of `urls`.
@@ -82,25 +61,12 @@ fn config(routes: Vec<(String, UpstreamConfig, RouteConfig)>, redis: Option<&Red
     config
 }
 
-async fn start_gateway(
-    routes: Vec<(String, UpstreamConfig, RouteConfig)>,
-    redis: Option<&RedisServer>,
-) -> GatewayProcess {
+async fn start_gateway(routes: Vec<(String, UpstreamConfig, RouteConfig)>, redis: Option<&RedisServer>) -> Gateway {
     start_gateway_with(config(routes, redis)).await
 }
 
-async fn start_gateway_with(config: Config) -> GatewayProcess {
-    start_plan(Plan::compile(config).unwrap()).await
-}
-
-async fn start_plan(plan: Plan) -> GatewayProcess {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(demo_gateway::serve(plan, listener, async move {
-        let _ = stopped.await;
-    }));
-    GatewayProcess { addr, stop: Some(stop) }
+async fn start_gateway_with(config: Config) -> Gateway {
+    Gateway::start(config).await
 }
 
 /// The real services, in this process, each on its own loopback port.
@@ -310,7 +276,13 @@ async fn signup_login_checkout_then_logout_is_refused_by_every_replica() {
 async fn a_killed_product_instance_costs_no_client_request() {
     let redis = RedisServer::start().await;
     let mut services = start_services(&redis).await;
-    let gw = start_gateway_with(services.config(Some(&redis))).await;
+    let mut config = services.config(Some(&redis));
+    // 600 requests from one address and 100 orders by one user in a second or
+    // two: more than the shipped limits allow, and this test is about failover.
+    for limit in config.limits.values_mut() {
+        limit.burst = Some(10_000);
+    }
+    let gw = start_gateway_with(config).await;
     let client = Client::new();
     let bearer = format!("Bearer {}", token_for("7"));
 
@@ -417,13 +389,13 @@ async fn path_escapes_never_reach_checkout_without_a_token() {
         "/api/checkout",
         "/api/checkout/",
     ] {
-        let status = raw_get(gw.addr, path, "").await;
+        let status = raw_get(gw.addr(), path, "").await;
         assert!([400, 401, 404].contains(&status), "{path}: {status}");
     }
     assert_eq!(checkout_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "a request reached checkout");
     // With a token the same backend is reachable: the count above could have moved.
     let bearer = format!("authorization: Bearer {}\r\n", token_for("5"));
-    assert_eq!(raw_get(gw.addr, "/api/checkout", &bearer).await, 200);
+    assert_eq!(raw_get(gw.addr(), "/api/checkout", &bearer).await, 200);
     assert_eq!(checkout_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -455,7 +427,7 @@ async fn hostile_clients_get_json_errors_and_bounded_waits() {
 
     // HTTP/1.1 without Host.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     stream.write_all(b"GET /api/fast/x HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
@@ -464,11 +436,11 @@ async fn hostile_clients_get_json_errors_and_bounded_waits() {
 
     // A head far over the cap is refused, not buffered.
     let huge = format!("x-filler: {}\r\n", "y".repeat(64 * 1024));
-    let status = raw_get(gw.addr, "/api/fast/x", &huge).await;
+    let status = raw_get(gw.addr(), "/api/fast/x", &huge).await;
     assert!(status == 431 || status == 0, "{status}");
 
     // A client that never finishes its head is cut off.
-    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     stream.write_all(b"GET /api/fast/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
     let started = Instant::now();
     let mut rest = Vec::new();
@@ -503,7 +475,7 @@ async fn h2c_clients_are_served() {
     let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
     let seen: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["path"], "/h2");
-    assert_eq!(seen["headers"]["x-forwarded-host"], gw.addr.to_string(), "the :authority became the forwarded host");
+    assert_eq!(seen["headers"]["x-forwarded-host"], gw.addr().to_string(), "the :authority became the forwarded host");
 }
 
 #[tokio::test]
@@ -554,7 +526,7 @@ async fn refused_within_the_bound(client: &Client, url: &str, token: &str) {
 
 /// The report's five requests, ownership and revocation, through the shipped policy
 /// in front of the real services.
-async fn shipped_policy(services: &Services, gw: &GatewayProcess) {
+async fn shipped_policy(services: &Services, gw: &Gateway) {
     let client = Client::new();
     let base = gw.url();
     users::ensure_admin(&services.users_state, "root@example.com", "root password".into()).await.unwrap();
@@ -627,6 +599,54 @@ async fn the_shipped_policy_with_revocations_in_redis() {
 async fn the_shipped_policy_with_one_in_process_store_as_in_the_demo() {
     let store: Arc<dyn TokenStore> = Arc::new(tower_gateway_auth::MemoryStore::new());
     let services = start_services_with(store.clone()).await;
-    let gw = start_plan(Plan::compile_with_store(services.config(None), Some(store)).unwrap()).await;
+    let gw = Gateway::serve(Plan::compile_with_store(services.config(None), Some(store)).unwrap()).await;
     shipped_policy(&services, &gw).await;
+}
+
+/// The shipped limits in front of the real user-service: password guessing is
+/// slowed per account and per address, and other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_limits_slow_password_guessing_and_spare_other_clients() {
+    let store: Arc<dyn TokenStore> = Arc::new(tower_gateway_auth::MemoryStore::new());
+    let services = start_services_with(store.clone()).await;
+    let gw = Gateway::serve(Plan::compile_with_store(services.config(None), Some(store)).unwrap()).await;
+    let base = gw.url();
+    let attempt = async |client: &Client, email: &str, password: &str| {
+        post(client, &format!("{base}/api/users/login"), json!({"email": email, "password": password}), &[]).await
+    };
+    let (guesser, owner, flooder) = (
+        Client::from_address("127.0.0.2".parse().unwrap()),
+        Client::from_address("127.0.0.3".parse().unwrap()),
+        Client::from_address("127.0.0.4".parse().unwrap()),
+    );
+    let body = json!({"name": "Ann", "email": "ann@example.com", "password": "correct horse"});
+    assert_eq!(post(&owner, &format!("{base}/api/users/signup"), body, &[]).await.status, StatusCode::CREATED);
+
+    // Per account (5 at once, then 10 a minute, the signup counted): four wrong
+    // guesses reach user-service, then the account is refused, in any spelling.
+    let mut statuses = Vec::new();
+    for email in ["ann@example.com", "ann@example.com", "ANN@example.com", " ann@example.com", "ann@example.com"] {
+        statuses.push(attempt(&guesser, email, "guess").await.status.as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429]);
+    let refused = attempt(&owner, "ann@example.com", "correct horse").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "the account is shielded from every address");
+    assert_eq!(refused.headers["retry-after"], "6", "one more attempt every 6 s");
+    assert_eq!(refused.json()["error"]["code"], "rate_limited");
+    let fields: Vec<&str> = refused.headers.get_all("ratelimit").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(fields.contains(&r#""login-account";r=0;t=30"#), "{fields:?}");
+
+    // Per address (10 at once, then 30 a minute): a flood of accounts from one
+    // address is cut off, while another address logs in.
+    let mut limited_at = None;
+    for i in 0..12 {
+        if attempt(&flooder, &format!("nobody{i}@example.com"), "x").await.status == StatusCode::TOO_MANY_REQUESTS {
+            limited_at.get_or_insert(i);
+        }
+    }
+    assert_eq!(limited_at, Some(10), "the 11th attempt from the flooding address");
+    let body = json!({"name": "Bea", "email": "bea@example.com", "password": "correct horse"});
+    assert_eq!(post(&owner, &format!("{base}/api/users/signup"), body, &[]).await.status, StatusCode::CREATED);
+    let served = attempt(&owner, "bea@example.com", "correct horse").await;
+    assert_eq!(served.status, StatusCode::OK, "{}", String::from_utf8_lossy(&served.body));
 }

@@ -34,6 +34,37 @@ return {1, new_tat - now, 0}
 /// the key's TAT in microseconds and expiring with it. One multiplexed
 /// connection, re-made in the background when it breaks. Pair it with
 /// [`LimiterBuilder::store`](super::LimiterBuilder::store).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use axum::{Router, routing::post};
+/// use tower::ServiceBuilder;
+/// use tower_gateway::ClientAddrLayer;
+/// use tower_gateway::rate_limit::key::{ClientIp, JsonField};
+/// use tower_gateway::rate_limit::{Limiter, OnStoreError, Quota, RateLimitLayer, ReadJsonLayer, RedisStore};
+///
+/// # async fn login() -> &'static str { "welcome" }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let redis = Arc::new(RedisStore::new("redis://127.0.0.1:6379")?);
+/// let per_address = Limiter::builder("login-ip", Quota::per_minute(30).burst(10))
+///     .store(redis.clone()) // one quota across every replica
+///     .build()?; // fails open to its mirrored state by default
+/// let per_account = Limiter::builder("login-account", Quota::per_minute(10).burst(5))
+///     .store(redis)
+///     .on_store_error(OnStoreError::FailClosed) // 503 while Redis is away
+///     .build()?;
+/// let app: Router = Router::new().route("/login", post(login)).layer(
+///     ServiceBuilder::new()
+///         .layer(ClientAddrLayer::new().trust(["10.0.0.0/8"])?) // your load balancer
+///         .layer(RateLimitLayer::new(per_address, ClientIp::new()))
+///         .layer(ReadJsonLayer::new(["email"]))
+///         .layer(RateLimitLayer::new(per_account, JsonField::new("email"))),
+/// );
+/// # let _ = app;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
