@@ -105,7 +105,13 @@ impl Plan {
         let mut text = String::from("# Routes, most specific first: a request takes the first that matches.\n");
         for route in &self.table.routes {
             let upstream = route.metrics.upstream();
-            text.push_str(&format!("#   {:<28} -> {upstream:<10} access: {}\n", &*route.name, route.access));
+            let mut line = format!("#   {:<28} -> {upstream:<10} access: {}", &*route.name, route.access);
+            if !route.limits.is_empty() {
+                let names: Vec<&str> = route.limits.iter().map(|l| &**l).collect();
+                line.push_str(&format!("  limits: {}", names.join(", ")));
+            }
+            text.push_str(&line);
+            text.push('\n');
         }
         text.push('\n');
         text.push_str(&self.config.to_masked_toml());
@@ -530,7 +536,8 @@ fn route_of(
     }
     svc = limited(svc, &outside);
     let svc = BoxCloneSyncService::new(StripPrefixLayer::new(strip).layer(svc));
-    Ok(Route { metrics: metrics.route(&name, &upstream.name), name, matcher, methods, access, svc })
+    let limits = config.limits.iter().map(|l| Arc::from(l.as_str())).collect();
+    Ok(Route { metrics: metrics.route(&name, &upstream.name), name, matcher, methods, access, limits, svc })
 }
 
 #[cfg(test)]

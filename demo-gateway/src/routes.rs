@@ -79,6 +79,8 @@ pub(crate) struct Route {
     pub(crate) matcher: Matcher,
     pub(crate) methods: Option<Box<[Method]>>,
     pub(crate) access: Access,
+    /// The names of the limits it counts against, in order.
+    pub(crate) limits: Box<[Arc<str>]>,
     pub(crate) svc: RouteService,
     pub(crate) metrics: RouteMetrics,
 }

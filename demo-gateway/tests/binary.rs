@@ -86,8 +86,11 @@ fn print_config_shows_every_policy_and_masks_secrets() {
     let summary: Vec<&str> =
         text.lines().filter(|l| l.contains("access: ")).map(|l| l.trim_start_matches('#').trim()).collect();
     assert_eq!(summary.len(), 7, "{text}");
-    assert!(summary[0].starts_with("/api/users/signup POST") && summary[0].ends_with("access: public"), "{text}");
-    assert!(summary.iter().any(|l| l.starts_with("/api/products/* ") && l.ends_with("access: role admin")), "{text}");
+    assert!(summary[0].starts_with("/api/users/signup POST"), "{text}");
+    assert!(summary[0].ends_with("access: public  limits: per-address, login-address, login-account"), "{text}");
+    let admin = "access: role admin  limits: per-address";
+    assert!(summary.iter().any(|l| l.starts_with("/api/products/* ") && l.ends_with(admin)), "{text}");
+    assert!(text.contains("[limits.login-account]"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! Throughput through the gateway next to the same backend reached directly, in
 //! one run, over loopback: the cost of the whole stack (tower-http layers,
-//! StripPrefix, Retry, RoundRobin, Proxy) as a ratio. Bounded: a fixed number of
-//! requests from a fixed number of connections.
+//! StripPrefix, Retry, RoundRobin, Proxy) as a ratio; and of a rate-limited
+//! route next to an unlimited one, with the limit in memory and in Redis (a real
+//! `redis-server`, started here). Bounded: a fixed number of requests from a
+//! fixed number of connections.
 //!
 //! `cargo bench -p tower-gateway-tests --bench gateway`
 
@@ -9,14 +11,14 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use demo_gateway::config::{RouteConfig, UpstreamConfig};
+use demo_gateway::config::{LimitConfig, LimitKey, RouteConfig, UpstreamConfig};
 use demo_gateway::{Access, Config, Plan};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_gateway_tests::serve;
+use tower_gateway_tests::{RedisServer, serve};
 
 const CONNECTIONS: usize = 16;
 const REQUESTS: usize = 20_000;
@@ -52,16 +54,36 @@ async fn main() {
     }))
     .await;
 
+    // One gateway, three routes to the same backend: no limit, a limit kept in
+    // this process, a limit kept in Redis. The quotas are never reached: this
+    // measures what deciding costs.
+    let redis = RedisServer::start().await;
+    let never_reached = |store: &str| LimitConfig {
+        rate: 500_000,
+        per: "second".into(),
+        burst: Some(1_000_000),
+        key: LimitKey::One("client_ip".into()),
+        store: Some(store.into()),
+        on_store_error: "open".into(),
+    };
+    let route = |prefix: &str, limits: &[&str]| RouteConfig {
+        prefix: Some(prefix.into()),
+        upstream: "products".into(),
+        access: Some(Access::Public),
+        limits: limits.iter().map(|l| (*l).to_owned()).collect(),
+        ..RouteConfig::default()
+    };
     let config = Config {
         listen: "127.0.0.1:0".into(),
+        redis_url: Some(redis.url()),
         upstreams: [("products".to_owned(), UpstreamConfig { endpoints: vec![backend.url()], ..Default::default() })]
             .into(),
-        routes: vec![RouteConfig {
-            prefix: Some("/api/products".into()),
-            upstream: "products".into(),
-            access: Some(Access::Public),
-            ..RouteConfig::default()
-        }],
+        limits: [("memory".to_owned(), never_reached("memory")), ("redis".to_owned(), never_reached("redis"))].into(),
+        routes: vec![
+            route("/api/products", &[]),
+            route("/limited/memory", &["memory"]),
+            route("/limited/redis", &["redis"]),
+        ],
         ..Config::default()
     };
     let plan = Plan::compile(config).unwrap();
@@ -72,28 +94,42 @@ async fn main() {
         let _ = stopped.await;
     }));
 
-    let direct_url = format!("{}/1", backend.url());
-    let gateway_url = format!("http://{addr}/api/products/1");
-    // Warm up both paths, then alternate rounds so that drift hits both alike.
-    throughput(&direct_url).await;
-    throughput(&gateway_url).await;
-    let (mut direct, mut through) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        direct.push(throughput(&direct_url).await);
-        through.push(throughput(&gateway_url).await);
+    let targets = [
+        ("backend directly", format!("{}/1", backend.url())),
+        ("through the gateway", format!("http://{addr}/api/products/1")),
+        ("gateway, limit in memory", format!("http://{addr}/limited/memory/1")),
+        ("gateway, limit in Redis", format!("http://{addr}/limited/redis/1")),
+    ];
+    // Warm every path up, then run rounds in alternating order (ABCD, DCBA, ...)
+    // so that drift hits all alike.
+    for (_, url) in &targets {
+        throughput(url).await;
     }
-    let median = |v: &mut Vec<f64>| {
+    const ROUNDS: usize = 4;
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            results[i].push(throughput(&targets[i].1).await);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
     };
-    let (direct, through) = (median(&mut direct), median(&mut through));
+    let medians: Vec<f64> = results.iter().map(|r| median(r)).collect();
     println!(
-        "{REQUESTS} GETs from {CONNECTIONS} connections, median of 3 rounds (no log subscriber: access logs cost nothing here)"
+        "{REQUESTS} GETs from {CONNECTIONS} connections, median of {ROUNDS} rounds (no log subscriber: access logs cost nothing here)"
     );
-    println!("{:<28} {:>12}", "path", "requests/s");
-    println!("{:<28} {:>12.0}", "backend directly", direct);
-    println!("{:<28} {:>12.0}", "through the gateway", through);
-    println!("gateway throughput / direct throughput = {:.2}", through / direct);
+    println!("{:<28} {:>12} {:>10} {:>12}", "path", "requests/s", "/ direct", "/ unlimited");
+    for ((name, _), rps) in targets.iter().zip(&medians) {
+        println!("{name:<28} {rps:>12.0} {:>10.2} {:>12.2}", rps / medians[0], rps / medians[1]);
+    }
+    println!("gateway throughput / direct throughput = {:.2}", medians[1] / medians[0]);
 
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), running).await;

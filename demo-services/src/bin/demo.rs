@@ -149,6 +149,13 @@ async fn run() -> Result<(), String> {
         table.push(("checkout-service", 3005));
     }
     let listen = plan.listen();
+    let limits: Vec<String> = plan
+        .config()
+        .limits
+        .iter()
+        .map(|(name, l)| format!("{name} {}/{} by {}", l.rate, l.per, l.key.parts().join("+")))
+        .collect();
+    let limits_store = if plan.config().redis_url.is_some() { "in Redis" } else { "in this process" };
     let listener = bind("gateway", listen).await?;
     tasks.spawn(demo_gateway::serve(plan, listener, stopped()));
 
@@ -163,6 +170,7 @@ async fn run() -> Result<(), String> {
         "  tokens: EdDSA, key made for this run; the gateway has only {}; revoked {store_name}",
         public_key_file.display()
     );
+    println!("  rate limits ({limits_store}): {}", limits.join(", "));
     println!("  admin: {admin_email} / {admin_password}");
     println!("  health {base}/healthz  readiness {base}/readyz  metrics {base}/metrics\n");
     println!("Try it:\n");
