@@ -18,11 +18,11 @@
 //! before. Passwords are hashed with Argon2id and never returned. Emails are
 //! unique, compared without case: a duplicate is `409`.
 
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
@@ -31,6 +31,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
+use tokio::sync::Semaphore;
 use tower_gateway_auth::{Authenticated, Authenticator, JwtAuthLayer, Rejection, TokenIssuer};
 
 use crate::db;
@@ -73,24 +74,117 @@ fn split_roles(roles: &str) -> Vec<String> {
 /// Hashes and checks passwords with Argon2id, off the async threads.
 #[derive(Clone)]
 pub struct Passwords {
-    argon2: Arc<Argon2<'static>>,
-    /// A hash to check against when the user does not exist, so that a login for an
-    /// unknown email takes as long as one with a wrong password.
+    params: argon2::Params,
+    /// The hash of a password nobody has, to check against when the user does not
+    /// exist, so that a login for an unknown email takes as long as a wrong password.
     decoy: Arc<str>,
+    /// One permit per hash that may run at once.
+    permits: Arc<Semaphore>,
+    /// Argon2's working memory, one buffer per permit, made once and reused: a
+    /// fresh 19 MiB per hash, freed into the allocator, fragments its heap until
+    /// the process holds hundreds of MB after a flood.
+    memory: Arc<Mutex<Vec<Vec<argon2::Block>>>>,
+    /// Requests waiting for a permit, at most `max_waiting`; more are refused.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
 }
 
 impl std::fmt::Debug for Passwords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Passwords").finish_non_exhaustive()
+        f.debug_struct("Passwords").field("permits", &self.permits.available_permits()).finish_non_exhaustive()
     }
 }
 
+/// How long a request waits for a hashing slot before it is told to come back.
+const HASH_WAIT: Duration = Duration::from_secs(2);
+
+/// What the hashes running at once may use by default: 64 MiB, three at Argon2's
+/// default 19 MiB.
+pub const DEFAULT_HASH_MEMORY: usize = 64 * 1024 * 1024;
+
+/// A password hash that could not be made or read.
+fn hash_error(err: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("password hash: {err}"))
+}
+
+/// Argon2 into `out`, in `memory` (grown if these parameters need more).
+fn argon2_into(
+    argon2: &Argon2<'_>,
+    params: &argon2::Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+    memory: &mut Vec<argon2::Block>,
+) -> Result<(), argon2::Error> {
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::new());
+    }
+    argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
+}
+
+/// A new PHC string (`$argon2id$v=19$m=..$salt$hash`) for `password`.
+fn new_hash(params: &argon2::Params, password: &[u8], memory: &mut Vec<argon2::Block>) -> Result<String, ApiError> {
+    use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+    let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params.clone());
+    let salt = argon2::password_hash::generate_salt();
+    let mut out = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
+    argon2_into(&argon2, params, password, &salt, &mut out, memory).map_err(hash_error)?;
+    let hash = PasswordHash {
+        algorithm: argon2::Algorithm::Argon2id.ident(),
+        version: Some(argon2::Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(hash_error)?,
+        salt: Some(Salt::new(&salt).map_err(hash_error)?),
+        hash: Some(Output::new(&out).map_err(hash_error)?),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `password` is the one `hash` (a PHC string) was made from, compared in
+/// constant time.
+fn matches(hash: &str, password: &[u8], memory: &mut Vec<argon2::Block>) -> Result<bool, ApiError> {
+    use argon2::password_hash::phc::{Output, PasswordHash};
+    let parsed = PasswordHash::new(hash).map_err(hash_error)?;
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm.as_str()).map_err(hash_error)?;
+    let version = match parsed.version {
+        Some(v) => argon2::Version::try_from(v).map_err(hash_error)?,
+        None => argon2::Version::default(),
+    };
+    let params = argon2::Params::try_from(&parsed).map_err(hash_error)?;
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return Err(hash_error("no salt or output"));
+    };
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    argon2_into(&argon2, &params, password, salt.as_ref(), &mut out, memory).map_err(hash_error)?;
+    Ok(Output::new(&out).is_ok_and(|out| &out == expected))
+}
+
 impl Passwords {
-    /// Argon2id with `params` (use `argon2::Params::default()` in production).
+    /// Argon2id with `params` (use `argon2::Params::default()` in production),
+    /// within the default memory budget.
     pub fn new(params: argon2::Params) -> Self {
-        let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let decoy = argon2.hash_password(b"decoy password").map(|h| h.to_string()).unwrap_or_default();
-        Self { argon2: Arc::new(argon2), decoy: decoy.into() }
+        Self::with_memory_budget(params, DEFAULT_HASH_MEMORY)
+    }
+
+    /// Argon2id with `params`, running only as many hashes at once as fit in
+    /// `budget` bytes (at least one), each in memory made once and reused. A
+    /// request that finds them all busy waits up to 2 s behind at most four times
+    /// as many others; past that it is answered `503` with `Retry-After` rather
+    /// than queued without bound.
+    pub fn with_memory_budget(params: argon2::Params, budget: usize) -> Self {
+        let per_hash = params.block_count().saturating_mul(std::mem::size_of::<argon2::Block>()).max(1);
+        let permits = (budget / per_hash).max(1);
+        let mut memory = Vec::new();
+        let decoy = new_hash(&params, b"a password nobody has", &mut memory).expect("valid Argon2 parameters");
+        Self {
+            params,
+            decoy: decoy.into(),
+            permits: Arc::new(Semaphore::new(permits)),
+            memory: Arc::new(Mutex::new(vec![memory])),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: permits * 4,
+        }
     }
 
     /// The cheapest parameters Argon2 allows: for tests only.
@@ -98,25 +192,58 @@ impl Passwords {
         Self::new(argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None).expect("valid parameters"))
     }
 
-    async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let argon2 = self.argon2.clone();
-        tokio::task::spawn_blocking(move || argon2.hash_password(password.as_bytes()).map(|h| h.to_string()))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)
+    /// How many hashes may run at once.
+    pub fn concurrency(&self) -> usize {
+        self.max_waiting / 4
     }
 
-    async fn verify(&self, password: String, hash: Option<String>) -> bool {
-        let argon2 = self.argon2.clone();
+    /// Runs `work` on a blocking thread, with a hashing slot and its memory.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Vec<argon2::Block>) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let busy = || ApiError::unavailable("too many password checks at once; try again");
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(busy());
+                }
+                let acquired = tokio::time::timeout(HASH_WAIT, self.permits.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match acquired {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Err(busy()),
+                }
+            }
+        };
+        let pool = self.memory.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // At most one buffer per permit ever exists: a permit holder takes one
+            // or, if none is free yet, makes the one it will give back.
+            let mut memory = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+            let result = work(&mut memory);
+            pool.lock().unwrap_or_else(|e| e.into_inner()).push(memory);
+            result
+        })
+        .await
+        .map_err(ApiError::internal)
+    }
+
+    async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let params = self.params.clone();
+        self.run(move |memory| new_hash(&params, password.as_bytes(), memory)).await?
+    }
+
+    async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
         let (hash, real) = match hash {
             Some(hash) => (hash, true),
             None => (self.decoy.to_string(), false),
         };
-        let matches =
-            tokio::task::spawn_blocking(move || argon2.verify_password(password.as_bytes(), hash.as_str()).is_ok())
-                .await
-                .unwrap_or(false);
-        matches && real
+        let matched = self.run(move |memory| matches(&hash, password.as_bytes(), memory)).await?;
+        Ok(matched? && real)
     }
 }
 
@@ -174,7 +301,7 @@ pub async fn ensure_admin(s: &UsersState, email: &str, password: String) -> Resu
     };
     let mut roles = split_roles(&roles);
     let is_admin = roles.iter().any(|r| r == ADMIN);
-    if !(is_admin && s.passwords.verify(password.clone(), hash).await) {
+    if !(is_admin && s.passwords.verify(password.clone(), hash).await?) {
         if !is_admin {
             roles.push(ADMIN.to_owned());
         }
@@ -430,7 +557,7 @@ async fn login(State(s): State<UsersState>, ApiJson(login): ApiJson<Login>) -> R
         Some((id, hash, roles)) => (Some(id), hash, split_roles(&roles)),
         None => (None, None, Vec::new()),
     };
-    let verified = s.passwords.verify(login.password, hash).await;
+    let verified = s.passwords.verify(login.password, hash).await?;
     let Some(id) = id.filter(|_| verified) else {
         return Err(ApiError::unauthorized("invalid_credentials", "wrong email or password"));
     };
@@ -452,5 +579,57 @@ async fn logout(State(s): State<UsersState>, headers: HeaderMap) -> Result<Statu
         Ok(_) => Ok(StatusCode::NO_CONTENT),
         Err(Rejection::StoreUnavailable) => Err(ApiError::unavailable("the token store is unavailable; try again")),
         Err(rejection) => Err(ApiError::unauthorized(rejection.code(), rejection.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+    use super::*;
+
+    fn cheap() -> argon2::Params {
+        argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None).unwrap()
+    }
+
+    #[test]
+    fn hashes_are_standard_phc_strings_both_ways() {
+        let mut memory = Vec::new();
+        // Made here, checked by the argon2 crate's own verifier...
+        let ours = new_hash(&cheap(), b"correct horse", &mut memory).unwrap();
+        assert!(ours.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{ours}");
+        let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, cheap());
+        assert!(argon2.verify_password(b"correct horse", ours.as_str()).is_ok());
+        // ...and hashes the crate made (databases from before) checked here, with
+        // other parameters than the service's.
+        let theirs = Argon2::default().hash_password(b"correct horse").unwrap().to_string();
+        assert_eq!(matches(&theirs, b"correct horse", &mut memory), Ok(true));
+        assert_eq!(matches(&theirs, b"wrong horse", &mut memory), Ok(false));
+        assert_eq!(matches(&ours, b"wrong horse", &mut memory), Ok(false));
+        assert!(matches("not a hash", b"x", &mut memory).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_told_to_come_back_instead_of_queueing() {
+        // One slot; four may wait; the rest are 503 at once.
+        let passwords = Passwords::with_memory_budget(cheap(), 1);
+        assert_eq!(passwords.concurrency(), 1);
+        let hash = passwords.hash("correct horse".into()).await.unwrap();
+        let mut checks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (passwords, hash) = (passwords.clone(), hash.clone());
+            checks.spawn(async move { passwords.verify("correct horse".into(), Some(hash)).await });
+        }
+        let (mut ok, mut busy) = (0, 0);
+        while let Some(done) = checks.join_next().await {
+            match done.unwrap() {
+                Ok(true) => ok += 1,
+                Err(err) if err.status == StatusCode::SERVICE_UNAVAILABLE => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ok + busy, 50);
+        assert!(ok >= 5 && busy > 0, "{ok} checked, {busy} refused");
+        assert_eq!(passwords.memory.lock().unwrap().len(), 1, "one buffer for one slot, reused");
     }
 }

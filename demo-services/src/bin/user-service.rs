@@ -2,8 +2,10 @@
 //! the token key as the gateway reads it (`JWT_ALGORITHM` with `JWT_PRIVATE_KEY_FILE` and
 //! `JWT_PUBLIC_KEY_FILE`, or `JWT_SECRET_FILE`; `JWT_ISSUER` default `user-service`,
 //! `JWT_AUDIENCE` default `tower-gateway`, `JWT_TTL_SECS` default 900), `REDIS_URL` for
-//! the token store (in memory without it), and the first admin: `ADMIN_EMAIL` with
-//! `ADMIN_PASSWORD_FILE`, created or promoted at start-up.
+//! the token store (in memory without it), the first admin: `ADMIN_EMAIL` with
+//! `ADMIN_PASSWORD_FILE`, created or promoted at start-up, and
+//! `PASSWORD_HASH_MEMORY_MB` (default 64): what the Argon2 hashes running at once
+//! may use, which bounds how many run.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,7 +48,14 @@ async fn main() -> ExitCode {
         Ok(db) => db,
         Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
     };
-    let state = UsersState { db, tokens: Arc::new(tokens), auth, passwords: Passwords::new(argon2::Params::default()) };
+    let budget = match env("PASSWORD_HASH_MEMORY_MB").map(|mb| mb.parse::<usize>()) {
+        None => users::DEFAULT_HASH_MEMORY,
+        Some(Ok(mb)) if mb > 0 => mb * 1024 * 1024,
+        Some(_) => return server::fail(NAME, "PASSWORD_HASH_MEMORY_MB: a positive number of MiB"),
+    };
+    let passwords = Passwords::with_memory_budget(argon2::Params::default(), budget);
+    tracing::info!(concurrent_hashes = passwords.concurrency(), "password hashing bounded");
+    let state = UsersState { db, tokens: Arc::new(tokens), auth, passwords };
     if let Some(email) = env("ADMIN_EMAIL") {
         let Some(path) = env("ADMIN_PASSWORD_FILE") else {
             return server::fail(NAME, "ADMIN_EMAIL needs ADMIN_PASSWORD_FILE");
