@@ -62,8 +62,15 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Requests forwarded at once; more are answered `503` at once.
     pub max_concurrent_requests: usize,
-    /// How long a client may take to send a request head.
+    /// How long a client may take to send a request head, counted from the
+    /// connection's accept for the first one (and between requests on HTTP/1.1).
     pub header_read_timeout_ms: u64,
+    /// Open client connections at most; more are answered `503` and closed, and
+    /// idle connections are closed to make room.
+    pub max_connections: usize,
+    /// How long a connection may stay open with no request in flight (HTTP/2; an
+    /// idle HTTP/1.1 connection is closed after `header_read_timeout_ms`).
+    pub idle_timeout_ms: u64,
     /// The largest request head accepted.
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -395,6 +402,8 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
             header_read_timeout_ms: 5_000,
+            max_connections: 10_000,
+            idle_timeout_ms: 60_000,
             max_header_bytes: 16 * 1024,
             grace_period_ms: 10_000,
             cors_origins: vec!["*".into()],

@@ -102,6 +102,9 @@ pub(crate) struct Metrics {
     ejected: Family<UpstreamLabels, Gauge>,
     unrouted: Counter,
     overloaded: Counter,
+    connections: Gauge,
+    connections_refused: Counter,
+    connections_closed_idle: Counter,
     limit_decisions: Family<DecisionLabels, Counter>,
     limit_store_errors: Family<LimitLabels, Counter>,
     /// Scrapes bring the limiters' own counts over one at a time.
@@ -140,6 +143,9 @@ impl Metrics {
         let ejected = Family::<UpstreamLabels, Gauge>::default();
         let unrouted = Counter::default();
         let overloaded = Counter::default();
+        let connections = Gauge::default();
+        let connections_refused = Counter::default();
+        let connections_closed_idle = Counter::default();
         let limit_decisions = Family::<DecisionLabels, Counter>::default();
         let limit_store_errors = Family::<LimitLabels, Counter>::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
@@ -164,6 +170,17 @@ impl Metrics {
         );
         registry.register("unrouted_requests", "Requests matching no route", unrouted.clone());
         registry.register("overloaded_requests", "Requests refused at the concurrency limit", overloaded.clone());
+        registry.register("connections", "Client connections open", connections.clone());
+        registry.register(
+            "connections_refused",
+            "Client connections refused at max_connections",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed_idle",
+            "Client connections closed for sending no request in time, or idle under pressure",
+            connections_closed_idle.clone(),
+        );
         registry.register(
             "rate_limit_decisions",
             "Rate-limit decisions by limit and outcome (allowed, limited, fallback_allowed, fallback_limited, unavailable)",
@@ -186,6 +203,9 @@ impl Metrics {
             ejected,
             unrouted,
             overloaded,
+            connections,
+            connections_refused,
+            connections_closed_idle,
             limit_decisions,
             limit_store_errors,
             scrape: std::sync::Mutex::new(()),
@@ -233,6 +253,21 @@ impl Metrics {
     /// Counts a request refused at the concurrency limit.
     pub(crate) fn overloaded(&self) {
         self.overloaded.inc();
+    }
+
+    /// The gauge of open client connections.
+    pub(crate) fn connections(&self) -> &Gauge {
+        &self.connections
+    }
+
+    /// Counts a connection refused at the cap.
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Counts a connection closed for idling.
+    pub(crate) fn connection_closed_idle(&self) {
+        self.connections_closed_idle.inc();
     }
 
     /// Brings the counters of `limits` up to what the limiters counted.

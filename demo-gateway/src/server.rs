@@ -6,7 +6,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
@@ -20,6 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::Body;
 use tower_gateway::balance::ChosenEndpoint;
@@ -170,13 +172,117 @@ async fn watch_dns(plan: &Plan) -> tokio::task::JoinSet<()> {
     tasks
 }
 
+/// What one client connection is doing: requests in flight and when it was last
+/// busy, for closing it when it idles.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` when a request last began or ended.
+    last: AtomicU64,
+    /// Whether any request has arrived yet.
+    started: AtomicBool,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// When the connection may be closed if nothing happens meanwhile: the
+    /// header timeout after accept until a first request arrives, then the idle
+    /// timeout after the last request ended.
+    fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
+        let limit = if self.started.load(Ordering::Relaxed) { idle_timeout } else { header_timeout };
+        self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed)) + limit
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed))))
+    }
+}
+
+/// Counts a request in flight on its connection until its response head is out.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for Tracked<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.activity.started.store(true, Ordering::Relaxed);
+        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.touch();
+        TrackedFuture { future: self.inner.call(req), _in_flight: InFlight(self.activity.clone()) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct TrackedFuture<F> {
+        #[pin]
+        future: F,
+        _in_flight: InFlight,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        self.project().future.poll(cx)
+    }
+}
+
+/// What a connection over `max_connections` is told before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway is at capacity\"}}";
+
+/// Under pressure, connections idle at least this long make room.
+const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
+
 /// Serves `plan` on `listener` until `shutdown` resolves; then stops accepting and
 /// lets requests in flight finish for up to the grace period. The binary, the
 /// demo, the tests and the benchmarks all run the gateway through this.
+///
+/// Every connection is bounded: at most `max_connections` are open (more get a
+/// `503` and are closed, and idle ones are asked to make room); one that sends no
+/// request within the header timeout of its accept is closed, whatever protocol
+/// it was going to speak; an HTTP/2 connection with no request in flight for the
+/// idle timeout is closed, and one whose peer stops answering pings too.
 pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let _dns = watch_dns(&plan).await;
     let svc = app(&plan);
     let settings = &plan.settings;
+    let metrics = plan.table.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -186,8 +292,13 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let pressure = Arc::new(Notify::new());
+    let (header_timeout, idle_timeout) = (settings.header_read_timeout, settings.idle_timeout);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -201,17 +312,58 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Full: this one is told so (a non-blocking write into a fresh
+                    // socket's buffer), and idle connections make room for the next.
+                    let _ = stream.try_write(REFUSED);
+                    metrics.metrics.connection_refused();
+                    pressure.notify_waiters();
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                let svc = svc.clone().map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    req
-                });
+                let activity = Arc::new(Activity::new());
+                let svc = Tracked {
+                    inner: svc.clone().map_request(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        req
+                    }),
+                    activity: activity.clone(),
+                };
                 let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned();
                 let conn = graceful.watch(conn);
+                let (table, pressure) = (metrics.clone(), pressure.clone());
                 tokio::spawn(async move {
-                    if let Err(err) = conn.await {
-                        tracing::debug!(%err, "connection ended with an error");
+                    let _slot = slot;
+                    table.metrics.connections().inc();
+                    tokio::pin!(conn);
+                    loop {
+                        // Busy connections are looked at again an idle timeout later.
+                        let deadline = match activity.idle_for() {
+                            Some(_) => activity.deadline(header_timeout, idle_timeout),
+                            None => Instant::now() + idle_timeout,
+                        };
+                        tokio::select! {
+                            ended = &mut conn => {
+                                if let Err(err) = ended {
+                                    tracing::debug!(%err, "connection ended with an error");
+                                }
+                                break;
+                            }
+                            () = tokio::time::sleep_until(deadline.into()) => {
+                                if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
+                                    table.metrics.connection_closed_idle();
+                                    break;
+                                }
+                            }
+                            () = pressure.notified() => {
+                                if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
+                                    table.metrics.connection_closed_idle();
+                                    break;
+                                }
+                            }
+                        }
                     }
+                    table.metrics.connections().dec();
                 });
             }
             () = &mut shutdown => break,

@@ -1,0 +1,160 @@
+//! The `demo-gateway` binary under a flood of idle connections: its memory
+//! stays bounded, silent connections are closed, and a normal client is served
+//! throughout.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_demo-gateway");
+
+/// As many connections as this machine's file descriptor limit (20,000) leaves
+/// room for in one test process.
+const FLOOD: usize = 19_000;
+const MAX_CONNECTIONS: usize = 2_000;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    kib / 1024
+}
+
+/// One request on a fresh connection; the status code, or 0 if refused or closed.
+async fn probe(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return 0 };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn metric(text: &str, name: &str) -> Option<i64> {
+    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+async fn metrics(addr: std::net::SocketAddr) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return String::new() };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nheader_read_timeout_ms = 2000\nmax_connections = {MAX_CONNECTIONS}\n\
+             [upstreams.none]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+             [[routes]]\nprefix = \"/api\"\nupstream = \"none\"\naccess = \"public\"\n"
+        ),
+    )
+    .unwrap();
+    let gateway = Killed(
+        Command::new(BIN).arg("--config").arg(&config).env("RUST_LOG", "error").stdout(Stdio::null()).spawn().unwrap(),
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while probe(addr, "/healthz").await != 200 {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = gateway.0.id();
+    let before = rss_mb(pid);
+
+    // A normal client, every 50 ms, on a fresh connection each time, coming back
+    // at once when refused; how long each took to be served.
+    let prober = tokio::spawn(async move {
+        let mut waits = Vec::new();
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            let started = Instant::now();
+            while probe(addr, "/healthz").await != 200 {
+                assert!(started.elapsed() < Duration::from_secs(3), "a normal client was refused for 3 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            waits.push(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        waits
+    });
+
+    // The flood: connections that send nothing, or half an HTTP/2 preface.
+    let mut held = Vec::with_capacity(FLOOD);
+    let mut peak = before;
+    for batch in 0..FLOOD / 500 {
+        let mut opening = tokio::task::JoinSet::new();
+        for i in 0..500 {
+            opening.spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.ok()?;
+                if i % 2 == 0 {
+                    let _ = stream.write_all(b"PRI * HTTP/2.0\r\n").await;
+                }
+                Some(stream)
+            });
+        }
+        while let Some(opened) = opening.join_next().await {
+            held.extend(opened.unwrap());
+        }
+        if batch % 4 == 0 {
+            peak = peak.max(rss_mb(pid));
+        }
+    }
+    let opened = held.len();
+    peak = peak.max(rss_mb(pid));
+    let text = metrics(addr).await;
+    let refused = metric(&text, "gateway_connections_refused_total").unwrap_or(0);
+
+    // Silent connections are closed at the header timeout, counted from accept.
+    let closing = Instant::now();
+    loop {
+        let text = metrics(addr).await;
+        if metric(&text, "gateway_connections ").is_some_and(|open| open <= 5) {
+            break;
+        }
+        assert!(closing.elapsed() < Duration::from_secs(10), "idle connections still open:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waits = prober.await.unwrap();
+    let slowest = waits.iter().max().copied().unwrap_or_default();
+    let mut closed_by_gateway = 0;
+    for stream in held.iter_mut().take(200) {
+        let mut byte = [0u8; 256];
+        if matches!(tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await, Ok(Ok(_) | Err(_))) {
+            closed_by_gateway += 1;
+        }
+    }
+    println!(
+        "{opened} connections opened, {refused} refused at the cap of {MAX_CONNECTIONS}; RSS {before} MB -> {peak} MB at peak; \
+         {} probes served, the slowest in {slowest:?}; {closed_by_gateway}/200 sampled closed by the gateway",
+        waits.len()
+    );
+    assert!(opened >= FLOOD * 9 / 10, "only {opened} connections opened");
+    assert!(refused > 0, "the cap refused nothing");
+    assert!(peak < before + 64, "RSS grew from {before} MB to {peak} MB");
+    assert!(waits.len() >= 20, "only {} probes", waits.len());
+    assert_eq!(closed_by_gateway, 200, "held connections are closed by the gateway");
+    drop(gateway);
+}
