@@ -171,6 +171,9 @@ pub struct RetryConfig {
     pub per_try_timeout_ms: u64,
     /// Request bodies up to this size are buffered so they can be replayed.
     pub max_replay_body_bytes: usize,
+    /// The upstream honours `Idempotency-Key`, so a request carrying one may be
+    /// retried whatever its method (checkout's does; default no).
+    pub idempotency_key: bool,
 }
 
 impl Default for RetryConfig {
@@ -182,6 +185,7 @@ impl Default for RetryConfig {
             jitter: 0.5,
             per_try_timeout_ms: 5_000,
             max_replay_body_bytes: 64 * 1024,
+            idempotency_key: false,
         }
     }
 }
@@ -416,7 +420,13 @@ impl Default for Config {
             upstreams: BTreeMap::from([
                 ("products".into(), local(&[3001, 3003])),
                 ("users".into(), local(&[3002, 3004])),
-                ("checkout".into(), local(&[3005])),
+                (
+                    "checkout".into(),
+                    UpstreamConfig {
+                        retry: RetryConfig { idempotency_key: true, ..RetryConfig::default() },
+                        ..local(&[3005])
+                    },
+                ),
             ]),
             routes: shipped_routes(),
         }

@@ -364,6 +364,7 @@ fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError>
     }
     let policy = RetryPolicy::new()
         .max_attempts(retry.attempts)
+        .retry_idempotency_key(retry.idempotency_key)
         .backoff(backoff, Duration::from_millis(retry.max_backoff_ms), retry.jitter)
         .map_err(|e| ConfigError::new(format!("{at}.retry"), e))?;
     let layer = RetryLayer::new(policy).max_replay_body(retry.max_replay_body_bytes);

@@ -169,6 +169,28 @@ impl Table {
     }
 }
 
+/// One well-formed `Host` (RFC 9112 §3.2: none is `400` on HTTP/1.1, and so are
+/// several), agreeing with the authority of an absolute-form target, so that what
+/// is forwarded as `X-Forwarded-Host` is the authority the request was routed
+/// for.
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("a request has one Host header");
+    }
+    if host.is_some_and(|h| h.is_empty() || http::uri::Authority::try_from(h.as_bytes()).is_err()) {
+        return Err("the Host header is not a host[:port]");
+    }
+    match (host, req.uri().authority()) {
+        (None, None) if req.version() == Version::HTTP_11 => Err("HTTP/1.1 requests need a Host header"),
+        (Some(host), Some(authority)) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+            Err("the Host header names another authority than the request target")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Dispatches each request to its route. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub(crate) struct Routes {
@@ -187,8 +209,20 @@ impl Service<Request<RouteBody>> for Routes {
 
     fn call(&mut self, req: Request<RouteBody>) -> Self::Future {
         let ready = |response| ResponseFuture { state: State::Ready { response: Some(response) } };
-        if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-            return ready(json_error(StatusCode::BAD_REQUEST, "missing_host", "HTTP/1.1 requests need a Host header"));
+        if let Err(message) = check_host(&req) {
+            let mut refused = json_error(StatusCode::BAD_REQUEST, "bad_request", message);
+            // Whatever follows on this connection is not to be trusted either.
+            refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return ready(refused);
+        }
+        // Methods are case-sensitive: `get` is not GET, and no backend should be
+        // asked to guess. TRACE and CONNECT are not proxied.
+        if !matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::OPTIONS
+        ) {
+            let message = "the gateway forwards GET, HEAD, POST, PUT, DELETE, PATCH and OPTIONS";
+            return ready(json_error(StatusCode::NOT_IMPLEMENTED, "method_not_implemented", message));
         }
         // Routed on the canonical path; the route's StripPrefix (whose prefix the
         // route's path always starts with) forwards that same canonical spelling.

@@ -62,6 +62,52 @@ fn json_errors(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Response<R
     Response::from_parts(parts, Either::Right(Full::new(Bytes::from(body))))
 }
 
+/// What the gateway removes from every request as it enters, before any
+/// decision: hop-by-hop headers (and those `Connection` names, so no header can be
+/// hidden from a decision and dropped later), forwarding headers only the
+/// gateway may write (`X-Forwarded-For` is rewritten from the verified client),
+/// identity headers in any spelling a backend might fold into them, and an
+/// `X-Request-Id` that is not a sane token.
+#[derive(Debug, Clone)]
+struct Entry {
+    identity: Arc<[String]>,
+}
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+impl Entry {
+    fn new(plan: &Plan) -> Self {
+        let identity = match plan.authenticator() {
+            Some(auth) => auth.identity_header_names().iter().map(|n| n.as_str().to_owned()).collect(),
+            None => vec!["x-user-id".to_owned(), "x-user-email".to_owned()],
+        };
+        Self { identity: identity.into() }
+    }
+
+    fn is_identity(&self, name: &http::HeaderName) -> bool {
+        let folded = name.as_str().replace('_', "-");
+        self.identity.contains(&folded)
+    }
+
+    fn clean(&self, headers: &mut http::HeaderMap) {
+        tower_gateway::proxy::remove_hop_by_hop(headers);
+        for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
+            headers.remove(name);
+        }
+        let folded: Vec<http::HeaderName> = headers.keys().filter(|n| self.is_identity(n)).cloned().collect();
+        for name in folded {
+            headers.remove(name);
+        }
+        let sane = |v: &HeaderValue| {
+            (1..=128).contains(&v.len())
+                && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        };
+        if headers.get_all(&X_REQUEST_ID).iter().count() > 1 || headers.get(&X_REQUEST_ID).is_some_and(|v| !sane(v)) {
+            headers.remove(&X_REQUEST_ID);
+        }
+    }
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {
     tracing::error!("a request handler panicked");
     let body = serde_json::json!({ "error": { "code": "internal", "message": "internal error" } }).to_string();
@@ -123,8 +169,13 @@ fn app(
 + Send
 + 'static {
     let settings = &plan.settings;
+    let entry = Entry::new(plan);
     ServiceBuilder::new()
         .map_response(json_errors)
+        .map_request(move |mut req: Request<Incoming>| {
+            entry.clean(req.headers_mut());
+            req
+        })
         // Who the client is, decided once: the access log, the rate limits and
         // X-Forwarded-For all use this answer.
         .layer(settings.client_addr.clone())

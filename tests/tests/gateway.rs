@@ -432,7 +432,7 @@ async fn hostile_clients_get_json_errors_and_bounded_waits() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("missing_host"), "{answer}");
+    assert!(answer.contains("bad_request") && answer.contains("Host"), "{answer}");
 
     // A head far over the cap is refused, not buffered.
     let huge = format!("x-filler: {}\r\n", "y".repeat(64 * 1024));

@@ -240,8 +240,9 @@ impl Authenticator {
         self.inner.store.ping().await
     }
 
-    /// The identity headers this authenticator sets, to be removed from requests.
-    pub(crate) fn identity_header_names(&self) -> &[HeaderName] {
+    /// The identity headers this authenticator sets (`x-user-id`, `x-user-email` by
+    /// default): a gateway removes client-sent copies of them from every request.
+    pub fn identity_header_names(&self) -> &[HeaderName] {
         &self.inner.identity_names
     }
 

@@ -30,6 +30,9 @@ pub enum UpstreamErrorKind {
     NoEndpoint,
     /// The request had no usable destination (no scheme or authority).
     NoDestination,
+    /// The client's request body could not be read (malformed chunking, cut
+    /// short): the client's fault, answered `400`.
+    RequestBody,
 }
 
 impl UpstreamErrorKind {
@@ -39,6 +42,7 @@ impl UpstreamErrorKind {
             Self::Connect | Self::Reset | Self::NoDestination => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RequestBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -50,6 +54,7 @@ impl UpstreamErrorKind {
             Self::Timeout => "upstream_timeout",
             Self::NoEndpoint => "no_endpoint",
             Self::NoDestination => "no_destination",
+            Self::RequestBody => "bad_request_body",
         }
     }
 
@@ -60,6 +65,7 @@ impl UpstreamErrorKind {
             Self::Timeout => "the upstream service did not answer in time",
             Self::NoEndpoint => "no upstream endpoint is available",
             Self::NoDestination => "the request has no upstream destination",
+            Self::RequestBody => "the request body could not be read",
         }
     }
 }

@@ -295,11 +295,23 @@ impl Future for ResponseFuture {
             StateProj::Sending { future, sleep } => match future.poll(cx) {
                 Poll::Ready(Ok(response)) => {
                     let (mut parts, body) = response.into_parts();
+                    // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means
+                    // nothing (hyper decoded the chunks); relayed, it would make the
+                    // client cut the body short.
+                    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                    }
                     remove_hop_by_hop(&mut parts.headers);
                     return Poll::Ready(Ok(Response::from_parts(parts, Body::streamed(body))));
                 }
                 Poll::Ready(Err(err)) => {
-                    let kind = if err.is_connect() { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Reset };
+                    let kind = if err.is_connect() {
+                        UpstreamErrorKind::Connect
+                    } else if from_request_body(&err) {
+                        UpstreamErrorKind::RequestBody
+                    } else {
+                        UpstreamErrorKind::Reset
+                    };
                     tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
                     kind
                 }
@@ -314,6 +326,19 @@ impl Future for ResponseFuture {
         };
         Poll::Ready(Ok(UpstreamError::new(kind).into_response()))
     }
+}
+
+/// Whether the request failed because the body being sent failed to arrive from
+/// the client (hyper's "user" body error), rather than the upstream.
+fn from_request_body(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = err.source();
+    while let Some(err) = source {
+        if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Displays an error with its sources, which is where hyper keeps the detail.

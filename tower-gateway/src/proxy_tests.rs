@@ -267,3 +267,24 @@ async fn streams_100_mb_both_ways_without_buffering() {
     assert_eq!(received.load(Ordering::SeqCst), TOTAL as u64);
     assert_eq!(downloaded, TOTAL);
 }
+
+#[tokio::test]
+async fn chunked_wins_over_a_content_length_from_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        // Both framings: the length (5) is wrong for the chunked body (11 bytes).
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n";
+        stream.write_all(response.as_bytes()).await.unwrap();
+    });
+    let res = Proxy::new().oneshot(Request::get(to(addr, "/")).body(full("")).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("content-length").is_none(), "{:?}", res.headers());
+    assert!(res.headers().get("transfer-encoding").is_none(), "hop-by-hop: the client's own hop frames it");
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello world");
+}

@@ -45,6 +45,7 @@ impl Rng for FreshRng {
 #[derive(Debug, Clone)]
 struct Config {
     max_attempts: u32,
+    trust_idempotency_key: bool,
     backoff: ExponentialBackoffMaker<FreshRng>,
 }
 
@@ -54,7 +55,10 @@ struct Config {
 ///   for every method: nothing reached the upstream.
 /// - `502`, `503`, `504` (resets and timeouts among them) and errors of the inner
 ///   service are retried only for idempotent methods (`GET`, `HEAD`, `OPTIONS`,
-///   `TRACE`, `PUT`, `DELETE`) or requests with an `Idempotency-Key` header.
+///   `TRACE`, `PUT`, `DELETE`) — and for requests with an `Idempotency-Key` header
+///   only where the upstream honours one, which you say with
+///   [`retry_idempotency_key`](Self::retry_idempotency_key): a client's key
+///   proves nothing about an upstream that ignores it.
 /// - At most [`max_attempts`](Self::max_attempts) attempts in all (default 3, the
 ///   seed's), waiting an exponential backoff with jitter between them (default:
 ///   100 ms, doubling, at most 2 s, plus up to 50 % jitter), and only while the
@@ -86,7 +90,7 @@ impl RetryPolicy {
         )
         .expect("the default backoff is valid");
         Self {
-            config: Arc::new(Config { max_attempts: 3, backoff }),
+            config: Arc::new(Config { max_attempts: 3, trust_idempotency_key: false, backoff }),
             budget: Arc::new(TpsBudget::default()),
             attempts: 1,
             backoff: None,
@@ -107,6 +111,14 @@ impl RetryPolicy {
         Ok(self)
     }
 
+    /// Whether the upstream honours `Idempotency-Key` (answers a repeated key
+    /// with the first result), so that a request carrying one may be retried
+    /// whatever its method (default: no).
+    pub fn retry_idempotency_key(mut self, honoured: bool) -> Self {
+        Arc::make_mut(&mut self.config).trust_idempotency_key = honoured;
+        self
+    }
+
     /// The retry budget, shared by every request through this policy's layer.
     pub fn budget(mut self, budget: TpsBudget) -> Self {
         self.budget = Arc::new(budget);
@@ -125,14 +137,14 @@ impl RetryPolicy {
     }
 }
 
-/// RFC 9110 §9.2.2, plus an explicit `Idempotency-Key`.
-pub(crate) fn is_idempotent<B>(req: &Request<B>) -> bool {
+/// RFC 9110 §9.2.2, plus an `Idempotency-Key` where the upstream honours one.
+pub(crate) fn is_idempotent<B>(req: &Request<B>, trust_key: bool) -> bool {
     matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-        || req.headers().contains_key(&IDEMPOTENCY_KEY)
+        || (trust_key && req.headers().contains_key(&IDEMPOTENCY_KEY))
 }
 
 /// Whether a failed attempt may be sent again (budget and attempts aside).
-pub(crate) fn is_retryable<B, RB, E>(req: &Request<B>, result: &Result<Response<RB>, E>) -> bool {
+pub(crate) fn is_retryable<B, RB, E>(req: &Request<B>, result: &Result<Response<RB>, E>, trust_key: bool) -> bool {
     match result {
         Ok(response) => {
             if response.extensions().get::<UpstreamError>().is_some_and(|e| e.kind() == UpstreamErrorKind::Connect) {
@@ -141,9 +153,9 @@ pub(crate) fn is_retryable<B, RB, E>(req: &Request<B>, result: &Result<Response<
             matches!(
                 response.status(),
                 StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-            ) && is_idempotent(req)
+            ) && is_idempotent(req, trust_key)
         }
-        Err(_) => is_idempotent(req),
+        Err(_) => is_idempotent(req, trust_key),
     }
 }
 
@@ -155,7 +167,7 @@ impl<B, RB, E> Policy<Request<ReplayBody<B>>, Response<RB>, E> for RetryPolicy {
         req: &mut Request<ReplayBody<B>>,
         result: &mut Result<Response<RB>, E>,
     ) -> Option<Self::Future> {
-        if !is_retryable(req, result) || self.attempts >= self.config.max_attempts {
+        if !is_retryable(req, result, self.config.trust_idempotency_key) || self.attempts >= self.config.max_attempts {
             return self.done(result);
         }
         if !self.budget.withdraw() {
@@ -201,28 +213,29 @@ mod tests {
         let refused: Result<Response<()>, ()> =
             Ok(UpstreamError::new(UpstreamErrorKind::Connect).into_response::<bytes::Bytes>().map(|_| ()));
         for method in [Method::GET, Method::POST, Method::PATCH] {
-            assert!(is_retryable(&req(method, false), &refused));
+            assert!(is_retryable(&req(method, false), &refused, false));
         }
     }
 
     #[test]
     fn gateway_errors_are_retried_only_when_idempotent() {
         for code in [502, 503, 504] {
-            assert!(is_retryable(&req(Method::GET, false), &status(code)));
-            assert!(is_retryable(&req(Method::PUT, false), &status(code)));
-            assert!(is_retryable(&req(Method::DELETE, false), &status(code)));
-            assert!(!is_retryable(&req(Method::POST, false), &status(code)));
-            assert!(!is_retryable(&req(Method::PATCH, false), &status(code)));
-            assert!(is_retryable(&req(Method::POST, true), &status(code)));
+            assert!(is_retryable(&req(Method::GET, false), &status(code), false));
+            assert!(is_retryable(&req(Method::PUT, false), &status(code), false));
+            assert!(is_retryable(&req(Method::DELETE, false), &status(code), false));
+            assert!(!is_retryable(&req(Method::POST, false), &status(code), true));
+            assert!(!is_retryable(&req(Method::PATCH, false), &status(code), true));
+            assert!(is_retryable(&req(Method::POST, true), &status(code), true));
+            assert!(!is_retryable(&req(Method::POST, true), &status(code), false), "a key the upstream ignores");
         }
-        assert!(is_retryable(&req(Method::GET, false), &Err::<Response<()>, _>(())));
-        assert!(!is_retryable(&req(Method::POST, false), &Err::<Response<()>, _>(())));
+        assert!(is_retryable(&req(Method::GET, false), &Err::<Response<()>, _>(()), false));
+        assert!(!is_retryable(&req(Method::POST, false), &Err::<Response<()>, _>(()), true));
     }
 
     #[test]
     fn other_statuses_are_not_retried() {
         for code in [200, 201, 400, 404, 409, 422, 500, 501] {
-            assert!(!is_retryable(&req(Method::GET, true), &status(code)), "{code}");
+            assert!(!is_retryable(&req(Method::GET, true), &status(code), true), "{code}");
         }
     }
 

@@ -112,13 +112,21 @@ async fn non_idempotent_requests_are_retried_only_when_nothing_was_sent() {
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(calls.lock().unwrap().len(), 2);
 
-    // An Idempotency-Key makes a POST safe to repeat.
+    // An Idempotency-Key makes a POST safe to repeat where the upstream honours it...
+    let keyed = || {
+        let mut req = request(Method::POST, "order");
+        req.headers_mut().insert(&IDEMPOTENCY_KEY, http::HeaderValue::from_static("k-1"));
+        req
+    };
     let (calls, inner) = recording(|n| if n == 0 { reset() } else { status(201) });
-    let mut req = request(Method::POST, "order");
-    req.headers_mut().insert(&IDEMPOTENCY_KEY, http::HeaderValue::from_static("k-1"));
-    let res = RetryLayer::new(policy()).layer(inner).oneshot(req).await.unwrap();
+    let res = RetryLayer::new(policy().retry_idempotency_key(true)).layer(inner).oneshot(keyed()).await.unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(calls.lock().unwrap().len(), 2);
+    // ...and only there.
+    let (calls, inner) = recording(|n| if n == 0 { reset() } else { status(201) });
+    let res = RetryLayer::new(policy()).layer(inner).oneshot(keyed()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(calls.lock().unwrap().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
