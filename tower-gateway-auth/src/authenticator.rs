@@ -82,6 +82,7 @@ pub struct AuthenticatorBuilder {
     store: Option<Arc<dyn TokenStore>>,
     cache_bound: Duration,
     cache_capacity: usize,
+    cache_max_bytes: usize,
     subject_header: Option<String>,
     email_header: Option<String>,
     fail_open: bool,
@@ -138,6 +139,14 @@ impl AuthenticatorBuilder {
         self
     }
 
+    /// How much memory the cache may hold, roughly (default 32 MiB): tokens,
+    /// claims and overhead. Expired entries are dropped within twice the cache
+    /// bound, whether or not the cache is full.
+    pub fn cache_max_bytes(mut self, bytes: usize) -> Self {
+        self.cache_max_bytes = bytes;
+        self
+    }
+
     /// The headers that carry `sub` and `email` to the inner service (default
     /// `x-user-id` and `x-user-email`; `None` sends none). Client-sent copies are
     /// always removed.
@@ -178,7 +187,7 @@ impl AuthenticatorBuilder {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(self.keys, &rules)?,
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
-                cache: Cache::new(self.cache_bound, self.cache_capacity),
+                cache: Cache::new(self.cache_bound, self.cache_capacity, self.cache_max_bytes),
                 identity_names: subject_header.iter().chain(email_header.iter()).cloned().collect(),
                 subject_header,
                 email_header,
@@ -224,6 +233,7 @@ impl Authenticator {
             store: None,
             cache_bound: Duration::from_secs(1),
             cache_capacity: 100_000,
+            cache_max_bytes: 32 * 1024 * 1024,
             subject_header: Some("x-user-id".into()),
             email_header: Some("x-user-email".into()),
             fail_open: false,

@@ -121,7 +121,7 @@ impl Quota {
     /// a [`Store`](super::Store) runs it where its state lives.
     pub fn decide(&self, tat: u64, now: u64) -> (Decision, Option<u64>) {
         let tat = tat.max(now);
-        let new_tat = tat.saturating_add(self.interval_us);
+        let new_tat = tat.saturating_add(self.interval_us());
         let allow_at = new_tat.saturating_sub(self.capacity_us());
         if now < allow_at {
             (self.decision(false, tat - now, allow_at - now), None)
