@@ -62,6 +62,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Requests forwarded at once; more are answered `503` at once.
     pub max_concurrent_requests: usize,
+    /// Requests one route may have in flight at once (default: half of
+    /// `max_concurrent_requests`), so that no route can starve the others.
+    pub max_route_concurrent_requests: Option<usize>,
+    /// How long a request body may go without a byte arriving, and a response
+    /// body without one being sent on (the slow-body bound).
+    pub body_idle_timeout_ms: u64,
     /// How long a client may take to send a request head, counted from the
     /// connection's accept for the first one (and between requests on HTTP/1.1).
     pub header_read_timeout_ms: u64,
@@ -405,6 +411,8 @@ impl Default for Config {
             request_timeout_ms: 30_000,
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
+            max_route_concurrent_requests: None,
+            body_idle_timeout_ms: 10_000,
             header_read_timeout_ms: 5_000,
             max_connections: 10_000,
             idle_timeout_ms: 60_000,

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod config;
+mod idle_body;
 mod metrics;
 mod plan;
 mod routes;

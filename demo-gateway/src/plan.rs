@@ -21,7 +21,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::config::{Access, Config, ConfigError, LimitConfig, RetryConfig, RouteConfig, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::routes::{Matcher, Route, RouteBody, RouteService, Table, Upstream, UpstreamService};
+use crate::routes::{Matcher, Route, RouteBody, Stack, Table, Upstream, UpstreamService};
 
 /// The server's settings, checked.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub(crate) struct Settings {
     pub(crate) max_header_bytes: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_concurrent_requests: usize,
+    pub(crate) max_route_concurrent_requests: usize,
+    pub(crate) body_idle_timeout: Duration,
     pub(crate) cors: Option<CorsLayer>,
     pub(crate) client_addr: ClientAddrLayer,
 }
@@ -85,7 +87,7 @@ impl Plan {
         let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            let built = route_of(&at, route, &upstreams, auth.as_ref(), &limits, &metrics)?;
+            let built = route_of(&at, route, &upstreams, auth.as_ref(), &limits, &metrics, &settings)?;
             if let Some(j) = routes.iter().position(|r| r.overlaps(&built)) {
                 return Err(ConfigError::new(at, format!("matches the same requests as routes[{j}]")));
             }
@@ -207,6 +209,12 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
         max_header_bytes: config.max_header_bytes,
         max_body_bytes: config.max_body_bytes,
         max_concurrent_requests: config.max_concurrent_requests,
+        max_route_concurrent_requests: match config.max_route_concurrent_requests {
+            Some(0) => return Err(ConfigError::new("max_route_concurrent_requests", "must be at least 1")),
+            Some(n) => n,
+            None => (config.max_concurrent_requests / 2).max(1),
+        },
+        body_idle_timeout: positive("body_idle_timeout_ms", config.body_idle_timeout_ms)?,
         cors,
     })
 }
@@ -418,7 +426,7 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
 
 /// `svc` behind `limits`, the first listed outermost; the JSON body is read just
 /// before the first limit that needs it.
-fn limited(mut svc: RouteService, limits: &[&BuiltLimit]) -> RouteService {
+fn limited(mut svc: Stack, limits: &[&BuiltLimit]) -> Stack {
     let fields: Vec<&String> = limits.iter().flat_map(|l| &l.json_fields).collect();
     let first_json = limits.iter().position(|l| !l.json_fields.is_empty());
     for (i, limit) in limits.iter().enumerate().rev() {
@@ -464,6 +472,7 @@ fn route_of(
     auth: Option<&Authenticator>,
     limits: &BTreeMap<String, BuiltLimit>,
     metrics: &Metrics,
+    settings: &Settings,
 ) -> Result<Route, ConfigError> {
     let matcher = match (&config.prefix, &config.path) {
         (Some(prefix), None) => Matcher::Prefix(path_field(at, "prefix", prefix)?.into()),
@@ -537,13 +546,19 @@ fn route_of(
     // (a flood of bad tokens is limited before it costs verification); limits by
     // the token's claims inside the auth layer.
     let (inside, outside): (Vec<&BuiltLimit>, Vec<&BuiltLimit>) = named.into_iter().partition(|l| l.needs_identity);
-    let mut svc: RouteService = BoxCloneSyncService::new(upstream.service.clone());
+    let mut svc: Stack = BoxCloneSyncService::new(upstream.service.clone());
     svc = limited(svc, &inside);
     if let Some(layer) = auth_layer {
         svc = BoxCloneSyncService::new(layer.layer(svc));
     }
     svc = limited(svc, &outside);
     let svc = BoxCloneSyncService::new(StripPrefixLayer::new(strip).layer(svc));
+    // A share of the gateway's capacity per route: a route whose requests are
+    // slow (trickled bodies, a stuck upstream) is refused at its share while
+    // the others are served.
+    let svc = BoxCloneSyncService::new(
+        ServiceBuilder::new().load_shed().concurrency_limit(settings.max_route_concurrent_requests).service(svc),
+    );
     let limits = config.limits.iter().map(|l| Arc::from(l.as_str())).collect();
     Ok(Route { metrics: metrics.route(&name, &upstream.name), name, matcher, methods, access, limits, svc })
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
 use tower_gateway::balance::{ChosenEndpoint, Endpoints};
-use tower_gateway::error::{UpstreamError, json_error};
+use tower_gateway::error::{BoxError, UpstreamError, json_error};
 use tower_gateway::retry::{Attempts, ReplayBody};
 use tower_gateway::strip_prefix::canonicalize;
 use tower_gateway::{Body, Limiter, Proxy, Retry, RoundRobin};
@@ -32,9 +32,13 @@ pub(crate) type RouteBody = AxumBody;
 
 /// One upstream's stack, shared by every route that names it.
 pub(crate) type UpstreamService = Retry<RoundRobin<Proxy<ReplayBody<RouteBody>>>>;
-/// A route's whole stack: `StripPrefix → limits → JwtAuth → limits → upstream`,
-/// each part there only if the route has it.
-pub(crate) type RouteService = BoxCloneSyncService<Request<RouteBody>, Response<Body>, Infallible>;
+/// A piece of a route's stack: answers every request (errors are responses).
+pub(crate) type Stack = BoxCloneSyncService<Request<RouteBody>, Response<Body>, Infallible>;
+
+/// A route's whole stack: its concurrency share, then `StripPrefix → limits →
+/// JwtAuth → limits → upstream`, each part there only if the route has it. The
+/// one error is being over its share.
+pub(crate) type RouteService = BoxCloneSyncService<Request<RouteBody>, Response<Body>, BoxError>;
 
 /// The name of the route that answered, in the response's extensions (for access logs).
 #[derive(Debug, Clone)]
@@ -281,7 +285,14 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Routed { future, table, route, started } => {
-                let Ok(mut response) = std::task::ready!(future.poll(cx));
+                let mut response = match std::task::ready!(future.poll(cx)) {
+                    Ok(response) => response,
+                    // The route is at its share of the gateway's capacity.
+                    Err(_) => {
+                        table.metrics.overloaded();
+                        overloaded()
+                    }
+                };
                 let extensions = response.extensions();
                 table.metrics.record(
                     route,

@@ -35,6 +35,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::idle_body::IdleBody;
 use crate::plan::Plan;
 use crate::routes::{self, RouteName, Routes, Table};
 
@@ -170,6 +171,7 @@ fn app(
 + 'static {
     let settings = &plan.settings;
     let entry = Entry::new(plan);
+    let idle = settings.body_idle_timeout;
     ServiceBuilder::new()
         .map_response(json_errors)
         .map_request(move |mut req: Request<Incoming>| {
@@ -204,6 +206,8 @@ fn app(
         .layer(PropagateRequestIdLayer::x_request_id())
         .option_layer(settings.cors.clone())
         .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
+        .map_request(move |req: Request<_>| req.map(|body| IdleBody::new(idle, body)))
+        .map_response(move |res: Response<_>| res.map(|body| axum::body::Body::new(IdleBody::new(idle, body))))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, settings.request_timeout))
         .service(router(plan))
 }

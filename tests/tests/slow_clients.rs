@@ -1,0 +1,136 @@
+//! Slow bodies both ways: a trickled upload holds only its route's share of the
+//! gateway, a stalled one is cut at the body idle timeout, and so is a response
+//! body that stops flowing.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use demo_gateway::config::{RouteConfig, UpstreamConfig};
+use demo_gateway::{Access, Config};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower_gateway_tests::{Gateway, Server, backend, serve};
+
+/// A backend that sends the head and one chunk, then nothing more, ever.
+async fn stalling_backend() -> Server {
+    serve(tower::service_fn(|_: Request<Incoming>| async {
+        let chunks = futures_stream();
+        Ok::<_, Infallible>(Response::new(StreamBody::new(chunks)))
+    }))
+    .await
+}
+
+fn futures_stream() -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first chunk")))).await;
+        // Keep the stream open without sending.
+        tx.closed().await;
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn config(routes: &[(&str, &Server)]) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        max_concurrent_requests: 8,
+        max_route_concurrent_requests: Some(4),
+        body_idle_timeout_ms: 500,
+        upstreams: Default::default(),
+        routes: Vec::new(),
+        ..Config::default()
+    };
+    for (prefix, server) in routes {
+        let name = prefix.trim_start_matches('/').to_owned();
+        config.upstreams.insert(name.clone(), UpstreamConfig { endpoints: vec![server.url()], ..Default::default() });
+        config.routes.push(RouteConfig {
+            prefix: Some((*prefix).into()),
+            upstream: name,
+            access: Some(Access::Public),
+            ..RouteConfig::default()
+        });
+    }
+    config
+}
+
+/// Starts an upload of `length` bytes and sends its head only.
+async fn start_upload(addr: std::net::SocketAddr, path: &str, length: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+async fn status_of(stream: &mut TcpStream, within: Duration) -> Option<u16> {
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).split_whitespace().nth(1).and_then(|c| c.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_upload_holds_only_its_routes_share_and_a_stalled_one_is_cut() {
+    let (slow, fast) = (backend("slow").await, backend("fast").await);
+    let gw = Gateway::start(config(&[("/slow", &slow), ("/fast", &fast)])).await;
+    let client = tower_gateway_tests::Client::new();
+
+    // Four uploads trickle a byte every 200 ms: the route's whole share.
+    let mut trickling = Vec::new();
+    for _ in 0..4 {
+        trickling.push(start_upload(gw.addr(), "/slow/x", 1_000).await);
+    }
+    let feeder = tokio::spawn(async move {
+        for _ in 0..10 {
+            for stream in &mut trickling {
+                let _ = stream.write_all(b"a").await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        trickling
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The fifth on that route is refused at once; other routes are served.
+    let reply = client.get(&format!("{}/slow/y", gw.url())).await.unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["code"], "overloaded");
+    for _ in 0..5 {
+        assert_eq!(client.get(&format!("{}/fast/y", gw.url())).await.unwrap().status, 200);
+    }
+
+    // Once the trickle stops, each upload is cut at the body idle timeout (0.5 s).
+    let mut trickling = feeder.await.unwrap();
+    let stopped = Instant::now();
+    for stream in &mut trickling {
+        assert_eq!(status_of(stream, Duration::from_secs(3)).await, Some(400));
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(2), "cut after {:?}", stopped.elapsed());
+    // And the route's share is free again.
+    assert_eq!(client.get(&format!("{}/slow/y", gw.url())).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_stops_flowing_is_cut() {
+    let stalling = stalling_backend().await;
+    let gw = Gateway::start(config(&[("/stall", &stalling)])).await;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let res = client.get(format!("{}/stall/x", gw.url()).parse().unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let started = Instant::now();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first chunk");
+    let ended = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("the body was cut");
+    assert!(!matches!(ended, Some(Ok(_))), "no more data: {ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "cut after {:?}", started.elapsed());
+}
