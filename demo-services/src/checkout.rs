@@ -7,8 +7,12 @@
 //! | `GET /?limit=&offset=` | the caller's orders |
 //! | `GET /{id}` | one of the caller's orders (`404` for anyone else's) |
 //!
-//! The caller is the `x-user-id` header set by the gateway's JWT layer; a request
-//! without it is refused: this service is never exposed directly.
+//! The caller is the `x-user-id` header set by the JWT layer. Deployed, the
+//! service runs that layer itself ([`CheckoutState::auth`]): it verifies the
+//! bearer token the gateway forwards, so a request that reaches it without
+//! passing the gateway (another container on the network, a local process)
+//! cannot name a user by sending `x-user-id` — that header is replaced from the
+//! verified token. A request without a caller is refused.
 //!
 //! **Idempotency.** A `POST` with an `Idempotency-Key` is performed once per user
 //! and key: the same key with the same body gets the stored response again (and no
@@ -33,6 +37,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_gateway::balance::Endpoints;
 use tower_gateway::retry::ReplayBody;
 use tower_gateway::{Proxy, Retry, RetryLayer, RetryPolicy, RoundRobin, RoundRobinLayer};
+use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
@@ -112,6 +117,9 @@ pub struct CheckoutState {
     pub db: SqlitePool,
     /// How to reach product-service.
     pub products: ProductClient,
+    /// Verifies the forwarded token and sets `x-user-id` from it. `None` trusts
+    /// `x-user-id` as sent: for tests of the service alone, never deployed.
+    pub auth: Option<Authenticator>,
 }
 
 /// Opens the orders database at `url`.
@@ -122,7 +130,10 @@ pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
 /// The service's routes.
 pub fn app(state: CheckoutState) -> Router {
     let db = state.db.clone();
-    let routes = Router::new().route("/", get(list).post(create)).route("/{id}", get(one));
+    let mut routes = Router::new().route("/", get(list).post(create)).route("/{id}", get(one));
+    if let Some(auth) = &state.auth {
+        routes = routes.route_layer(JwtAuthLayer::new(auth.clone()));
+    }
     let ready = crate::server::Readiness::db(db).upstream("product-service", state.products.endpoints.clone());
     crate::server::with_common(routes, state, ready)
 }

@@ -25,8 +25,11 @@ async fn fixture() -> Fixture {
     let products = serve(products::app(ProductsState::connect(&products_url).await.unwrap())).await;
     let (orders_dir, orders_url) = temp_db("orders.db");
     let endpoints = Endpoints::new([format!("http://{}", products.addr)]).unwrap();
-    let state =
-        CheckoutState { db: checkout::connect(&orders_url).await.unwrap(), products: ProductClient::new(endpoints) };
+    let state = CheckoutState {
+        db: checkout::connect(&orders_url).await.unwrap(),
+        products: ProductClient::new(endpoints),
+        auth: None,
+    };
     Fixture { app: checkout::app(state.clone()), state, _products: products, _dirs: (products_dir, orders_dir) }
 }
 
@@ -166,6 +169,7 @@ async fn product_service_down_is_503_and_the_key_can_be_used_again() {
     let state = CheckoutState {
         db: checkout::connect(&orders_url).await.unwrap(),
         products: ProductClient::new(endpoints.clone()),
+        auth: None,
     };
     let app = checkout::app(state.clone());
     let body = json!({"product_id": 1, "quantity": 1});
@@ -227,13 +231,15 @@ async fn restart_keeps_orders() {
     let endpoints = Endpoints::new([format!("http://{}", products.addr)]).unwrap();
     let (_dir, url) = temp_db("orders.db");
     let db = checkout::connect(&url).await.unwrap();
-    let app = checkout::app(CheckoutState { db: db.clone(), products: ProductClient::new(endpoints.clone()) });
+    let app =
+        checkout::app(CheckoutState { db: db.clone(), products: ProductClient::new(endpoints.clone()), auth: None });
     let (_, created) = order(&app, "1", json!({"product_id": 2, "quantity": 1}), Some("k")).await;
     db.close().await;
 
     let app = checkout::app(CheckoutState {
         db: checkout::connect(&url).await.unwrap(),
         products: ProductClient::new(endpoints),
+        auth: None,
     });
     assert_eq!(call(&app, Method::GET, "/", None, &[("x-user-id", "1")]).await.1, json!([created.clone()]));
     assert_eq!(
@@ -251,6 +257,7 @@ async fn not_ready_without_a_product_endpoint() {
     let app = checkout::app(CheckoutState {
         db: checkout::connect(&url).await.unwrap(),
         products: ProductClient::new(endpoints.clone()),
+        auth: None,
     });
     let (status, body) = call(&app, Method::GET, "/readyz", None, &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

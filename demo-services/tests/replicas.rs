@@ -57,8 +57,11 @@ async fn checkout_keeps_pricing_with_one_product_instance_killed() {
     let (a, mut b) = tokio::join!(Process::start(PRODUCT_SERVICE, &env), Process::start(PRODUCT_SERVICE, &env));
     let (_orders_dir, orders_url) = temp_db("orders.db");
     let endpoints = Endpoints::new([a.url(), b.url()]).unwrap();
-    let state =
-        CheckoutState { db: checkout::connect(&orders_url).await.unwrap(), products: ProductClient::new(endpoints) };
+    let state = CheckoutState {
+        db: checkout::connect(&orders_url).await.unwrap(),
+        products: ProductClient::new(endpoints),
+        auth: None,
+    };
     let app = checkout::app(state.clone());
 
     let buy = |n: usize| {

@@ -118,6 +118,7 @@ async fn start_services_with(store: Arc<dyn TokenStore>) -> Services {
     let state = CheckoutState {
         db: checkout::connect(&db("orders.db")).await.unwrap(),
         products: ProductClient::new(endpoints),
+        auth: Some(auth.clone()),
     };
     let checkout = serve(checkout::app(state)).await;
     Services { products, users: user_instances, checkout, users_state: users_state.unwrap(), _data: data }
@@ -562,6 +563,17 @@ async fn shipped_policy(services: &Services, gw: &Gateway) {
     assert_eq!(send(&client, "POST", &format!("{base}/api/checkout"), Some(order.clone()), None).await.status, 401);
     let placed = send(&client, "POST", &format!("{base}/api/checkout"), Some(order), Some(&user)).await;
     assert_eq!((placed.status, placed.json()["total_price"].clone()), (StatusCode::CREATED, json!(0.03)));
+    // Past the gateway, straight to checkout-service: naming a user is not enough.
+    let forged = post(
+        &client,
+        &format!("{}/", services.checkout.url()),
+        json!({"product_id": 1, "quantity": 1}),
+        &[("x-user-id", "1")],
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&forged.body));
+    let listed = send(&client, "GET", &format!("{}/", services.checkout.url()), None, Some(&user)).await;
+    assert_eq!(listed.status, StatusCode::OK, "a real token works there too");
     // Reading products stays public.
     assert_eq!(send(&client, "GET", &format!("{base}/api/products/1"), None, None).await.status, StatusCode::OK);
 

@@ -2,7 +2,12 @@
 //! `sqlite://data/orders.db`), and the product instances: `PRODUCT_SERVICE_DNS`
 //! (`host:port`, re-resolved every 5 s, e.g. Swarm's `tasks.product-service:3001`)
 //! or `PRODUCT_SERVICE_URLS` (comma-separated, default
-//! `http://127.0.0.1:3001,http://127.0.0.1:3003`).
+//! `http://127.0.0.1:3001,http://127.0.0.1:3003`); and the key that verifies the
+//! tokens the gateway forwards, as the gateway reads it (`JWT_ALGORITHM` with
+//! `JWT_PUBLIC_KEY_FILE`, or `JWT_SECRET_FILE`; `JWT_ISSUER`, `JWT_AUDIENCE`), with
+//! revocations in `REDIS_URL` (in memory without it). It will not start without a
+//! key: a service that trusted `x-user-id` would let anything on its network act
+//! as any user.
 
 use std::process::ExitCode;
 
@@ -10,7 +15,10 @@ use demo_services::checkout::{self, CheckoutState, ProductClient};
 use demo_services::server;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tower_gateway::balance::{Endpoints, dns};
+use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -38,6 +46,26 @@ async fn main() -> ExitCode {
         Ok(db) => db,
         Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
     };
-    let state = CheckoutState { db, products: ProductClient::new(endpoints) };
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut keys = demo_gateway::config::shipped_jwt();
+    if let Err(err) = keys.apply_env(env) {
+        return server::fail(NAME, &format!("JWT key: {err}"));
+    }
+    if !keys.is_set() {
+        return server::fail(NAME, "a JWT key is required (JWT_ALGORITHM and JWT_PUBLIC_KEY_FILE, or JWT_SECRET_FILE)");
+    }
+    let store: Arc<dyn TokenStore> = match env("REDIS_URL") {
+        Some(url) => match RedisStore::new(url) {
+            Ok(store) => Arc::new(store),
+            Err(err) => return server::fail(NAME, &format!("REDIS_URL: {err}")),
+        },
+        None => Arc::new(MemoryStore::new()),
+    };
+    let auth = match keys.authenticator().map(|b| b.store(store).build()) {
+        Ok(Ok(auth)) => auth,
+        Ok(Err(err)) => return server::fail(NAME, &format!("JWT key: {err}")),
+        Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
+    };
+    let state = CheckoutState { db, products: ProductClient::new(endpoints), auth: Some(auth) };
     server::run(NAME, checkout::app(state), 3005).await
 }

@@ -144,7 +144,7 @@ async fn run() -> Result<(), String> {
         let endpoints =
             Endpoints::new(["http://127.0.0.1:3001", "http://127.0.0.1:3003"]).map_err(|e| e.to_string())?;
         let db = checkout::connect(&db("orders.db")).await.map_err(|e| format!("orders.db: {e}"))?;
-        let state = CheckoutState { db, products: ProductClient::new(endpoints) };
+        let state = CheckoutState { db, products: ProductClient::new(endpoints), auth: Some(auth.clone()) };
         tasks.spawn(demo_services::server::serve(listener, checkout::app(state), stopped()));
         table.push(("checkout-service", 3005));
     }
