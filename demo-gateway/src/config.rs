@@ -140,6 +140,10 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     /// Consecutive refused connections before an endpoint is skipped.
     pub eject_after: u32,
+    /// Consecutive timeouts, resets or 502/503/504 before an endpoint is skipped.
+    pub eject_after_gateway_failures: u32,
+    /// The most of the endpoints, in percent, those failures may skip at once.
+    pub max_ejected_percent: u8,
     /// How long a refusing endpoint is skipped.
     pub cool_down_ms: u64,
     /// Retries.
@@ -155,6 +159,8 @@ impl Default for UpstreamConfig {
             timeout_ms: 15_000,
             connect_timeout_ms: 1_000,
             eject_after: 1,
+            eject_after_gateway_failures: 5,
+            max_ejected_percent: 50,
             cool_down_ms: 10_000,
             retry: RetryConfig::default(),
         }

@@ -418,6 +418,8 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
         .layer(
             RoundRobinLayer::new(endpoints.clone())
                 .eject_after(config.eject_after)
+                .eject_after_gateway_failures(config.eject_after_gateway_failures)
+                .max_ejected_percent(config.max_ejected_percent)
                 .cool_down(Duration::from_millis(config.cool_down_ms)),
         )
         .service(proxy);

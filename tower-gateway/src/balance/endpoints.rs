@@ -17,6 +17,8 @@ pub struct Endpoint {
     authority: Authority,
     /// Consecutive connection failures.
     failures: AtomicU32,
+    /// Consecutive gateway failures: timeouts, resets, 502/503/504.
+    gateway_failures: AtomicU32,
     /// Nanoseconds since the set's epoch until which the endpoint is ejected; 0 if it is not.
     ejected_until: AtomicU64,
 }
@@ -82,7 +84,13 @@ fn parse_endpoint(endpoint: &str) -> Result<Endpoint, InvalidEndpoint> {
     if parts.path_and_query.as_ref().is_some_and(|pq| pq.as_str() != "/") {
         return Err(invalid("it must not have a path or query"));
     }
-    Ok(Endpoint { scheme, authority, failures: AtomicU32::new(0), ejected_until: AtomicU64::new(0) })
+    Ok(Endpoint {
+        scheme,
+        authority,
+        failures: AtomicU32::new(0),
+        gateway_failures: AtomicU32::new(0),
+        ejected_until: AtomicU64::new(0),
+    })
 }
 
 struct Shared {
@@ -215,11 +223,39 @@ impl Endpoints {
         true
     }
 
-    /// Records a response: the endpoint's failure count starts over.
+    /// Records a gateway failure (a timeout, a reset, a 502/503/504); ejects the
+    /// endpoint at `eject_after` in a row, unless that would leave more than
+    /// `max_ejected_percent` of the set ejected. Returns whether it was ejected.
+    pub(crate) fn record_gateway_failure(
+        &self,
+        endpoint: &Endpoint,
+        eject_after: u32,
+        max_ejected_percent: u8,
+        cool_down: Duration,
+    ) -> bool {
+        let failures = endpoint.gateway_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < eject_after {
+            return false;
+        }
+        let len = self.shared.set.load().len();
+        let allowed = len * usize::from(max_ejected_percent.min(100)) / 100;
+        if self.ejected() + 1 > allowed {
+            return false;
+        }
+        let until = self.now().saturating_add(u64::try_from(cool_down.as_nanos()).unwrap_or(u64::MAX));
+        endpoint.ejected_until.store(until, Ordering::Relaxed);
+        endpoint.gateway_failures.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// Records a response: the endpoint's failure counts start over.
     pub(crate) fn record_success(&self, endpoint: &Endpoint) {
         // A load first, so that the common case does not write a shared cache line.
         if endpoint.failures.load(Ordering::Relaxed) != 0 {
             endpoint.failures.store(0, Ordering::Relaxed);
+        }
+        if endpoint.gateway_failures.load(Ordering::Relaxed) != 0 {
+            endpoint.gateway_failures.store(0, Ordering::Relaxed);
         }
     }
 }

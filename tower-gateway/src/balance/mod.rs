@@ -11,7 +11,12 @@
 //! [`Proxy`](crate::Proxy) does when a connection is refused), the endpoint's
 //! consecutive-failure count goes up; at [`eject_after`](RoundRobinLayer::eject_after)
 //! failures (default 1) it is skipped for [`cool_down`](RoundRobinLayer::cool_down)
-//! (default 10 s) and then comes back by itself. If every endpoint is ejected,
+//! (default 10 s) and then comes back by itself. An endpoint that accepts
+//! connections but fails otherwise — a timeout, a reset, a `502`/`503`/`504` —
+//! is ejected the same way after [`eject_after_gateway_failures`](RoundRobinLayer::eject_after_gateway_failures)
+//! in a row (default 5, Envoy's `consecutive_gateway_failure`), but never so
+//! many that more than [`max_ejected_percent`](RoundRobinLayer::max_ejected_percent)
+//! (default 50) of the set is out. If every endpoint is ejected,
 //! requests are still sent round robin over all of them: a gateway must never need
 //! a restart to recover.
 //!
@@ -51,6 +56,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http::{HeaderValue, Request, Response, Uri, header};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -66,6 +72,8 @@ pub struct ChosenEndpoint(pub Arc<Endpoint>);
 #[derive(Debug, Clone, Copy)]
 struct Health {
     eject_after: u32,
+    eject_after_gateway_failures: u32,
+    max_ejected_percent: u8,
     cool_down: Duration,
 }
 
@@ -79,12 +87,32 @@ pub struct RoundRobinLayer {
 impl RoundRobinLayer {
     /// Balances over `endpoints` (a handle: keep a clone to replace the set later).
     pub fn new(endpoints: Endpoints) -> Self {
-        Self { endpoints, health: Health { eject_after: 1, cool_down: Duration::from_secs(10) } }
+        let health = Health {
+            eject_after: 1,
+            eject_after_gateway_failures: 5,
+            max_ejected_percent: 50,
+            cool_down: Duration::from_secs(10),
+        };
+        Self { endpoints, health }
     }
 
     /// Consecutive connection failures before an endpoint is ejected (at least 1).
     pub fn eject_after(mut self, failures: u32) -> Self {
         self.health.eject_after = failures.max(1);
+        self
+    }
+
+    /// Consecutive gateway failures (timeouts, resets, `502`/`503`/`504`) before
+    /// an endpoint is ejected (at least 1; default 5).
+    pub fn eject_after_gateway_failures(mut self, failures: u32) -> Self {
+        self.health.eject_after_gateway_failures = failures.max(1);
+        self
+    }
+
+    /// The most of the set, in percent, that gateway failures may eject at once
+    /// (default 50: with two endpoints, one).
+    pub fn max_ejected_percent(mut self, percent: u8) -> Self {
+        self.health.max_ejected_percent = percent.min(100);
         self
     }
 
@@ -225,13 +253,20 @@ where
             StateProj::Called { future, endpoint, endpoints, health } => {
                 let mut result = std::task::ready!(future.poll(cx));
                 if let Ok(response) = &mut result {
-                    let refused = response
-                        .extensions()
-                        .get::<UpstreamError>()
-                        .is_some_and(|e| e.kind() == UpstreamErrorKind::Connect);
-                    if refused {
+                    let kind = response.extensions().get::<UpstreamError>().map(UpstreamError::kind);
+                    let gateway_failure = matches!(
+                        response.status(),
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                    ) && kind != Some(UpstreamErrorKind::RequestBody);
+                    if kind == Some(UpstreamErrorKind::Connect) {
                         if endpoints.record_failure(endpoint, health.eject_after, health.cool_down) {
                             tracing::warn!(endpoint = %endpoint, cool_down = ?health.cool_down, "endpoint ejected");
+                        }
+                    } else if gateway_failure {
+                        let (after, share) = (health.eject_after_gateway_failures, health.max_ejected_percent);
+                        if endpoints.record_gateway_failure(endpoint, after, share, health.cool_down) {
+                            let status = response.status().as_u16();
+                            tracing::warn!(endpoint = %endpoint, status, cool_down = ?health.cool_down, "endpoint ejected");
                         }
                     } else {
                         endpoints.record_success(endpoint);
@@ -355,6 +390,59 @@ mod tests {
             out.push(res.extensions().get::<ChosenEndpoint>().unwrap().0.authority().to_string());
         }
         out
+    }
+
+    /// Answers like an endpoint that accepts connections but fails: `slow` ones
+    /// time out (504), `broken` ones answer 503 themselves.
+    fn failing(
+        slow: &'static [&'static str],
+        broken: &'static [&'static str],
+    ) -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible, Future: Send> + Clone + Send {
+        tower::service_fn(move |req: Request<()>| async move {
+            let authority = req.uri().authority().unwrap().to_string();
+            if slow.contains(&authority.as_str()) {
+                return Ok(UpstreamError::new(UpstreamErrorKind::Timeout).into_response());
+            }
+            let mut res = Response::new(Bytes::from(authority.clone()));
+            if broken.contains(&authority.as_str()) {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, Infallible>(res)
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_an_endpoint_that_times_out_or_fails_in_a_row() {
+        let endpoints = Endpoints::new(["http://a:1", "http://slow:1", "http://c:1", "http://broken:1"]).unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(RoundRobinLayer::new(endpoints.clone()).eject_after_gateway_failures(3))
+            .service(failing(&["slow:1"], &["broken:1"]));
+        let tried = futures_collect(&mut svc, 40).await;
+        for bad in ["slow:1", "broken:1"] {
+            assert_eq!(tried.iter().filter(|a| *a == bad).count(), 3, "three in a row, then out: {tried:?}");
+        }
+        assert_eq!(endpoints.ejected(), 2);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(endpoints.ejected(), 0, "back after the cool-down");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gateway_failures_never_eject_more_than_the_share() {
+        // Both endpoints failing: at most half of them (one) is ejected, so the
+        // other keeps taking requests rather than the whole set going dark.
+        let endpoints = Endpoints::new(["http://a:1", "http://b:1"]).unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(RoundRobinLayer::new(endpoints.clone()).eject_after_gateway_failures(2))
+            .service(failing(&["a:1"], &["b:1"]));
+        let tried = futures_collect(&mut svc, 20).await;
+        assert_eq!(endpoints.ejected(), 1, "{tried:?}");
+        // A success in between starts the count over.
+        let endpoints = Endpoints::new(["http://a:1", "http://b:1", "http://c:1", "http://d:1"]).unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(RoundRobinLayer::new(endpoints.clone()).eject_after_gateway_failures(2).max_ejected_percent(100))
+            .service(failing(&[], &[]));
+        futures_collect(&mut svc, 20).await;
+        assert_eq!(endpoints.ejected(), 0);
     }
 
     #[tokio::test]
