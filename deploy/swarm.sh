@@ -35,8 +35,12 @@ json_post() { # URL BODY [HEADER...] -> prints "STATUS BODY"
   printf ' %s\n' "$(cat /tmp/tg-body)"
 }
 
+admin() { # PATH -> the body of GET PATH on the gateway's admin listener (not published)
+  docker exec "$(docker ps -q -f "name=${stack}_gateway" | head -1)" /bin/probe --print "http://127.0.0.1:9090$1"
+}
+
 metric() { # NAME_AND_LABELS -> value (0 if absent)
-  curl -fsS -m 5 "$base/metrics" | awk -v m="$1" 'index($0, m) == 1 {print $2; found=1} END {if (!found) print 0}' | head -1
+  admin /metrics | awk -v m="$1" 'index($0, m) == 1 {print $2; found=1} END {if (!found) print 0}' | head -1
 }
 
 up() {
@@ -60,7 +64,7 @@ up() {
   log "deploying the stack $stack"
   (cd "$here" && docker stack deploy --resolve-image never -c stack.yml "$stack" >/dev/null)
   log "waiting for every service to run and the gateway to be ready"
-  wait_for 180 "the gateway at $base/readyz is ready" curl -fsS -m 2 "$base/readyz"
+  wait_for 180 "the gateway is ready (/readyz on its admin listener)" admin /readyz
   for svc in product-service user-service checkout-service; do
     wait_for 60 "$svc has its replicas in the gateway" ready_endpoints "$svc"
   done
@@ -152,11 +156,15 @@ check() {
   secrets=$(docker service inspect --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}' "${stack}_gateway")
   case "$secrets" in *jwt_private*) fail "the gateway's container holds the private key: $secrets" ;; esac
   echo "   the gateway's secrets: $secrets(no private key)"
+  for path in /metrics /readyz; do
+    [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base$path")" = 404 ] || fail "$path is served on the published port"
+  done
+  echo "   /metrics and /readyz: 404 on the published port, served on the admin listener"
 
   log "2. round robin across the product replicas"
   for _ in $(seq 1 20); do curl -fsS -m 5 -o /dev/null "$base/api/products/1" || fail "GET /api/products/1"; done
   local used
-  used=$(curl -fsS "$base/metrics" | grep -c '^gateway_upstream_requests_total{upstream="products",endpoint=')
+  used=$(admin /metrics | grep -c '^gateway_upstream_requests_total{upstream="products",endpoint=')
   [ "$used" -ge 2 ] || fail "only $used product endpoint(s) served requests"
   echo "   $used product endpoints served requests"
 

@@ -56,6 +56,11 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     /// Where to listen (`GATEWAY_LISTEN`).
     pub listen: String,
+    /// Where to serve `/readyz` and `/metrics` instead of `listen` (which keeps
+    /// `/healthz`): an address the deployment does not publish. Without it, all
+    /// three are served on `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
     /// The longest a request may take, end to end, before a `504`.
     pub request_timeout_ms: u64,
     /// The largest request body accepted (`413` beyond).
@@ -414,6 +419,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: None,
             request_timeout_ms: 30_000,
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,

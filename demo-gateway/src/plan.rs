@@ -27,6 +27,7 @@ use crate::routes::{Matcher, Route, RouteBody, Stack, Table, Upstream, UpstreamS
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
+    pub(crate) admin_listen: Option<SocketAddr>,
     pub(crate) request_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
@@ -195,7 +196,12 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
             ));
         }
     };
+    let admin_listen = match &config.admin_listen {
+        Some(addr) => Some(addr.parse().map_err(|e| ConfigError::new("admin_listen", format!("{addr:?}: {e}")))?),
+        None => None,
+    };
     Ok(Settings {
+        admin_listen,
         client_addr: ClientAddrLayer::new().trusted(trusted).header(header),
         listen,
         request_timeout: positive("request_timeout_ms", config.request_timeout_ms)?,

@@ -134,8 +134,6 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// path through the route table, at most `max_concurrent_requests` at once (more
 /// are answered `503` at once: tower's concurrency limit with load shedding).
 fn router(plan: &Plan) -> Router {
-    let table = plan.table.clone();
-    let metrics_table = plan.table.clone();
     let shed_table = plan.table.clone();
     let routes = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(move |err: BoxError| {
@@ -148,17 +146,25 @@ fn router(plan: &Plan) -> Router {
         .load_shed()
         .concurrency_limit(plan.settings.max_concurrent_requests)
         .service(Routes { table: plan.table.clone() });
-    Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/readyz", get(move || readyz(table.clone())))
-        .route(
-            "/metrics",
-            get(move || std::future::ready(([(header::CONTENT_TYPE, OPENMETRICS)], metrics_table.metrics_text()))),
-        )
+    let router = Router::new().route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }));
+    // With an admin listener, readiness and metrics live there only.
+    let router = if plan.settings.admin_listen.is_some() { router } else { router.merge(admin_router(plan)) };
+    router
         .method_not_allowed_fallback(|| async {
             json_error::<Body>(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes GET")
         })
         .fallback_service(routes)
+}
+
+/// `GET /readyz` (every upstream has an endpoint; the token store answers) and
+/// `GET /metrics`: internal addresses and a Redis round trip each, so served on
+/// the admin listener when there is one.
+fn admin_router(plan: &Plan) -> Router {
+    let (table, metrics_table) = (plan.table.clone(), plan.table.clone());
+    Router::new().route("/readyz", get(move || readyz(table.clone()))).route(
+        "/metrics",
+        get(move || std::future::ready(([(header::CONTENT_TYPE, OPENMETRICS)], metrics_table.metrics_text()))),
+    )
 }
 
 /// The whole gateway of `plan` as one service: tower-http's layers around the
@@ -225,6 +231,24 @@ async fn watch_dns(plan: &Plan) -> tokio::task::JoinSet<()> {
         }
     }
     tasks
+}
+
+/// Aborts the task when dropped: the admin listener ends with `serve`.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Tells the admin listener to stop when `serve` returns.
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// What one client connection is doing: requests in flight and when it was last
@@ -334,6 +358,25 @@ const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 /// it was going to speak; an HTTP/2 connection with no request in flight for the
 /// idle timeout is closed, and one whose peer stops answering pings too.
 pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    let _admin = match plan.settings.admin_listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr).await?;
+            tracing::info!(addr = %admin.local_addr()?, "admin listener: /readyz, /metrics");
+            let router = admin_router(&plan);
+            let mut stopped = admin_stopped;
+            Some(AbortOnDrop(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(err) = axum::serve(admin, router).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(%err, "admin listener failed");
+                }
+            })))
+        }
+        None => None,
+    };
+    let _stop_admin = StopOnDrop(admin_stop);
     let _dns = watch_dns(&plan).await;
     let svc = app(&plan);
     let settings = &plan.settings;

@@ -662,3 +662,27 @@ async fn the_shipped_limits_slow_password_guessing_and_spare_other_clients() {
     let served = attempt(&owner, "bea@example.com", "correct horse").await;
     assert_eq!(served.status, StatusCode::OK, "{}", String::from_utf8_lossy(&served.body));
 }
+
+#[tokio::test]
+async fn readiness_and_metrics_live_on_the_admin_listener_only() {
+    let b = backend("b").await;
+    let admin = tower_gateway_tests::closed_port();
+    let mut cfg = config(vec![route("/api", &[b.url()], Access::Public)], None);
+    cfg.admin_listen = Some(admin.to_string());
+    let gw = start_gateway_with(cfg).await;
+    let client = Client::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.get(&format!("http://{admin}/readyz")).await.map(|r| r.status).ok() != Some(StatusCode::OK) {
+        assert!(Instant::now() < deadline, "the admin listener did not answer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&client, &format!("{}/api/x", gw.url()), &[]).await.status, StatusCode::OK);
+    let metrics = get(&client, &format!("http://{admin}/metrics"), &[]).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&metrics.body).contains("gateway_requests_total"));
+    for path in ["/metrics", "/readyz"] {
+        let reply = get(&client, &format!("{}{path}", gw.url()), &[]).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path} on the public listener");
+    }
+    assert_eq!(get(&client, &format!("{}/healthz", gw.url()), &[]).await.status, StatusCode::OK);
+}
