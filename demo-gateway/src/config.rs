@@ -86,6 +86,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub grace_period_ms: u64,
+    /// After SIGTERM, how long the gateway keeps accepting and serving with
+    /// `/readyz` failing, so that a load balancer stops sending first (default 0).
+    pub drain_delay_ms: u64,
     /// Origins allowed by CORS; `["*"]` for any, `[]` for no CORS headers
     /// (`GATEWAY_CORS_ORIGINS`, comma-separated).
     pub cors_origins: Vec<String>,
@@ -430,6 +433,7 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             max_header_bytes: 16 * 1024,
             grace_period_ms: 10_000,
+            drain_delay_ms: 0,
             cors_origins: vec!["*".into()],
             redis_url: None,
             trusted_proxies: Vec::new(),

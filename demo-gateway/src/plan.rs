@@ -33,6 +33,7 @@ pub(crate) struct Settings {
     pub(crate) max_connections: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) grace_period: Duration,
+    pub(crate) drain_delay: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_concurrent_requests: usize,
@@ -99,7 +100,7 @@ impl Plan {
         routes.sort_by_key(|r| r.specificity());
         let upstreams = upstreams.into_values().collect();
         let limits = limits.into_values().map(|l| l.limiter).collect();
-        let table = Table { routes, upstreams, metrics, auth, limits };
+        let table = Table { routes, upstreams, metrics, auth, limits, draining: Default::default() };
         Ok(Self { config, settings, table: Arc::new(table) })
     }
 
@@ -212,6 +213,7 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
         },
         idle_timeout: positive("idle_timeout_ms", config.idle_timeout_ms)?,
         grace_period: Duration::from_millis(config.grace_period_ms),
+        drain_delay: Duration::from_millis(config.drain_delay_ms),
         max_header_bytes: config.max_header_bytes,
         max_body_bytes: config.max_body_bytes,
         max_concurrent_requests: config.max_concurrent_requests,

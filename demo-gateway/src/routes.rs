@@ -117,6 +117,8 @@ pub(crate) struct Table {
     pub(crate) upstreams: Vec<Upstream>,
     pub(crate) metrics: Metrics,
     pub(crate) auth: Option<Authenticator>,
+    /// Set on SIGTERM: readiness fails while requests are still served.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Every rate limit, for metrics.
     pub(crate) limits: Vec<Limiter>,
 }
@@ -159,6 +161,9 @@ impl Table {
     /// Ready when every upstream has an endpoint and, if a route needs a token,
     /// the token store answers.
     pub(crate) async fn ready(&self) -> Result<(), String> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("draining: shutting down".into());
+        }
         if let Some(upstream) = self.upstreams.iter().find(|u| u.endpoints.is_empty()) {
             return Err(format!("upstream {} has no endpoint", upstream.name));
         }

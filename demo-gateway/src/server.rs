@@ -397,6 +397,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let pressure = Arc::new(Notify::new());
     let (header_timeout, idle_timeout) = (settings.header_read_timeout, settings.idle_timeout);
+    let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -464,7 +465,16 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                     table.metrics.connections().dec();
                 });
             }
-            () = &mut shutdown => break,
+            () = &mut shutdown, if drain.is_none() => {
+                if settings.drain_delay.is_zero() {
+                    break;
+                }
+                // Readiness fails first; requests are served on until the delay ends.
+                metrics.draining.store(true, Ordering::Relaxed);
+                tracing::info!(drain_delay = ?settings.drain_delay, "draining: /readyz fails, still serving");
+                drain = Some(Box::pin(tokio::time::sleep(settings.drain_delay)));
+            }
+            () = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => break,
         }
     }
     drop(listener);

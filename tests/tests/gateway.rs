@@ -686,3 +686,34 @@ async fn readiness_and_metrics_live_on_the_admin_listener_only() {
     }
     assert_eq!(get(&client, &format!("{}/healthz", gw.url()), &[]).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_readiness_fails_first_while_requests_are_still_served() {
+    let b = backend("b").await;
+    let mut cfg = config(vec![route("/api", &[b.url()], Access::Public)], None);
+    cfg.drain_delay_ms = 1_000;
+    let gw = start_gateway_with(cfg).await;
+    let url = gw.url();
+    assert_eq!(get(&Client::new(), &format!("{url}/readyz"), &[]).await.status, StatusCode::OK);
+    let stopping = Instant::now();
+    drop(gw); // SIGTERM, as far as serve is concerned
+    loop {
+        let ready = get(&Client::new(), &format!("{url}/readyz"), &[]).await;
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(ready.json()["reason"].as_str().unwrap().contains("draining"));
+            break;
+        }
+        assert!(stopping.elapsed() < Duration::from_millis(500), "readiness still ok");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Still serving during the delay, on new connections too.
+    assert_eq!(get(&Client::new(), &format!("{url}/api/x"), &[]).await.status, StatusCode::OK);
+    assert!(stopping.elapsed() < Duration::from_secs(1));
+    // Then it stops accepting.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Client::new().get(&format!("{url}/healthz")).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after the drain delay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stopping.elapsed() >= Duration::from_secs(1), "stopped before the delay: {:?}", stopping.elapsed());
+}
