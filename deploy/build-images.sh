@@ -30,7 +30,7 @@ image() {
   local name=$1 entrypoint=$2
   shift 2
   local dir="$stage/$name" rootfs="$stage/$name/rootfs"
-  mkdir -p "$rootfs"/{bin,etc,tmp,data}
+  mkdir -p "$rootfs"/{bin,etc,tmp} "$dir/data"
   chmod 1777 "$rootfs/tmp"
   for path in "$@"; do add_binary "$rootfs" "$path"; done
   printf 'root:x:0:0:root:/:/bin/none\nnobody:x:65534:65534:nobody:/:/bin/none\n' > "$rootfs/etc/passwd"
@@ -38,7 +38,10 @@ image() {
   printf 'hosts: files dns\n' > "$rootfs/etc/nsswitch.conf"
   cat > "$dir/Dockerfile" <<DOCKERFILE
 FROM scratch
-COPY --chown=65534:65534 rootfs/ /
+# Binaries, libraries and /etc owned by root: the service user can write /data
+# (and /tmp) only.
+COPY rootfs/ /
+COPY --chown=65534:65534 data/ /data/
 USER 65534:65534
 WORKDIR /data
 ENTRYPOINT ["/bin/$entrypoint"]

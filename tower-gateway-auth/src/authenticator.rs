@@ -333,7 +333,7 @@ impl Authenticator {
     /// password change), and forgets them here at once.
     pub async fn revoke_subject(&self, subject: &str, before: SystemTime) -> Result<(), StoreError> {
         let before = before.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let until = unix_now().saturating_add(self.inner.max_lifetime);
+        let until = unix_now().saturating_add(self.inner.max_lifetime).saturating_add(MAX_LEEWAY.as_secs() + 1);
         self.inner.store.revoke_subject(subject, before, until).await?;
         self.inner.cache.remove_where(|v| v.who.sub == subject);
         Ok(())

@@ -54,7 +54,11 @@ async fn main() -> ExitCode {
     if !keys.is_set() {
         return server::fail(NAME, "a JWT key is required (JWT_ALGORITHM and JWT_PUBLIC_KEY_FILE, or JWT_SECRET_FILE)");
     }
-    let store: Arc<dyn TokenStore> = match env("REDIS_URL") {
+    let redis_url = match demo_gateway::config::redis_url_from_env(env) {
+        Ok(url) => url,
+        Err(err) => return server::fail(NAME, &err.to_string()),
+    };
+    let store: Arc<dyn TokenStore> = match redis_url {
         Some(url) => match RedisStore::new(url) {
             Ok(store) => Arc::new(store),
             Err(err) => return server::fail(NAME, &format!("REDIS_URL: {err}")),

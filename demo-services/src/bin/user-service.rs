@@ -28,7 +28,11 @@ async fn main() -> ExitCode {
         Ok(tokens) => tokens,
         Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
     };
-    let store: Arc<dyn TokenStore> = match env("REDIS_URL") {
+    let redis_url = match demo_gateway::config::redis_url_from_env(env) {
+        Ok(url) => url,
+        Err(err) => return server::fail(NAME, &err.to_string()),
+    };
+    let store: Arc<dyn TokenStore> = match redis_url {
         Some(url) => match RedisStore::new(url) {
             Ok(store) => Arc::new(store),
             Err(err) => return server::fail(NAME, &format!("REDIS_URL: {err}")),

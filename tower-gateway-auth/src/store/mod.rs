@@ -33,10 +33,12 @@ pub struct TokenRecord<'a> {
 }
 
 impl TokenRecord<'_> {
-    /// Seconds from now until the token expires (at least 1, so that a record
-    /// written for it always expires on its own).
+    /// How long a record about the token must live: until it expires, plus the
+    /// largest leeway a verifier may grant past `exp`, plus a second for rounding
+    /// (a revocation that lapsed while a verifier still accepted the token would
+    /// bring it back to life).
     pub fn remaining_secs(&self) -> u64 {
-        self.expires_at.saturating_sub(unix_now()).max(1)
+        self.expires_at.saturating_sub(unix_now()) + crate::MAX_LEEWAY.as_secs() + 1
     }
 }
 
@@ -78,4 +80,17 @@ pub(crate) fn unix_now() -> u64 {
 /// the revocation is covered too; so is a token that does not say when it was issued.
 pub(crate) fn revoked_by_subject(issued_at: Option<u64>, before: u64) -> bool {
     issued_at.is_none_or(|iat| iat <= before)
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+
+    #[test]
+    fn records_outlive_the_token_by_the_largest_leeway() {
+        let record = TokenRecord { id: "t", subject: "7", issued_at: None, expires_at: unix_now() + 10 };
+        assert!(record.remaining_secs() >= 10 + crate::MAX_LEEWAY.as_secs() + 1 - 1, "{}", record.remaining_secs());
+        let expired = TokenRecord { expires_at: unix_now().saturating_sub(100), ..record };
+        assert_eq!(expired.remaining_secs(), crate::MAX_LEEWAY.as_secs() + 1);
+    }
 }
