@@ -57,6 +57,13 @@ up() {
     (umask 077 && openssl genpkey -algorithm ED25519 -out "$here/secrets/jwt_private.pem")
     openssl pkey -in "$here/secrets/jwt_private.pem" -pubout -out "$here/secrets/jwt_public.pem"
   fi
+  if [ ! -s "$here/secrets/redis.conf" ]; then
+    log "generating Redis's password (deploy/secrets/redis.conf and redis_url, not committed)"
+    local pw
+    pw=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    (umask 077 && printf 'requirepass %s\n' "$pw" > "$here/secrets/redis.conf" \
+      && printf 'redis://:%s@redis:6379/0\n' "$pw" > "$here/secrets/redis_url")
+  fi
   if [ ! -s "$here/secrets/admin_password" ]; then
     log "generating the admin's password (deploy/secrets/admin_password, not committed)"
     (umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$here/secrets/admin_password")
@@ -96,7 +103,9 @@ ready_endpoints() { # SERVICE: the gateway knows as many endpoints as the servic
 }
 
 redis_keys() { # PATTERN -> how many keys match in the stack's Redis
-  docker exec "$(docker ps -q -f "name=${stack}_redis" | head -1)" /bin/redis-cli --scan --pattern "$1" | wc -l
+  local pw
+  pw=$(awk '{print $2}' "$here/secrets/redis.conf")
+  docker exec -e REDISCLI_AUTH="$pw" "$(docker ps -q -f "name=${stack}_redis" | head -1)" /bin/redis-cli --scan --pattern "$1" | wc -l
 }
 
 login() { # EMAIL [PASSWORD] -> prints a token
@@ -225,6 +234,25 @@ check() {
   wait_for 90 "checkout recovers once Swarm restarts Redis" open
   echo "   checkout 200 again"
 
+  log "5b. a logged-out token stays revoked across a Redis restart"
+  local gone code
+  gone=$(login "$email")
+  [ "$(status_of POST /api/users/logout "" "$gone")" = 204 ] || fail "logout"
+  revoked() { [ "$(status_of GET /api/checkout "" "$gone")" = 401 ]; }
+  wait_for 5 "the logged-out token is refused" revoked
+  redis=$(docker ps -q -f "name=${stack}_redis" | head -1)
+  docker kill "$redis" >/dev/null
+  restarted() { [ -n "$(docker ps -q -f "name=${stack}_redis")" ] && [ "$(docker ps -q -f "name=${stack}_redis" | head -1)" != "$redis" ]; }
+  wait_for 90 "Swarm restarts Redis" restarted
+  still_refused() {
+    code=$(status_of GET /api/checkout "" "$gone")
+    [ "$code" = 200 ] && fail "the logged-out token works again after the Redis restart"
+    [ "$code" = 401 ]
+  }
+  wait_for 60 "the logged-out token is answered 401 once Redis is back" still_refused
+  [ "$(status_of GET /api/checkout "" "$ptoken")" = 200 ] || fail "a live token after the Redis restart"
+  echo "   logged out 401; Redis killed and restarted (append-only file on its volume); still 401, a live token 200"
+
   log "6. rate limits in Redis: one user over the checkout limit gets 429, another is served"
   # After a failure a limit leaves Redis alone for a second, deciding locally.
   decided_in_redis() {
@@ -258,7 +286,7 @@ down() {
   wait_for 60 "the stack's containers are gone" sh -c "[ -z \"\$(docker ps -aq -f label=com.docker.stack.namespace=$stack)\" ]"
   wait_for 60 "the stack's network is gone" sh -c "! docker network inspect ${stack}_backend"
   if [ "${1:-}" = --volumes ]; then
-    docker volume rm "${stack}_products-data" "${stack}_users-data" "${stack}_orders-data" >/dev/null 2>&1 || true
+    docker volume rm "${stack}_products-data" "${stack}_users-data" "${stack}_orders-data" "${stack}_redis-data" >/dev/null 2>&1 || true
   fi
   if [ -f "$marker" ]; then
     log "leaving the swarm this script created"
