@@ -471,7 +471,8 @@ pub fn redis_url_from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option
         (None, Some(path)) => {
             let bytes = tower_gateway_auth::read_secret_file(path.as_ref())
                 .map_err(|e| ConfigError::new("REDIS_URL_FILE", format!("{path}: {e}")))?;
-            let url = String::from_utf8(bytes).map_err(|_| ConfigError::new("REDIS_URL_FILE", format!("{path}: not UTF-8")))?;
+            let url = String::from_utf8(bytes)
+                .map_err(|_| ConfigError::new("REDIS_URL_FILE", format!("{path}: not UTF-8")))?;
             Ok(Some(url.trim().to_owned()))
         }
         (None, None) => Ok(None),
