@@ -293,7 +293,8 @@ impl Activity {
     }
 }
 
-/// Counts a request in flight on its connection until its response head is out.
+/// Counts a request in flight on its connection until its response body is
+/// done: a long download is activity, not idleness.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
@@ -309,8 +310,11 @@ impl Drop for InFlight {
     }
 }
 
-impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for Tracked<S> {
-    type Response = S::Response;
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
@@ -322,7 +326,7 @@ impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for Tracked<S> {
         self.activity.started.store(true, Ordering::Relaxed);
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.touch();
-        TrackedFuture { future: self.inner.call(req), _in_flight: InFlight(self.activity.clone()) }
+        TrackedFuture { future: self.inner.call(req), in_flight: Some(InFlight(self.activity.clone())) }
     }
 }
 
@@ -330,15 +334,51 @@ pin_project_lite::pin_project! {
     struct TrackedFuture<F> {
         #[pin]
         future: F,
-        _in_flight: InFlight,
+        in_flight: Option<InFlight>,
     }
 }
 
-impl<F: Future> Future for TrackedFuture<F> {
-    type Output = F::Output;
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        self.project().future.poll(cx)
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        // The count moves into the body, and ends when the body is done or dropped.
+        let in_flight = this.in_flight.take();
+        std::task::Poll::Ready(result.map(|res| res.map(|body| TrackedBody { body, _in_flight: in_flight })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight.
+    struct TrackedBody<B> {
+        #[pin]
+        body: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -134,3 +134,29 @@ async fn a_response_body_that_stops_flowing_is_cut() {
     assert!(!matches!(ended, Some(Ok(_))), "no more data: {ended:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "cut after {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_download_outlives_the_connection_idle_timeouts() {
+    // Eight chunks 150 ms apart: 1.2 s in all, past the 300 ms header and idle
+    // timeouts, each gap within the 500 ms body idle timeout.
+    let steady = serve(tower::service_fn(|_: Request<Incoming>| async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for i in 0..8 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from(format!("chunk {i};"))))).await;
+            }
+        });
+        Ok::<_, Infallible>(Response::new(StreamBody::new(tokio_stream_from(rx))))
+    }))
+    .await;
+    let mut cfg = config(&[("/steady", &steady)]);
+    cfg.header_read_timeout_ms = 300;
+    cfg.idle_timeout_ms = 300;
+    let gw = Gateway::start(cfg).await;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let res = client.get(format!("{}/steady/x", gw.url()).parse().unwrap()).await.unwrap();
+    let body = res.into_body().collect().await.expect("the whole body").to_bytes();
+    assert_eq!(body, (0..8).map(|i| format!("chunk {i};")).collect::<String>());
+}
