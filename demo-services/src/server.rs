@@ -121,6 +121,34 @@ pub async fn run(name: &str, app: Router, port: u16) -> std::process::ExitCode {
     }
 }
 
+/// The key configuration every service that checks tokens reads: the shipped
+/// issuer and audience, then the `JWT_*` environment.
+pub fn keys_from_env() -> Result<tower_gateway_auth::KeyConfig, String> {
+    let mut keys = demo_gateway::config::shipped_jwt();
+    keys.apply_env(|name: &str| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map_err(|err| format!("JWT key: {err}"))?;
+    Ok(keys)
+}
+
+/// The token check of a service: `keys`, with revocations in Redis (`REDIS_URL`
+/// or `REDIS_URL_FILE`), or in this process without either.
+pub fn authenticator_from_env(
+    keys: &tower_gateway_auth::KeyConfig,
+) -> Result<tower_gateway_auth::Authenticator, String> {
+    use std::sync::Arc;
+    use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore};
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let store: Arc<dyn TokenStore> = match demo_gateway::config::redis_url_from_env(env).map_err(|e| e.to_string())? {
+        Some(url) => Arc::new(RedisStore::new(url).map_err(|err| format!("REDIS_URL: {err}"))?),
+        None => {
+            tracing::warn!("no REDIS_URL: revocations are kept in this process only");
+            Arc::new(MemoryStore::new())
+        }
+    };
+    let builder = keys.authenticator().map_err(|err| format!("JWT key: {err}"))?;
+    builder.store(store).build().map_err(|err| format!("JWT key: {err}"))
+}
+
 /// Prints `message` and gives the exit code for a configuration error (2).
 pub fn fail(name: &str, message: &str) -> std::process::ExitCode {
     eprintln!("{name}: {message}");

@@ -37,6 +37,22 @@ async fn recording_backend() -> (Server, Seen) {
     (server, seen)
 }
 
+/// The gateway with one public route, `/api`, to `backend`.
+fn public_route_to(backend: &Server) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        upstreams: [("b".to_owned(), UpstreamConfig { endpoints: vec![backend.url()], ..UpstreamConfig::default() })]
+            .into(),
+        routes: vec![RouteConfig {
+            prefix: Some("/api".into()),
+            upstream: "b".into(),
+            access: Some(Access::Public),
+            ..RouteConfig::default()
+        }],
+        ..Config::default()
+    }
+}
+
 /// Sends `raw`, returns the status of the first final response (0 for none:
 /// closed or silent for 3 s).
 async fn send_raw(addr: std::net::SocketAddr, raw: &[u8]) -> u16 {
@@ -74,19 +90,7 @@ fn post(extra: &str, body: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_before_the_backend() {
     let (backend, seen) = recording_backend().await;
-    let config = Config {
-        listen: "127.0.0.1:0".into(),
-        upstreams: [("b".to_owned(), UpstreamConfig { endpoints: vec![backend.url()], ..UpstreamConfig::default() })]
-            .into(),
-        routes: vec![RouteConfig {
-            prefix: Some("/api".into()),
-            upstream: "b".into(),
-            access: Some(Access::Public),
-            ..RouteConfig::default()
-        }],
-        ..Config::default()
-    };
-    let gw = Gateway::start(config).await;
+    let gw = Gateway::start(public_route_to(&backend)).await;
     let long_uri = format!("GET /api/{} HTTP/1.1\r\nHost: gw\r\n\r\n", "a".repeat(70 * 1024)).into_bytes();
     let many_headers = get(&(0..150).map(|i| format!("X-H{i}: v\r\n")).collect::<String>());
     let big_header = get(&format!("X-Big: {}\r\n", "b".repeat(20 * 1024)));
@@ -185,19 +189,7 @@ async fn hostile_requests_are_refused_before_the_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_client_says_about_itself_never_reaches_the_backend() {
     let (backend, seen) = recording_backend().await;
-    let config = Config {
-        listen: "127.0.0.1:0".into(),
-        upstreams: [("b".to_owned(), UpstreamConfig { endpoints: vec![backend.url()], ..UpstreamConfig::default() })]
-            .into(),
-        routes: vec![RouteConfig {
-            prefix: Some("/api".into()),
-            upstream: "b".into(),
-            access: Some(Access::Public),
-            ..RouteConfig::default()
-        }],
-        ..Config::default()
-    };
-    let gw = Gateway::start(config).await;
+    let gw = Gateway::start(public_route_to(&backend)).await;
     let headers = "X-User-Id: 1\r\nx_user_id: 1\r\nX-USER-EMAIL: root@example.com\r\nx_user_email: root@example.com\r\n\
                    X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\n\
                    X-Forwarded-Prefix: /evil\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\

@@ -15,10 +15,7 @@ use demo_services::checkout::{self, CheckoutState, ProductClient};
 use demo_services::server;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use tower_gateway::balance::{Endpoints, dns};
-use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -46,29 +43,16 @@ async fn main() -> ExitCode {
         Ok(db) => db,
         Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
     };
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let mut keys = demo_gateway::config::shipped_jwt();
-    if let Err(err) = keys.apply_env(env) {
-        return server::fail(NAME, &format!("JWT key: {err}"));
-    }
+    let keys = match server::keys_from_env() {
+        Ok(keys) => keys,
+        Err(err) => return server::fail(NAME, &err),
+    };
     if !keys.is_set() {
         return server::fail(NAME, "a JWT key is required (JWT_ALGORITHM and JWT_PUBLIC_KEY_FILE, or JWT_SECRET_FILE)");
     }
-    let redis_url = match demo_gateway::config::redis_url_from_env(env) {
-        Ok(url) => url,
-        Err(err) => return server::fail(NAME, &err.to_string()),
-    };
-    let store: Arc<dyn TokenStore> = match redis_url {
-        Some(url) => match RedisStore::new(url) {
-            Ok(store) => Arc::new(store),
-            Err(err) => return server::fail(NAME, &format!("REDIS_URL: {err}")),
-        },
-        None => Arc::new(MemoryStore::new()),
-    };
-    let auth = match keys.authenticator().map(|b| b.store(store).build()) {
-        Ok(Ok(auth)) => auth,
-        Ok(Err(err)) => return server::fail(NAME, &format!("JWT key: {err}")),
-        Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
+    let auth = match server::authenticator_from_env(&keys) {
+        Ok(auth) => auth,
+        Err(err) => return server::fail(NAME, &err),
     };
     let state = CheckoutState { db, products: ProductClient::new(endpoints), auth: Some(auth) };
     server::run(NAME, checkout::app(state), 3005).await

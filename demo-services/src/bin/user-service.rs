@@ -12,40 +12,24 @@ use std::sync::Arc;
 
 use demo_services::server;
 use demo_services::users::{self, Passwords, UsersState};
-use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore, read_secret_file};
+use tower_gateway_auth::read_secret_file;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "user-service";
     demo_gateway::init_tracing();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    // The shipped issuer and audience, which the gateway requires by default.
-    let mut keys = demo_gateway::config::shipped_jwt();
-    if let Err(err) = keys.apply_env(env) {
-        return server::fail(NAME, &format!("JWT key: {err}"));
-    }
+    let keys = match server::keys_from_env() {
+        Ok(keys) => keys,
+        Err(err) => return server::fail(NAME, &err),
+    };
     let tokens = match keys.token_issuer() {
         Ok(tokens) => tokens,
         Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
     };
-    let redis_url = match demo_gateway::config::redis_url_from_env(env) {
-        Ok(url) => url,
-        Err(err) => return server::fail(NAME, &err.to_string()),
-    };
-    let store: Arc<dyn TokenStore> = match redis_url {
-        Some(url) => match RedisStore::new(url) {
-            Ok(store) => Arc::new(store),
-            Err(err) => return server::fail(NAME, &format!("REDIS_URL: {err}")),
-        },
-        None => {
-            tracing::warn!("REDIS_URL is not set: logout revokes tokens in this process only");
-            Arc::new(MemoryStore::new())
-        }
-    };
-    let auth = match keys.authenticator().map(|b| b.store(store).build()) {
-        Ok(Ok(auth)) => auth,
-        Ok(Err(err)) => return server::fail(NAME, &format!("JWT key: {err}")),
-        Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
+    let auth = match server::authenticator_from_env(&keys) {
+        Ok(auth) => auth,
+        Err(err) => return server::fail(NAME, &err),
     };
     let url = server::database_url("users.db");
     let db = match users::connect(&url).await {
