@@ -299,6 +299,8 @@ impl Activity {
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Whose `draining` flag says to close HTTP/1.1 connections after each response.
+    table: Arc<Table>,
 }
 
 struct InFlight(Arc<Activity>);
@@ -326,7 +328,12 @@ where
         self.activity.started.store(true, Ordering::Relaxed);
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.touch();
-        TrackedFuture { future: self.inner.call(req), in_flight: Some(InFlight(self.activity.clone())) }
+        let http1 = req.version() <= http::Version::HTTP_11;
+        TrackedFuture {
+            future: self.inner.call(req),
+            in_flight: Some(InFlight(self.activity.clone())),
+            close_when_draining: http1.then(|| self.table.clone()),
+        }
     }
 }
 
@@ -335,6 +342,7 @@ pin_project_lite::pin_project! {
         #[pin]
         future: F,
         in_flight: Option<InFlight>,
+        close_when_draining: Option<Arc<Table>>,
     }
 }
 
@@ -346,7 +354,14 @@ where
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.future.poll(cx));
+        let mut result = std::task::ready!(this.future.poll(cx));
+        // While draining, HTTP/1.1 clients are told to close after this response:
+        // connections end between requests, not under one.
+        if let (Ok(response), Some(table)) = (&mut result, this.close_when_draining.as_ref())
+            && table.draining.load(Ordering::Relaxed)
+        {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // The count moves into the body, and ends when the body is done or dropped.
         let in_flight = this.in_flight.take();
         std::task::Poll::Ready(result.map(|res| res.map(|body| TrackedBody { body, _in_flight: in_flight })))
@@ -467,6 +482,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                         req
                     }),
                     activity: activity.clone(),
+                    table: metrics.clone(),
                 };
                 let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned();
                 let conn = graceful.watch(conn);

@@ -706,8 +706,11 @@ async fn on_shutdown_readiness_fails_first_while_requests_are_still_served() {
         assert!(stopping.elapsed() < Duration::from_millis(500), "readiness still ok");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Still serving during the delay, on new connections too.
-    assert_eq!(get(&Client::new(), &format!("{url}/api/x"), &[]).await.status, StatusCode::OK);
+    // Still serving during the delay, on new connections too, each HTTP/1.1
+    // response asking the client to close so connections end between requests.
+    let served = get(&Client::new(), &format!("{url}/api/x"), &[]).await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(served.headers["connection"], "close");
     assert!(stopping.elapsed() < Duration::from_secs(1));
     // Then it stops accepting.
     let deadline = Instant::now() + Duration::from_secs(5);
