@@ -4,6 +4,7 @@
 #   deploy/swarm.sh up      init a single-node swarm if there is none, build the images,
 #                           deploy the stack, wait until the gateway is ready
 #   deploy/swarm.sh check   smoke and failover checks against http://127.0.0.1:8080
+#   deploy/swarm.sh rolling a gateway rolling update under load, failures counted by kind
 #   deploy/swarm.sh down    remove the stack (and --volumes: its data; and the swarm
 #                           if `up` created it)
 set -euo pipefail
@@ -280,6 +281,46 @@ check() {
   log "all checks passed"
 }
 
+rolling() { # a gateway rolling update under load, every failure counted by kind
+  local workers=${WORKERS:-8} seconds=${SECONDS_OF_LOAD:-40} out=/tmp/tg-rolling
+  rm -rf "$out" && mkdir -p "$out"
+  log "rolling update of the gateway under load: $workers clients for ${seconds}s, keep-alive batches of 50"
+  local args=()
+  for _ in $(seq 1 50); do args+=(-o /dev/null "$base/api/products/1"); done
+  local until=$((SECONDS + seconds))
+  for w in $(seq 1 "$workers"); do
+    (
+      # One curl per batch: its connection is kept alive across the batch, as a
+      # real client's would be; each transfer prints when, its status and curl's exit code.
+      while [ "$SECONDS" -lt "$until" ]; do
+        curl -s -m 5 -w "%{http_code} %{exitcode} $(date +%s.%N)\n" "${args[@]}" 2>/dev/null || true
+      done > "$out/$w"
+    ) &
+  done
+  sleep 5
+  local started=$SECONDS
+  docker service update --force --detach=false "${stack}_gateway" >/dev/null 2>&1
+  echo "   docker service update --force took $((SECONDS - started)) s"
+  wait
+  cat "$out"/* | awk '
+    $1 ~ /^[23]/ {ok++; next}
+    $1 == 429 {limited++; next}
+    {failed++; t = $3 + 0; if (!first || t < first) first = t; if (t > last) last = t}
+    $2 == 7 {refused++; next}
+    $2 == 52 {closed++; next}
+    $2 == 56 {reset++; next}
+    $2 == 28 {timeout++; next}
+    {other[$1 " " $2]++}
+    END {
+      printf "   %d requests: %d ok, %d answered 429 (every client here is one address), %d failed", ok+limited+failed, ok, limited, failed
+      printf " (%d refused: nothing listening, %d reset, %d closed without a response, %d timed out", refused, reset, closed, timeout
+      for (k in other) printf ", %s: %d", k, other[k]
+      printf ")"
+      if (failed) printf " within %.2f s", last - first
+      printf "\n"
+    }'
+}
+
 down() {
   log "removing the stack $stack"
   docker stack rm "$stack" >/dev/null 2>&1 || true
@@ -298,6 +339,7 @@ down() {
 case "${1:-}" in
   up) up ;;
   check) check ;;
+  rolling) rolling ;;
   down) shift; down "$@" ;;
-  *) echo "usage: $0 up|check|down [--volumes]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|check|rolling|down [--volumes]" >&2; exit 2 ;;
 esac
