@@ -340,15 +340,12 @@ fn limit_of(
     for (i, part) in parts.iter().enumerate() {
         keys.push(key_part(&field(i), part, &mut built)?);
     }
-    built.key = match <[RouteKey; 1]>::try_from(keys) {
-        Ok([one]) => one,
-        Err(keys) => match <[RouteKey; 2]>::try_from(keys) {
-            Ok([a, b]) => Arc::new((a, b)),
-            Err(keys) => match <[RouteKey; 3]>::try_from(keys) {
-                Ok([a, b, c]) => Arc::new((a, b, c)),
-                Err(_) => return Err(ConfigError::new(format!("{at}.key"), "give one to three parts")),
-            },
-        },
+    let mut keys = keys.into_iter();
+    built.key = match (keys.next(), keys.next(), keys.next(), keys.next()) {
+        (Some(a), None, None, None) => a,
+        (Some(a), Some(b), None, None) => Arc::new((a, b)),
+        (Some(a), Some(b), Some(c), None) => Arc::new((a, b, c)),
+        _ => return Err(ConfigError::new(format!("{at}.key"), "give one to three parts")),
     };
     Ok(built)
 }

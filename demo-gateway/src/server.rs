@@ -85,9 +85,12 @@ impl Entry {
         Self { identity: identity.into() }
     }
 
+    /// Whether `name` is an identity header once `_` is read as `-`; compared in
+    /// place, as this runs for every header of every request.
     fn is_identity(&self, name: &http::HeaderName) -> bool {
-        let folded = name.as_str().replace('_', "-");
-        self.identity.contains(&folded)
+        let fold = |b: u8| if b == b'_' { b'-' } else { b };
+        let name = name.as_str().as_bytes();
+        self.identity.iter().any(|id| id.len() == name.len() && id.bytes().zip(name).all(|(i, &n)| i == fold(n)))
     }
 
     fn clean(&self, headers: &mut http::HeaderMap) {
@@ -95,9 +98,11 @@ impl Entry {
         for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
             headers.remove(name);
         }
-        let folded: Vec<http::HeaderName> = headers.keys().filter(|n| self.is_identity(n)).cloned().collect();
-        for name in folded {
-            headers.remove(name);
+        if headers.keys().any(|n| self.is_identity(n)) {
+            let folded: Vec<http::HeaderName> = headers.keys().filter(|n| self.is_identity(n)).cloned().collect();
+            for name in folded {
+                headers.remove(name);
+            }
         }
         let sane = |v: &HeaderValue| {
             (1..=128).contains(&v.len())
@@ -242,18 +247,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Tells the admin listener to stop when `serve` returns.
-struct StopOnDrop(tokio::sync::watch::Sender<bool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.send(true);
-    }
-}
-
 /// What one client connection is doing: requests in flight and when it was last
 /// busy, for closing it when it idles.
 struct Activity {
+    /// Whose `draining` flag says to close HTTP/1.1 connections after each response.
+    table: Arc<Table>,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` when a request last began or ended.
     last: AtomicU64,
@@ -263,8 +261,9 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(table: Arc<Table>) -> Self {
         Self {
+            table,
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             started: AtomicBool::new(false),
@@ -299,8 +298,6 @@ impl Activity {
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// Whose `draining` flag says to close HTTP/1.1 connections after each response.
-    table: Arc<Table>,
 }
 
 struct InFlight(Arc<Activity>);
@@ -329,11 +326,7 @@ where
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.touch();
         let http1 = req.version() <= http::Version::HTTP_11;
-        TrackedFuture {
-            future: self.inner.call(req),
-            in_flight: Some(InFlight(self.activity.clone())),
-            close_when_draining: http1.then(|| self.table.clone()),
-        }
+        TrackedFuture { future: self.inner.call(req), in_flight: Some(InFlight(self.activity.clone())), http1 }
     }
 }
 
@@ -342,7 +335,7 @@ pin_project_lite::pin_project! {
         #[pin]
         future: F,
         in_flight: Option<InFlight>,
-        close_when_draining: Option<Arc<Table>>,
+        http1: bool,
     }
 }
 
@@ -357,8 +350,10 @@ where
         let mut result = std::task::ready!(this.future.poll(cx));
         // While draining, HTTP/1.1 clients are told to close after this response:
         // connections end between requests, not under one.
-        if let (Ok(response), Some(table)) = (&mut result, this.close_when_draining.as_ref())
-            && table.draining.load(Ordering::Relaxed)
+        let draining = this.in_flight.as_ref().is_some_and(|f| f.0.table.draining.load(Ordering::Relaxed));
+        if let Ok(response) = &mut result
+            && *this.http1
+            && draining
         {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -413,29 +408,24 @@ const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 /// it was going to speak; an HTTP/2 connection with no request in flight for the
 /// idle timeout is closed, and one whose peer stops answering pings too.
 pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    // The admin listener lives as long as this function: its requests are short.
     let _admin = match plan.settings.admin_listen {
         Some(addr) => {
             let admin = TcpListener::bind(addr).await?;
             tracing::info!(addr = %admin.local_addr()?, "admin listener: /readyz, /metrics");
             let router = admin_router(&plan);
-            let mut stopped = admin_stopped;
             Some(AbortOnDrop(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                };
-                if let Err(err) = axum::serve(admin, router).with_graceful_shutdown(shutdown).await {
+                if let Err(err) = axum::serve(admin, router).await {
                     tracing::error!(%err, "admin listener failed");
                 }
             })))
         }
         None => None,
     };
-    let _stop_admin = StopOnDrop(admin_stop);
     let _dns = watch_dns(&plan).await;
     let svc = app(&plan);
     let settings = &plan.settings;
-    let metrics = plan.table.clone();
+    let table = plan.table.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -470,23 +460,22 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                     // Full: this one is told so (a non-blocking write into a fresh
                     // socket's buffer), and idle connections make room for the next.
                     let _ = stream.try_write(REFUSED);
-                    metrics.metrics.connection_refused();
+                    table.metrics.connection_refused();
                     pressure.notify_waiters();
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let activity = Arc::new(Activity::new());
+                let activity = Arc::new(Activity::new(table.clone()));
                 let svc = Tracked {
                     inner: svc.clone().map_request(move |mut req: Request<Incoming>| {
                         req.extensions_mut().insert(PeerAddr(peer));
                         req
                     }),
                     activity: activity.clone(),
-                    table: metrics.clone(),
                 };
                 let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned();
                 let conn = graceful.watch(conn);
-                let (table, pressure) = (metrics.clone(), pressure.clone());
+                let (table, pressure) = (table.clone(), pressure.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
                     table.metrics.connections().inc();
@@ -526,7 +515,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                     break;
                 }
                 // Readiness fails first; requests are served on until the delay ends.
-                metrics.draining.store(true, Ordering::Relaxed);
+                table.draining.store(true, Ordering::Relaxed);
                 tracing::info!(drain_delay = ?settings.drain_delay, "draining: /readyz fails, still serving");
                 drain = Some(Box::pin(tokio::time::sleep(settings.drain_delay)));
             }

@@ -84,9 +84,10 @@ pub struct Passwords {
     /// fresh 19 MiB per hash, freed into the allocator, fragments its heap until
     /// the process holds hundreds of MB after a flood.
     memory: Arc<Mutex<Vec<Vec<argon2::Block>>>>,
-    /// Requests waiting for a permit, at most `max_waiting`; more are refused.
+    /// How many permits there are: hashes that may run at once.
+    slots: usize,
+    /// Requests waiting for a permit, at most four per slot; more are refused.
     waiting: Arc<AtomicUsize>,
-    max_waiting: usize,
 }
 
 impl std::fmt::Debug for Passwords {
@@ -182,8 +183,8 @@ impl Passwords {
             decoy: decoy.into(),
             permits: Arc::new(Semaphore::new(permits)),
             memory: Arc::new(Mutex::new(vec![memory])),
+            slots: permits,
             waiting: Arc::new(AtomicUsize::new(0)),
-            max_waiting: permits * 4,
         }
     }
 
@@ -194,7 +195,7 @@ impl Passwords {
 
     /// How many hashes may run at once.
     pub fn concurrency(&self) -> usize {
-        self.max_waiting / 4
+        self.slots
     }
 
     /// Runs `work` on a blocking thread, with a hashing slot and its memory.
@@ -206,7 +207,7 @@ impl Passwords {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.slots * 4 {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
                     return Err(busy());
                 }

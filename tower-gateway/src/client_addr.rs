@@ -210,25 +210,20 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies, 
     if !trusted.contains(peer) {
         return ClientAddr { ip: peer, chain: None };
     }
-    let hops = hops(headers, header);
-    let mut client = peer;
-    let mut verified = 0;
-    for hop in hops.iter().rev() {
+    // The hops read from the right, up to and including the first untrusted one.
+    let mut verified: Vec<IpAddr> = Vec::new();
+    for hop in hops(headers, header).iter().rev() {
         let Some(ip) = parse_hop(hop) else { break };
-        client = ip;
-        verified += 1;
+        verified.push(ip);
         if !trusted.contains(ip) {
             break;
         }
     }
-    if verified == 0 {
+    let Some(&client) = verified.last() else {
         return ClientAddr { ip: peer, chain: None };
-    }
-    let mut chain: Vec<String> =
-        hops[hops.len() - verified..].iter().filter_map(|h| parse_hop(h)).map(|ip| ip.to_string()).collect();
-    chain.push(peer.to_string());
-    let chain = HeaderValue::try_from(chain.join(", ")).ok();
-    ClientAddr { ip: client, chain }
+    };
+    let chain: Vec<String> = verified.iter().rev().chain([&peer]).map(IpAddr::to_string).collect();
+    ClientAddr { ip: client, chain: HeaderValue::try_from(chain.join(", ")).ok() }
 }
 
 /// Puts the [`ClientAddr`] in each request's extensions. See the [module docs](self).
@@ -289,20 +284,7 @@ impl<S> ClientAddrService<S> {
         ClientAddrLayer::new().layer(inner)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 impl<S, B> Service<Request<B>> for ClientAddrService<S>

@@ -35,6 +35,28 @@
 //! Failures reach the client as JSON (`{"error":{"code","message"}}`) with the
 //! right status — see [`error`].
 
+/// `get_ref`, `get_mut` and `into_inner`, in the `impl<S>` block of a middleware
+/// whose inner service is its `inner` field.
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+pub(crate) use inner_service_accessors;
+
 pub mod balance;
 mod body;
 pub mod client_addr;

@@ -160,20 +160,7 @@ impl<S> RoundRobin<S> {
         &self.endpoints
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 /// The request's URI with its scheme and authority set to `endpoint`'s.
@@ -257,7 +244,7 @@ where
                     let gateway_failure = matches!(
                         response.status(),
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-                    ) && kind != Some(UpstreamErrorKind::RequestBody);
+                    );
                     if kind == Some(UpstreamErrorKind::Connect) {
                         if endpoints.record_failure(endpoint, health.eject_after, health.cool_down) {
                             tracing::warn!(endpoint = %endpoint, cool_down = ?health.cool_down, "endpoint ejected");

@@ -83,20 +83,7 @@ pub struct ReadJson<S> {
 }
 
 impl<S> ReadJson<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 fn is_json(content_type: Option<&http::HeaderValue>) -> bool {

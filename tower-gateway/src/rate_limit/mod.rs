@@ -177,26 +177,18 @@ impl<S, K> RateLimit<S, K> {
         &self.limiter
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 /// The `RateLimit` member for a decision.
 fn state_field(limiter: &Limiter, decision: &Decision) -> HeaderValue {
     let value = format!("\"{}\";r={};t={}", limiter.name(), decision.remaining, decision.reset_secs());
     HeaderValue::try_from(value).expect("names are checked to be header-safe")
+}
+
+/// The `RateLimit-Policy` and `RateLimit` members an admitted response carries.
+fn fields(limiter: &Limiter, decision: &Decision) -> (HeaderValue, HeaderValue) {
+    (limiter.policy().clone(), state_field(limiter, decision))
 }
 
 fn refused<B: From<Bytes>>(limiter: &Limiter, verdict: Verdict) -> Response<B> {
@@ -241,7 +233,7 @@ where
         let check = self.limiter.check(key.as_deref().unwrap_or(NO_KEY));
         let state = match check.into_ready() {
             Ok(Verdict::Allowed(decision)) => {
-                State::Calling { future: self.inner.call(req), fields: Some(self.fields(&decision)) }
+                State::Calling { future: self.inner.call(req), fields: Some(fields(&self.limiter, &decision)) }
             }
             Ok(verdict) => State::Refused { response: Some(refused(&self.limiter, verdict)) },
             Err(check) => {
@@ -252,12 +244,6 @@ where
             }
         };
         ResponseFuture { state }
-    }
-}
-
-impl<S, K> RateLimit<S, K> {
-    fn fields(&self, decision: &Decision) -> (HeaderValue, HeaderValue) {
-        (self.limiter.policy().clone(), state_field(&self.limiter, decision))
     }
 }
 
@@ -316,8 +302,7 @@ where
                         Verdict::Allowed(decision) => {
                             let req = request.take().expect("request taken once");
                             let future = inner.as_mut().expect("service taken once").call(req);
-                            let fields = (limiter.policy().clone(), state_field(limiter, &decision));
-                            State::Calling { future, fields: Some(fields) }
+                            State::Calling { future, fields: Some(fields(limiter, &decision)) }
                         }
                         refusal => State::Refused { response: Some(refused(limiter, refusal)) },
                     };
