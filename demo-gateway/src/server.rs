@@ -4,6 +4,7 @@
 //! timeout, a head size cap and a graceful shutdown.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,9 +19,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::Body;
@@ -257,6 +257,8 @@ struct Activity {
     last: AtomicU64,
     /// Whether any request has arrived yet.
     started: AtomicBool,
+    /// Signalled when the first request arrives.
+    first_request: Notify,
     epoch: Instant,
 }
 
@@ -267,6 +269,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             started: AtomicBool::new(false),
+            first_request: Notify::new(),
             epoch: Instant::now(),
         }
     }
@@ -322,7 +325,9 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        self.activity.started.store(true, Ordering::Relaxed);
+        if !self.activity.started.swap(true, Ordering::AcqRel) {
+            self.activity.first_request.notify_one();
+        }
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.touch();
         let http1 = req.version() <= http::Version::HTTP_11;
@@ -438,78 +443,90 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: `true` asks it to stop, and the
+    // sender's `closed()` says every connection has ended.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let pressure = Arc::new(Notify::new());
     let (header_timeout, idle_timeout) = (settings.header_read_timeout, settings.idle_timeout);
+    let admit = |stream: TcpStream, peer: SocketAddr| {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: this one is told so (a non-blocking write into a fresh
+            // socket's buffer), and idle connections make room for the next.
+            let _ = stream.try_write(REFUSED);
+            table.metrics.connection_refused();
+            pressure.notify_waiters();
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new(table.clone()));
+        let svc = Tracked {
+            inner: svc.clone().map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req
+            }),
+            activity: activity.clone(),
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned();
+        let (table, pressure, mut stopping) = (table.clone(), pressure.clone(), stopping.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            table.metrics.connections().inc();
+            tokio::pin!(conn);
+            // Asked to stop, and whether the connection was told to.
+            let (mut stop_asked, mut stop_sent) = (false, false);
+            loop {
+                // A connection that has not sent its first request is not shut at
+                // once: its request may be on the wire (hyper would close it
+                // unread). It gets until its header timeout, and is told to stop
+                // when that request begins (HTTP/1.1: `Connection: close`).
+                if stop_asked && !stop_sent && activity.started.load(Ordering::Acquire) {
+                    conn.as_mut().graceful_shutdown();
+                    stop_sent = true;
+                }
+                // Busy connections are looked at again an idle timeout later.
+                let deadline = match activity.idle_for() {
+                    Some(_) => activity.deadline(header_timeout, idle_timeout),
+                    None => Instant::now() + idle_timeout,
+                };
+                tokio::select! {
+                    ended = &mut conn => {
+                        if let Err(err) = ended {
+                            tracing::debug!(%err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
+                            table.metrics.connection_closed_idle();
+                            break;
+                        }
+                    }
+                    () = pressure.notified() => {
+                        if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
+                            table.metrics.connection_closed_idle();
+                            break;
+                        }
+                    }
+                    _ = stopping.changed(), if !stop_asked => stop_asked = true,
+                    () = activity.first_request.notified(), if stop_asked && !stop_sent => {}
+                }
+            }
+            table.metrics.connections().dec();
+        });
+    };
     let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // Full: this one is told so (a non-blocking write into a fresh
-                    // socket's buffer), and idle connections make room for the next.
-                    let _ = stream.try_write(REFUSED);
-                    table.metrics.connection_refused();
-                    pressure.notify_waiters();
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let activity = Arc::new(Activity::new(table.clone()));
-                let svc = Tracked {
-                    inner: svc.clone().map_request(move |mut req: Request<Incoming>| {
-                        req.extensions_mut().insert(PeerAddr(peer));
-                        req
-                    }),
-                    activity: activity.clone(),
-                };
-                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned();
-                let conn = graceful.watch(conn);
-                let (table, pressure) = (table.clone(), pressure.clone());
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    table.metrics.connections().inc();
-                    tokio::pin!(conn);
-                    loop {
-                        // Busy connections are looked at again an idle timeout later.
-                        let deadline = match activity.idle_for() {
-                            Some(_) => activity.deadline(header_timeout, idle_timeout),
-                            None => Instant::now() + idle_timeout,
-                        };
-                        tokio::select! {
-                            ended = &mut conn => {
-                                if let Err(err) = ended {
-                                    tracing::debug!(%err, "connection ended with an error");
-                                }
-                                break;
-                            }
-                            () = tokio::time::sleep_until(deadline.into()) => {
-                                if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
-                                    table.metrics.connection_closed_idle();
-                                    break;
-                                }
-                            }
-                            () = pressure.notified() => {
-                                if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
-                                    table.metrics.connection_closed_idle();
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    table.metrics.connections().dec();
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => admit(stream, peer),
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             () = &mut shutdown, if drain.is_none() => {
                 if settings.drain_delay.is_zero() {
                     break;
@@ -522,10 +539,22 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
             () = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => break,
         }
     }
+    // Closing a listener resets the connections the kernel has completed but
+    // nobody accepted: take every one already queued, then close.
+    table.draining.store(true, Ordering::Relaxed);
+    let listener = listener.into_std()?;
+    while let Ok((stream, peer)) = listener.accept() {
+        match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+            Ok(stream) => admit(stream, peer),
+            Err(err) => tracing::debug!(%err, "a queued connection could not be served"),
+        }
+    }
     drop(listener);
     tracing::info!(grace_period = ?settings.grace_period, "shutting down: finishing requests in flight");
+    let _ = stop.send(true);
+    drop(stopping);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = stop.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(settings.grace_period) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     Ok(())

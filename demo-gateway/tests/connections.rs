@@ -10,9 +10,10 @@ use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_demo-gateway");
 
-/// As many connections as this machine's file descriptor limit (20,000) leaves
-/// room for in one test process.
-const FLOOD: usize = 19_000;
+/// The flood, opened by two processes (this test and a copy of it running
+/// [`flood_helper`]): this machine allows 20,000 open files per process.
+const FLOOD: usize = 20_000;
+const HELPER_ENV: &str = "TG_FLOOD_HELPER";
 const MAX_CONNECTIONS: usize = 2_000;
 
 struct Killed(Child);
@@ -22,6 +23,44 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Opens `count` connections in batches of 500 that send nothing, or half an
+/// HTTP/2 preface; `each_batch` runs after every batch.
+async fn open_idle(addr: std::net::SocketAddr, count: usize, mut each_batch: impl FnMut()) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count / 500 {
+        let mut opening = tokio::task::JoinSet::new();
+        for i in 0..500 {
+            opening.spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.ok()?;
+                if i % 2 == 0 {
+                    let _ = stream.write_all(b"PRI * HTTP/2.0\r\n").await;
+                }
+                Some(stream)
+            });
+        }
+        while let Some(opened) = opening.join_next().await {
+            held.extend(opened.unwrap());
+        }
+        each_batch();
+    }
+    held
+}
+
+/// Not a test: the second process of the flood. Run by the test below with
+/// `TG_FLOOD_HELPER=ADDR COUNT` set, it opens its share of connections, prints
+/// how many opened, and holds them until its stdin closes. Without the variable
+/// it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper process of a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served"]
+async fn flood_helper() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else { return };
+    let (addr, count) = spec.split_once(' ').unwrap();
+    let held = open_idle(addr.parse().unwrap(), count.parse().unwrap(), || {}).await;
+    println!("opened {}", held.len());
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await.unwrap().unwrap();
+    drop(held);
 }
 
 fn rss_mb(pid: u32) -> u64 {
@@ -101,28 +140,38 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
         waits
     });
 
-    // The flood: connections that send nothing, or half an HTTP/2 preface.
-    let mut held = Vec::with_capacity(FLOOD);
+    // The flood: connections that send nothing, or half an HTTP/2 preface,
+    // half of them from a second process.
+    let mut helper = Killed(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "flood_helper", "--ignored", "--nocapture", "--quiet"])
+            .env(HELPER_ENV, format!("{addr} {}", FLOOD / 2))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut peak = before;
-    for batch in 0..FLOOD / 500 {
-        let mut opening = tokio::task::JoinSet::new();
-        for i in 0..500 {
-            opening.spawn(async move {
-                let mut stream = TcpStream::connect(addr).await.ok()?;
-                if i % 2 == 0 {
-                    let _ = stream.write_all(b"PRI * HTTP/2.0\r\n").await;
-                }
-                Some(stream)
-            });
-        }
-        while let Some(opened) = opening.join_next().await {
-            held.extend(opened.unwrap());
-        }
-        if batch % 4 == 0 {
+    let mut batches = 0;
+    let held = open_idle(addr, FLOOD / 2, || {
+        batches += 1;
+        if batches % 4 == 0 {
             peak = peak.max(rss_mb(pid));
         }
-    }
-    let opened = held.len();
+    })
+    .await;
+    let helper_out = helper.0.stdout.take().unwrap();
+    let helper_opened: usize = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(helper_out)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("opened ").and_then(|n| n.parse().ok()))
+    })
+    .await
+    .unwrap()
+    .expect("the helper process reports how many connections it opened");
+    let opened = held.len() + helper_opened;
     peak = peak.max(rss_mb(pid));
     let text = metrics(addr).await;
     let refused = metric(&text, "gateway_connections_refused_total").unwrap_or(0);
@@ -139,6 +188,7 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
     }
     let waits = prober.await.unwrap();
     let slowest = waits.iter().max().copied().unwrap_or_default();
+    let mut held = held;
     let mut closed_by_gateway = 0;
     for stream in held.iter_mut().take(200) {
         let mut byte = [0u8; 256];
@@ -156,5 +206,6 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
     assert!(peak < before + 64, "RSS grew from {before} MB to {peak} MB");
     assert!(waits.len() >= 20, "only {} probes", waits.len());
     assert_eq!(closed_by_gateway, 200, "held connections are closed by the gateway");
+    drop(helper);
     drop(gateway);
 }
