@@ -95,6 +95,7 @@ fn case(name: &'static str, n: u32, token: &str, auth: Option<Authenticator>) ->
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    tower_gateway_auth::install_default_crypto();
     let hs_token = jsonwebtoken::encode(&Header::default(), &claims(), &EncodingKey::from_secret(SECRET)).unwrap();
     let rs_token = jsonwebtoken::encode(
         &Header::new(Algorithm::RS256),

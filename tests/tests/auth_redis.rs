@@ -32,6 +32,7 @@ fn token(sub: &str, jti: &str, lifetime: u64) -> String {
         email: None,
         roles: Vec::new(),
     };
+    tower_gateway_auth::install_default_crypto();
     jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
 }
 

@@ -48,6 +48,21 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Claims with only a subject and an expiry; set the other fields as needed.
+    pub fn new(sub: impl Into<String>, exp: u64) -> Self {
+        Self {
+            sub: sub.into(),
+            exp,
+            iat: None,
+            nbf: None,
+            jti: None,
+            iss: None,
+            aud: None,
+            email: None,
+            roles: Vec::new(),
+        }
+    }
+
     /// Whether the token carries `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
@@ -58,10 +73,47 @@ impl Claims {
 /// [`JwtAuth`](crate::JwtAuth) let it through. Cheap to clone.
 ///
 /// With axum: `Extension(who): Extension<Authenticated>`, then `who.sub`.
+///
+/// A handler that takes it can be tested without a token: build one from
+/// [`Claims`] and put it in the request's extensions yourself.
+///
+/// ```
+/// use axum::{Extension, Router, body::Body, routing::get};
+/// use tower::ServiceExt;
+/// use tower_gateway_auth::{Authenticated, Claims};
+///
+/// async fn orders(Extension(who): Extension<Authenticated>) -> String {
+///     format!("the orders of user {}", who.sub)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut claims = Claims::new("42", 4_102_444_800);
+/// claims.email = Some("ada@example.com".into());
+/// let mut request = http::Request::get("/orders").body(Body::empty()).unwrap();
+/// request.extensions_mut().insert(Authenticated::new(claims));
+///
+/// let response = Router::new().route("/orders", get(orders)).oneshot(request).await.unwrap();
+/// let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+/// assert_eq!(body, "the orders of user 42");
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated(pub(crate) Arc<Claims>);
 
+impl From<Claims> for Authenticated {
+    fn from(claims: Claims) -> Self {
+        Self::new(claims)
+    }
+}
+
 impl Authenticated {
+    /// An identity as if a token carrying `claims` had been verified: for tests
+    /// of handlers, and for services that authenticate some other way.
+    pub fn new(claims: Claims) -> Self {
+        Self(Arc::new(claims))
+    }
+
     /// The verified claims.
     pub fn claims(&self) -> &Claims {
         &self.0

@@ -265,6 +265,7 @@ impl TokenIssuer {
     }
 
     fn new(algorithm: Algorithm, signing: EncodingKey) -> Self {
+        crate::crypto::install_default_crypto();
         Self { header: Header::new(algorithm), signing, issuer: None, audience: None, ttl: Duration::from_secs(900) }
     }
 

@@ -41,6 +41,15 @@
 //! headers are always removed first, and so are their names in `Connection`, so
 //! that no later hop can be told to drop them.
 //!
+//! # Features
+//!
+//! - `aws-lc-rs` (default): tokens are signed and verified with aws-lc-rs.
+//! - `rust-crypto`: with RustCrypto's pure-Rust crates instead
+//!   (`default-features = false, features = ["rust-crypto"]`).
+//!
+//! With both on (another crate in the graph may enable `jsonwebtoken`'s other
+//! backend), aws-lc-rs is used and nothing panics: see [`install_default_crypto`].
+//!
 //! # With axum
 //!
 //! ```
@@ -101,6 +110,7 @@
 mod authenticator;
 mod cache;
 mod claims;
+mod crypto;
 mod error;
 pub mod keys;
 mod layer;
@@ -109,6 +119,7 @@ mod verify;
 
 pub use self::authenticator::{Authenticator, AuthenticatorBuilder, MAX_AUTHORIZATION_LEN, MAX_LEEWAY};
 pub use self::claims::{Audience, Authenticated, Claim, ClaimKey, Claims};
+pub use self::crypto::install_default_crypto;
 pub use self::error::{ConfigError, Rejection, StoreError};
 pub use self::keys::{KeyConfig, KeyConfigError, TokenIssuer, read_secret_file};
 pub use self::layer::{JwtAuth, JwtAuthLayer, ResponseFuture};

@@ -149,6 +149,7 @@ pub(crate) struct Rules {
 
 impl Verifier {
     pub(crate) fn new(keys: Vec<Key>, rules: &Rules) -> Result<Self, ConfigError> {
+        crate::crypto::install_default_crypto();
         if keys.is_empty() {
             return Err(ConfigError("at least one verification key is required".into()));
         }

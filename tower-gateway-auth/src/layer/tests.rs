@@ -37,6 +37,7 @@ fn claims(sub: &str) -> Claims {
 }
 
 fn sign_with(header: &Header, claims: &impl Serialize, key: &EncodingKey) -> String {
+    crate::install_default_crypto();
     jsonwebtoken::encode(header, claims, key).unwrap()
 }
 
@@ -47,6 +48,7 @@ fn hs256(claims: &impl Serialize) -> String {
 /// A token from raw header and payload JSON, HS256-signed with the test secret.
 fn raw_hs256(header: &str, payload: &str) -> String {
     let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+    crate::install_default_crypto();
     let signature =
         jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256).unwrap();
     format!("{message}.{signature}")
