@@ -4,8 +4,8 @@
 //! timeout, a head size cap and a graceful shutdown.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
