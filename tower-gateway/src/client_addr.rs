@@ -302,7 +302,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         // Without a peer there is nobody to decide about; a ClientAddr set further
         // out is left as it is.
-        if let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>().copied() {
+        if let Some(peer) = PeerAddr::of(req.extensions()) {
             let client = client_addr(peer.ip(), req.headers(), &self.layer.trusted, self.layer.header);
             req.extensions_mut().insert(client);
         }

@@ -26,11 +26,24 @@
 //!     .service(Proxy::new());
 //!
 //! // `route` is a `Service<http::Request<B>>` for any body `B` with `Bytes` chunks,
-//! // infallible, so it mounts straight into axum: `Router::new().nest_service("/api/products", route)`.
-//! # fn check<S>(_: &S) where S: tower::Service<http::Request<tower_gateway::Body>, Error = std::convert::Infallible> {}
-//! # check(&route);
+//! // infallible, so it mounts straight into axum. The layer strips the prefix:
+//! // mount with `route_service` (`nest_service` strips it too, and it would go twice).
+//! let app: axum::Router = axum::Router::new()
+//!     .route_service("/api/products", route.clone())
+//!     .route_service("/api/products/{*rest}", route);
+//! # let _ = app;
 //! # }
 //! ```
+//!
+//! Serve it with `app.into_make_service_with_connect_info::<SocketAddr>()` and
+//! turn on this crate's `axum` feature: [`Proxy`] then sends the client's address
+//! as `X-Forwarded-For` (see [`PeerAddr`]; without a peer address it sends none,
+//! and never passes a client's own).
+//!
+//! # Features
+//!
+//! - `axum`: the peer address from axum's `ConnectInfo<SocketAddr>`.
+//! - `redis`: `rate_limit::RedisStore`, limits shared by every replica.
 //!
 //! Failures reach the client as JSON (`{"error":{"code","message"}}`) with the
 //! right status — see [`error`].

@@ -57,13 +57,37 @@ use crate::Body;
 use crate::client_addr::ClientAddr;
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
 
-/// The address of the client that sent a request; put it in the request's
-/// extensions where the connection is accepted, for `X-Forwarded-For`.
+/// The address of the client that sent a request: the peer of its connection.
+/// [`Proxy`] sends it as `X-Forwarded-For` (unless a [`ClientAddr`] says more),
+/// [`ClientAddrLayer`](crate::ClientAddrLayer) starts from it, and
+/// [`ClientIp`](crate::rate_limit::key::ClientIp) counts by it.
 ///
-/// With axum, `ConnectInfo<SocketAddr>` holds the same address:
-/// `.layer(axum::middleware::map_request(|ConnectInfo(a), mut req| { req.extensions_mut().insert(PeerAddr(a)); req }))`.
+/// Where it comes from:
+///
+/// - **axum**, with this crate's `axum` feature: nothing to do beyond serving
+///   the app with `into_make_service_with_connect_info::<SocketAddr>()`; axum's
+///   `ConnectInfo<SocketAddr>` is read when no `PeerAddr` is present.
+/// - **hyper**: insert it where the connection is accepted, e.g. with
+///   `svc.map_request(move |mut req: Request<_>| { req.extensions_mut().insert(PeerAddr(peer)); req })`.
+///
+/// Without either, no `X-Forwarded-For` is sent, and a client-sent one never passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
+
+impl PeerAddr {
+    /// The peer of the request's connection: a [`PeerAddr`] extension, else (with
+    /// the `axum` feature) axum's `ConnectInfo<SocketAddr>`.
+    pub fn of(extensions: &http::Extensions) -> Option<SocketAddr> {
+        if let Some(PeerAddr(peer)) = extensions.get::<PeerAddr>() {
+            return Some(*peer);
+        }
+        #[cfg(feature = "axum")]
+        if let Some(axum::extract::ConnectInfo(peer)) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+            return Some(*peer);
+        }
+        None
+    }
+}
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -219,9 +243,9 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
     // what ClientAddr verified, or the peer alone.
     headers.remove(header::FORWARDED);
     headers.remove(&X_REAL_IP);
-    let forwarded_for = match (req.extensions().get::<ClientAddr>(), req.extensions().get::<PeerAddr>()) {
+    let forwarded_for = match (req.extensions().get::<ClientAddr>(), PeerAddr::of(req.extensions())) {
         (Some(client), _) => Some(client.forwarded_for()),
-        (None, Some(PeerAddr(peer))) => HeaderValue::try_from(peer.ip().to_canonical().to_string()).ok(),
+        (None, Some(peer)) => HeaderValue::try_from(peer.ip().to_canonical().to_string()).ok(),
         (None, None) => None,
     };
     let headers = req.headers_mut();

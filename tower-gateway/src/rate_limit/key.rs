@@ -82,7 +82,7 @@ impl<B> KeyExtractor<B> for ClientIp {
     fn extract(&self, req: &Request<B>) -> Option<String> {
         let ip = match req.extensions().get::<ClientAddr>() {
             Some(client) => client.ip(),
-            None => req.extensions().get::<PeerAddr>()?.0.ip(),
+            None => PeerAddr::of(req.extensions())?.ip(),
         };
         Some(self.key_of(ip))
     }
