@@ -185,7 +185,9 @@ impl Builder {
 /// Forwards requests to the destination in their URI. See the [module docs](self).
 #[derive(Debug)]
 pub struct Proxy<B> {
-    client: Client<HttpConnector, B>,
+    // Bodies are pinned in a box: hyper's client wants `Unpin`, and a request
+    // body need not be (tower-http's `TimeoutBody`, for one).
+    client: Client<HttpConnector, Pin<Box<B>>>,
     timeout: Option<Duration>,
     forwarded_proto: HeaderValue,
 }
@@ -258,7 +260,7 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
 
 impl<B> Service<Request<B>> for Proxy<B>
 where
-    B: HttpBody + Send + 'static + Unpin,
+    B: HttpBody + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -276,7 +278,10 @@ where
         }
         prepare(&mut req, &self.forwarded_proto);
         ResponseFuture {
-            state: State::Sending { future: self.client.request(req), sleep: self.timeout.map(tokio::time::sleep) },
+            state: State::Sending {
+                future: self.client.request(req.map(Box::pin)),
+                sleep: self.timeout.map(tokio::time::sleep),
+            },
         }
     }
 }
