@@ -34,6 +34,7 @@ use crate::error::StoreError;
 pub struct RedisStore {
     pool: Pool<Manager>,
     check_script: Arc<redis::Script>,
+    revoke_subject_script: Arc<redis::Script>,
     prefix: String,
     command_timeout: Duration,
 }
@@ -94,6 +95,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             pool,
             check_script: Arc::new(redis::Script::new(CHECK_SCRIPT)),
+            revoke_subject_script: Arc::new(redis::Script::new(REVOKE_SUBJECT_SCRIPT)),
             prefix: self.prefix,
             command_timeout: self.command_timeout,
         })
@@ -195,6 +197,20 @@ redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1])
 return 0
 ";
 
+/// A subject revocation keeps the later cut-off and the longer life of the two,
+/// as MemoryStore does: an older revocation arriving late never shortens one.
+/// KEYS[1] `revoked-before:<subject>`; ARGV: the cut-off, the TTL in seconds.
+const REVOKE_SUBJECT_SCRIPT: &str = "
+local before = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current and current > before then before = current end
+local left = redis.call('TTL', KEYS[1])
+if left > ttl then ttl = left end
+redis.call('SET', KEYS[1], before, 'EX', ttl)
+return 0
+";
+
 impl TokenStore for RedisStore {
     fn check<'a>(&'a self, token: TokenRecord<'a>) -> BoxFuture<'a, Result<TokenState, StoreError>> {
         Box::pin(async move {
@@ -230,9 +246,9 @@ impl TokenStore for RedisStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let ttl = until.saturating_sub(super::unix_now()).max(1);
-            let mut pipe = redis::pipe();
-            pipe.set_ex(self.key("revoked-before:", subject), before, ttl).ignore();
-            self.run::<()>(Op::Pipe(&pipe)).await
+            let mut invocation = self.revoke_subject_script.prepare_invoke();
+            invocation.key(self.key("revoked-before:", subject)).arg(before).arg(ttl);
+            self.run::<()>(Op::Script(&invocation)).await
         })
     }
 
