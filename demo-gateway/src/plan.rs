@@ -4,18 +4,19 @@
 //! and nowhere else, and every error names its field.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_gateway::balance::Endpoints;
 use tower_gateway::client_addr::{ClientAddrLayer, ForwardedHeader, TrustedProxies};
 use tower_gateway::rate_limit::key::{ClientIp, Global, Header, JsonField};
 use tower_gateway::rate_limit::{self, KeyExtractor, Limiter, OnStoreError, Quota, RateLimitLayer, ReadJsonLayer};
-use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
+use tower_gateway::{Body, Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
 use tower_gateway_auth::{Authenticator, Claim, ClaimKey, JwtAuthLayer, MemoryStore, RedisStore, TokenStore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -431,15 +432,26 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
     Ok(Upstream { name: name.into(), endpoints, dns, service })
 }
 
+/// A layer's service as a piece of a route: boxed, its answers one [`Body`]
+/// again (the layers' `ResponseBody` flattens with no allocation).
+fn stacked<S, B>(svc: S) -> Stack
+where
+    S: Service<Request<RouteBody>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Into<Body> + 'static,
+{
+    BoxCloneSyncService::new(svc.map_response(|response: Response<B>| response.map(Into::into)))
+}
+
 /// `svc` behind `limits`, the first listed outermost; the JSON body is read just
 /// before the first limit that needs it.
 fn limited(mut svc: Stack, limits: &[&BuiltLimit]) -> Stack {
     let fields: Vec<&String> = limits.iter().flat_map(|l| &l.json_fields).collect();
     let first_json = limits.iter().position(|l| !l.json_fields.is_empty());
     for (i, limit) in limits.iter().enumerate().rev() {
-        svc = BoxCloneSyncService::new(RateLimitLayer::new(limit.limiter.clone(), limit.key.clone()).layer(svc));
+        svc = stacked(RateLimitLayer::new(limit.limiter.clone(), limit.key.clone()).layer(svc));
         if Some(i) == first_json {
-            svc = BoxCloneSyncService::new(ReadJsonLayer::new(&fields).layer(svc));
+            svc = stacked(ReadJsonLayer::new(&fields).layer(svc));
         }
     }
     svc
@@ -553,13 +565,13 @@ fn route_of(
     // (a flood of bad tokens is limited before it costs verification); limits by
     // the token's claims inside the auth layer.
     let (inside, outside): (Vec<&BuiltLimit>, Vec<&BuiltLimit>) = named.into_iter().partition(|l| l.needs_identity);
-    let mut svc: Stack = BoxCloneSyncService::new(upstream.service.clone());
+    let mut svc: Stack = stacked(upstream.service.clone());
     svc = limited(svc, &inside);
     if let Some(layer) = auth_layer {
-        svc = BoxCloneSyncService::new(layer.layer(svc));
+        svc = stacked(layer.layer(svc));
     }
     svc = limited(svc, &outside);
-    let svc = BoxCloneSyncService::new(StripPrefixLayer::new(strip).layer(svc));
+    let svc = stacked(StripPrefixLayer::new(strip).layer(svc));
     // A share of the gateway's capacity per route: a route whose requests are
     // slow (trickled bodies, a stuck upstream) is refused at its share while
     // the others are served.

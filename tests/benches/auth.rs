@@ -52,9 +52,9 @@ fn request(token: &str) -> Request<()> {
 }
 
 /// Mean ns per request over `n` requests through `svc`.
-async fn run<S>(svc: &mut S, token: &str, n: u32) -> f64
+async fn run<S, RB>(svc: &mut S, token: &str, n: u32) -> f64
 where
-    S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible>,
+    S: Service<Request<()>, Response = Response<RB>, Error = Infallible>,
 {
     let requests: Vec<_> = (0..n).map(|_| request(token)).collect();
     let start = Instant::now();
@@ -74,9 +74,10 @@ struct Case {
     samples: Vec<f64>,
 }
 
-fn runner<S>(svc: S, token: &str) -> Runner
+fn runner<S, RB>(svc: S, token: &str) -> Runner
 where
-    S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone + 'static,
+    S: Service<Request<()>, Response = Response<RB>, Error = Infallible> + Clone + 'static,
+    RB: 'static,
 {
     let token = token.to_owned();
     Box::new(move |n| {

@@ -44,7 +44,7 @@ fn replica(redis: &RedisServer) -> Authenticator {
 
 fn protected(
     auth: &Authenticator,
-) -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone {
+) -> impl Service<Request<()>, Response = Response<tower_gateway::ResponseBody<Bytes>>, Error = Infallible> + Clone {
     JwtAuthLayer::new(auth.clone())
         .layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(Bytes::from("ok"))) }))
 }

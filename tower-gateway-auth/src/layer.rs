@@ -5,10 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tower_gateway::ResponseBody;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -154,9 +154,8 @@ fn admit<B>(req: &mut Request<B>, verified: &Verified, roles: &Roles) -> Result<
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: From<Bytes>,
 {
-    type Response = S::Response;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S, Request<ReqBody>>;
 
@@ -225,9 +224,8 @@ impl<S: Service<Req>, Req> std::fmt::Debug for ResponseFuture<S, Req> {
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, Request<ReqBody>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
 {
-    type Output = Result<S::Response, S::Error>;
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -250,7 +248,9 @@ where
                     let future = inner.as_mut().expect("service taken once").call(req);
                     this.state.set(State::Calling { future });
                 }
-                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Calling { future } => {
+                    return future.poll(cx).map(|result| result.map(|response| response.map(ResponseBody::new)));
+                }
                 StateProj::Refused { rejection } => return Poll::Ready(Ok(rejection.into_response())),
             }
         }

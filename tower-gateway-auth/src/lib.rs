@@ -122,7 +122,12 @@ pub use self::claims::{Audience, Authenticated, Claim, ClaimKey, Claims};
 pub use self::crypto::install_default_crypto;
 pub use self::error::{ConfigError, Rejection, StoreError};
 pub use self::keys::{KeyConfig, KeyConfigError, TokenIssuer, read_secret_file};
-pub use self::layer::{JwtAuth, JwtAuthLayer, ResponseFuture};
+pub use self::layer::{JwtAuth, JwtAuthLayer};
+
+pub mod future {
+    //! The future of [`JwtAuth`](crate::JwtAuth).
+    pub use crate::layer::ResponseFuture;
+}
 pub use self::store::{MemoryStore, RedisStore, TokenStore};
 pub use self::verify::Key;
 pub use jsonwebtoken::Algorithm;

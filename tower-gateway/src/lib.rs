@@ -71,16 +71,17 @@ macro_rules! inner_service_accessors {
 pub(crate) use inner_service_accessors;
 
 pub mod balance;
-mod body;
+pub mod body;
 pub mod client_addr;
 pub mod error;
+pub(crate) mod future;
 pub mod proxy;
 pub mod rate_limit;
 pub mod retry;
 pub mod strip_prefix;
 
 pub use self::balance::{RoundRobin, RoundRobinLayer};
-pub use self::body::Body;
+pub use self::body::{Body, ResponseBody};
 pub use self::client_addr::{ClientAddr, ClientAddrLayer};
 pub use self::proxy::{PeerAddr, Proxy};
 pub use self::rate_limit::{Limiter, Quota, RateLimit, RateLimitLayer};

@@ -62,19 +62,18 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::body::ResponseBody;
 use crate::error::json_error;
+use crate::future::AnswerOrCall;
 
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
@@ -389,11 +388,10 @@ impl<S> StripPrefix<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for StripPrefix<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
 {
-    type Response = S::Response;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = future::ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -409,41 +407,43 @@ where
             Err(err) => {
                 tracing::debug!(path = req.uri().path(), %err, "refused a non-canonical path");
                 let response = json_error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string());
-                return ResponseFuture { state: State::Refused { response: Some(response) } };
+                return future::ResponseFuture { inner: AnswerOrCall::answer(response) };
             }
         }
-        ResponseFuture { state: State::Inner { future: self.inner.call(req) } }
+        future::ResponseFuture { inner: AnswerOrCall::call(self.inner.call(req)) }
     }
 }
 
-pin_project! {
-    /// The response future of [`StripPrefix`].
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        state: State<F, B>,
+pub mod future {
+    //! The future of [`StripPrefix`](super::StripPrefix).
+
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http::Response;
+    use pin_project_lite::pin_project;
+
+    use crate::body::ResponseBody;
+    use crate::future::AnswerOrCall;
+
+    pin_project! {
+        /// The response future of [`StripPrefix`](super::StripPrefix).
+        #[derive(Debug)]
+        pub struct ResponseFuture<F, B> {
+            #[pin]
+            pub(super) inner: AnswerOrCall<F, B>,
+        }
     }
-}
 
-pin_project! {
-    #[project = StateProj]
-    #[derive(Debug)]
-    enum State<F, B> {
-        Inner { #[pin] future: F },
-        Refused { response: Option<Response<B>> },
-    }
-}
+    impl<F, B, E> Future for ResponseFuture<F, B>
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+    {
+        type Output = Result<Response<ResponseBody<B>>, E>;
 
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future } => future.poll(cx),
-            StateProj::Refused { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.project().inner.poll(cx)
         }
     }
 }
@@ -574,7 +574,7 @@ mod tests {
         let req = Request::get(path).header("x-forwarded-prefix", "/evil").body(()).unwrap();
         let res = svc.oneshot(req).await.unwrap();
         let prefix = res.extensions().get::<Option<String>>().cloned().flatten();
-        (res.status(), String::from_utf8(res.into_body().to_vec()).unwrap(), prefix)
+        (res.status(), String::from_utf8(res.into_body().flat().to_vec()).unwrap(), prefix)
     }
 
     #[tokio::test]
@@ -594,7 +594,7 @@ mod tests {
         let req = Request::get("/api/products/%2e%2e/checkout").body(()).unwrap();
         let res = svc.oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&res.into_body().flat()).unwrap();
         assert_eq!(body["error"]["code"], "invalid_path");
     }
 }

@@ -55,7 +55,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::StatusCode;
 use http::{HeaderValue, Request, Response, Uri, header};
 use pin_project_lite::pin_project;
@@ -63,6 +62,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use self::endpoints::{Endpoint, Endpoints, InvalidEndpoint};
+use crate::body::ResponseBody;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 
 /// The endpoint a request was sent to, in the response's extensions.
@@ -177,9 +177,8 @@ fn destination(uri: &Uri, endpoint: &Endpoint) -> Uri {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RoundRobin<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
 {
-    type Response = S::Response;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 
@@ -225,7 +224,7 @@ pin_project! {
             endpoints: Endpoints,
             health: Health,
         },
-        NoEndpoint { response: Option<Response<B>> },
+        NoEndpoint { response: Option<Response<ResponseBody<B>>> },
     }
 }
 
@@ -233,7 +232,7 @@ impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = F::Output;
+    type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -260,7 +259,7 @@ where
                     }
                     response.extensions_mut().insert(ChosenEndpoint(endpoint.clone()));
                 }
-                Poll::Ready(result)
+                Poll::Ready(result.map(|response| response.map(ResponseBody::new)))
             }
             StateProj::NoEndpoint { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
         }
@@ -271,6 +270,8 @@ where
 mod tests {
     use std::collections::HashMap;
     use std::convert::Infallible;
+
+    use bytes::Bytes;
 
     use tower::{ServiceBuilder, ServiceExt};
 
@@ -292,9 +293,10 @@ mod tests {
 
     async fn send<S>(svc: &mut S, path: &str) -> Response<Bytes>
     where
-        S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible>,
+        S: Service<Request<()>, Response = Response<ResponseBody<Bytes>>, Error = Infallible>,
     {
-        svc.ready().await.unwrap().call(Request::get(path).body(()).unwrap()).await.unwrap()
+        let response = svc.ready().await.unwrap().call(Request::get(path).body(()).unwrap()).await.unwrap();
+        response.map(|body| body.into_inner().unwrap_or_else(|answered| answered))
     }
 
     #[tokio::test]
@@ -317,7 +319,7 @@ mod tests {
                 )))
             });
         let req = Request::get("http://gateway.example/x").body(()).unwrap();
-        assert_eq!(svc.oneshot(req).await.unwrap().body(), "gateway.example");
+        assert_eq!(svc.oneshot(req).await.unwrap().into_body().flat(), "gateway.example");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +371,7 @@ mod tests {
 
     async fn futures_collect<S>(svc: &mut S, n: usize) -> Vec<String>
     where
-        S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible>,
+        S: Service<Request<()>, Response = Response<ResponseBody<Bytes>>, Error = Infallible>,
     {
         let mut out = Vec::new();
         for _ in 0..n {

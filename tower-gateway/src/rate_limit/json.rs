@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::body::ResponseBody;
 use crate::error::{BoxError, json_error};
 
 /// The fields [`ReadJsonLayer`] found, in the request's extensions; read them
@@ -125,11 +126,11 @@ where
     B: HttpBody + From<Bytes> + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
-    ResBody: From<Bytes> + Send + 'static,
+    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Response<ResBody>, S::Error>;
+    type Future = ResponseFuture<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -139,7 +140,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
-            return ResponseFuture(Box::pin(inner.call(req)));
+            let future = inner.call(req);
+            return ResponseFuture(Box::pin(async move { Ok(future.await?.map(ResponseBody::new)) }));
         }
         let layer = self.layer.clone();
         ResponseFuture(Box::pin(async move {
@@ -160,7 +162,7 @@ where
             };
             let mut req = Request::from_parts(parts, B::from(bytes.clone()));
             req.extensions_mut().insert(fields_of(&bytes, &layer.fields));
-            inner.call(req).await
+            Ok(inner.call(req).await?.map(ResponseBody::new))
         }))
     }
 }

@@ -69,6 +69,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::body::ResponseBody;
 use crate::error::{BoxError, json_error};
 
 mod gcra;
@@ -218,11 +219,10 @@ impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     K: KeyExtractor<ReqBody>,
-    ResBody: From<Bytes>,
 {
-    type Response = S::Response;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Request<ReqBody>>;
+    type Future = ResponseFuture<S, Request<ReqBody>, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -249,18 +249,18 @@ where
 
 pin_project! {
     /// The response future of [`RateLimit`].
-    pub struct ResponseFuture<S, Req>
+    pub struct ResponseFuture<S, Req, B>
     where
         S: Service<Req>,
     {
         #[pin]
-        state: State<S, Req>,
+        state: State<S, Req, B>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, Req>
+    enum State<S, Req, B>
     where
         S: Service<Req>,
     {
@@ -275,22 +275,21 @@ pin_project! {
             future: S::Future,
             fields: Option<(HeaderValue, HeaderValue)>,
         },
-        Refused { response: Option<S::Response> },
+        Refused { response: Option<Response<ResponseBody<B>>> },
     }
 }
 
-impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
+impl<S: Service<Req>, Req, B> fmt::Debug for ResponseFuture<S, Req, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, Request<ReqBody>>
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, Request<ReqBody>, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
 {
-    type Output = Result<S::Response, S::Error>;
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -314,7 +313,7 @@ where
                         response.headers_mut().append(RATELIMIT_POLICY.clone(), policy);
                         response.headers_mut().append(RATELIMIT.clone(), state);
                     }
-                    return Poll::Ready(Ok(response));
+                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
                 }
                 StateProj::Refused { response } => {
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));

@@ -7,9 +7,9 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use super::key::{ClientIp, Global};
 use super::*;
-use crate::PeerAddr;
+use crate::{PeerAddr, ResponseBody};
 
-type Svc = tower::util::BoxCloneService<Request<()>, Response<Full<Bytes>>, std::convert::Infallible>;
+type Svc = tower::util::BoxCloneService<Request<()>, Response<ResponseBody<Full<Bytes>>>, std::convert::Infallible>;
 
 /// A service behind `limiter`, keyed by client address, counting the requests it sees.
 fn limited(limiter: Limiter, seen: Arc<AtomicUsize>) -> Svc {

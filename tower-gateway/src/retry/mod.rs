@@ -58,6 +58,7 @@ use tower_service::Service;
 
 pub use self::body::ReplayBody;
 pub use self::policy::{Attempts, IDEMPOTENCY_KEY, RetryPolicy};
+use crate::body::ResponseBody;
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind, json_error};
 
 /// Retries failed requests. See the [module docs](self).
@@ -149,9 +150,8 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
-    RB: From<Bytes>,
 {
-    type Response = Response<RB>;
+    type Response = Response<ResponseBody<RB>>;
     type Error = S::Error;
     type Future = ResponseFuture<S, B, RB>;
 
@@ -191,8 +191,7 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
         B: HttpBody,
         B::Error: Into<BoxError>,
-        RB: From<Bytes>,
-    {
+        {
         #[pin]
         state: State<S, B, RB>,
     }
@@ -205,8 +204,7 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
         B: HttpBody,
         B::Error: Into<BoxError>,
-        RB: From<Bytes>,
-    {
+        {
         Collecting {
             #[pin]
             collect: Collect<Limited<B>>,
@@ -222,7 +220,6 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
     B: HttpBody,
     B::Error: Into<BoxError>,
-    RB: From<Bytes>,
 {
     fn calling(future: TowerFuture<S, B>) -> Self {
         Self { state: State::Calling { future } }
@@ -234,7 +231,6 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
     B: HttpBody,
     B::Error: Into<BoxError>,
-    RB: From<Bytes>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
@@ -246,9 +242,8 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
-    RB: From<Bytes>,
 {
-    type Output = Result<Response<RB>, S::Error>;
+    type Output = Result<Response<ResponseBody<RB>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -283,9 +278,8 @@ pub(crate) struct Attempt<S> {
 impl<S, Req, RB> Service<Req> for Attempt<S>
 where
     S: Service<Req, Response = Response<RB>>,
-    RB: From<Bytes>,
 {
-    type Response = Response<RB>;
+    type Response = Response<ResponseBody<RB>>;
     type Error = S::Error;
     type Future = AttemptFuture<S::Future>;
 
@@ -311,14 +305,13 @@ pin_project! {
 impl<F, RB, E> Future for AttemptFuture<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
-    RB: From<Bytes>,
 {
-    type Output = F::Output;
+    type Output = Result<Response<ResponseBody<RB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.future.poll(cx) {
-            return Poll::Ready(result);
+            return Poll::Ready(result.map(|response| response.map(ResponseBody::new)));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
