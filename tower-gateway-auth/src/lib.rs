@@ -106,6 +106,7 @@
 //! }
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod authenticator;
 mod cache;
@@ -131,3 +132,8 @@ pub mod future {
 pub use self::store::{MemoryStore, RedisStore, TokenStore};
 pub use self::verify::Key;
 pub use jsonwebtoken::Algorithm;
+
+/// The README's code, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

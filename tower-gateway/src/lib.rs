@@ -47,6 +47,7 @@
 //!
 //! Failures reach the client as JSON (`{"error":{"code","message"}}`) with the
 //! right status — see [`error`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner`, in the `impl<S>` block of a middleware
 /// whose inner service is its `inner` field.
@@ -87,3 +88,8 @@ pub use self::proxy::{PeerAddr, Proxy};
 pub use self::rate_limit::{Limiter, Quota, RateLimit, RateLimitLayer};
 pub use self::retry::{Retry, RetryLayer, RetryPolicy};
 pub use self::strip_prefix::{StripPrefix, StripPrefixLayer};
+
+/// The README's code, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
