@@ -142,7 +142,8 @@ pub struct UpstreamConfig {
     pub dns: Option<String>,
     /// How often `dns` is resolved again.
     pub dns_refresh_ms: u64,
-    /// How long to wait for an upstream's response head.
+    /// How long one attempt waits for an upstream's response head (then `504`,
+    /// counted against the endpoint, and retried if the request is idempotent).
     pub timeout_ms: u64,
     /// How long to wait for a connection to an upstream.
     pub connect_timeout_ms: u64,
@@ -164,7 +165,7 @@ impl Default for UpstreamConfig {
             endpoints: Vec::new(),
             dns: None,
             dns_refresh_ms: 5_000,
-            timeout_ms: 15_000,
+            timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
             eject_after: 1,
             eject_after_gateway_failures: 5,
@@ -187,8 +188,6 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
     /// Random extra, as a fraction of the backoff.
     pub jitter: f64,
-    /// The longest one attempt may take (0: no limit but the upstream's timeout).
-    pub per_try_timeout_ms: u64,
     /// Request bodies up to this size are buffered so they can be replayed.
     pub max_replay_body_bytes: usize,
     /// The upstream honours `Idempotency-Key`, so a request carrying one may be
@@ -203,7 +202,6 @@ impl Default for RetryConfig {
             backoff_ms: 100,
             max_backoff_ms: 2_000,
             jitter: 0.5,
-            per_try_timeout_ms: 5_000,
             max_replay_body_bytes: 64 * 1024,
             idempotency_key: false,
         }

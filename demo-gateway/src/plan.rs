@@ -16,7 +16,7 @@ use tower_gateway::balance::Endpoints;
 use tower_gateway::client_addr::{ClientAddrLayer, ForwardedHeader, TrustedProxies};
 use tower_gateway::rate_limit::key::{ClientIp, Global, Header, JsonField};
 use tower_gateway::rate_limit::{self, KeyExtractor, Limiter, OnStoreError, Quota, RateLimitLayer, ReadJsonLayer};
-use tower_gateway::{Body, Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
+use tower_gateway::{Body, Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer, TimeoutLayer};
 use tower_gateway_auth::{Authenticator, Claim, ClaimKey, JwtAuthLayer, MemoryStore, RedisStore, TokenStore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -381,11 +381,7 @@ fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError>
         .retry_idempotency_key(retry.idempotency_key)
         .backoff(backoff, Duration::from_millis(retry.max_backoff_ms), retry.jitter)
         .map_err(|e| ConfigError::new(format!("{at}.retry"), e))?;
-    let layer = RetryLayer::new(policy).max_replay_body(retry.max_replay_body_bytes);
-    Ok(match retry.per_try_timeout_ms {
-        0 => layer,
-        ms => layer.per_try_timeout(Duration::from_millis(ms)),
-    })
+    Ok(RetryLayer::new(policy).max_replay_body(retry.max_replay_body_bytes))
 }
 
 fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigError> {
@@ -415,8 +411,10 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
     };
     let proxy = Proxy::builder()
         .connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?)
-        .timeout(positive(&format!("{at}.timeout_ms"), config.timeout_ms)?)
         .build();
+    // Each attempt's wait for the response head, under the balancer: a 504 it
+    // counts against the endpoint, and the retry layer may retry.
+    let timeout = TimeoutLayer::new(positive(&format!("{at}.timeout_ms"), config.timeout_ms)?);
     // One stack per upstream, cloned into every route that names it: one round
     // robin, one ejection state, one retry budget, one connection pool.
     let service: UpstreamService = ServiceBuilder::new()
@@ -428,6 +426,7 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
                 .max_ejected_percent(config.max_ejected_percent)
                 .cool_down(Duration::from_millis(config.cool_down_ms)),
         )
+        .layer(timeout)
         .service(proxy);
     Ok(Upstream { name: name.into(), endpoints, dns, service })
 }

@@ -21,7 +21,7 @@ use tower_gateway::balance::{ChosenEndpoint, Endpoints};
 use tower_gateway::error::{BoxError, UpstreamError, json_error};
 use tower_gateway::retry::{Attempts, ReplayBody};
 use tower_gateway::strip_prefix::canonicalize;
-use tower_gateway::{Body, Limiter, Proxy, Retry, RoundRobin};
+use tower_gateway::{Body, Limiter, Proxy, Retry, RoundRobin, Timeout};
 use tower_gateway_auth::{Authenticator, Rejection};
 
 use crate::config::Access;
@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, Observed, RouteMetrics};
 pub(crate) type RouteBody = AxumBody;
 
 /// One upstream's stack, shared by every route that names it.
-pub(crate) type UpstreamService = Retry<RoundRobin<Proxy<ReplayBody<RouteBody>>>>;
+pub(crate) type UpstreamService = Retry<RoundRobin<Timeout<Proxy<ReplayBody<RouteBody>>>>>;
 /// A piece of a route's stack: answers every request (errors are responses).
 pub(crate) type Stack = BoxCloneSyncService<Request<RouteBody>, Response<Body>, Infallible>;
 

@@ -36,7 +36,7 @@ use sqlx::migrate::Migrator;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_gateway::balance::Endpoints;
 use tower_gateway::retry::ReplayBody;
-use tower_gateway::{Proxy, Retry, RetryLayer, RetryPolicy, RoundRobin, RoundRobinLayer};
+use tower_gateway::{Proxy, Retry, RetryLayer, RetryPolicy, RoundRobin, RoundRobinLayer, Timeout, TimeoutLayer};
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
 use crate::db;
@@ -68,7 +68,7 @@ pub struct Order {
     pub status: String,
 }
 
-type ProductStack = Retry<RoundRobin<Proxy<ReplayBody<Empty<Bytes>>>>>;
+type ProductStack = Retry<RoundRobin<Timeout<Proxy<ReplayBody<Empty<Bytes>>>>>>;
 
 /// Reaches product-service through tower-gateway's own stack: retries with
 /// backoff over a round robin of the product instances.
@@ -82,9 +82,10 @@ impl ProductClient {
     /// A client balancing over `endpoints`.
     pub fn new(endpoints: Endpoints) -> Self {
         let svc = ServiceBuilder::new()
-            .layer(RetryLayer::new(RetryPolicy::new()).per_try_timeout(Duration::from_secs(2)))
+            .layer(RetryLayer::new(RetryPolicy::new()))
             .layer(RoundRobinLayer::new(endpoints.clone()))
-            .service(Proxy::builder().timeout(Duration::from_secs(5)).build());
+            .layer(TimeoutLayer::new(Duration::from_secs(2)))
+            .service(Proxy::new());
         Self { svc, endpoints }
     }
 

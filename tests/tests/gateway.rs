@@ -326,6 +326,54 @@ async fn a_killed_product_instance_costs_no_client_request() {
     assert_eq!(statuses.len(), 2, "no other status: {statuses:?}");
 }
 
+/// An endpoint that accepts connections and never answers: each attempt is cut
+/// at the upstream's `timeout_ms` (504, not the old per-try default), the
+/// balancer counts those timeouts and ejects it, and then clients never wait on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_times_out_per_attempt_and_is_ejected() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let good = backend("good").await;
+    let (name, mut upstream, route) = route("/api/things", std::slice::from_ref(&silent_url), Access::Public);
+    upstream.timeout_ms = 400;
+    let gw = start_gateway(vec![(name.clone(), upstream.clone(), route.clone())], None).await;
+    let client = Client::new();
+
+    // Alone and silent: a POST (never retried) waits exactly one attempt's timeout.
+    let started = Instant::now();
+    let reply = post(&client, &format!("{}/api/things/x", gw.url()), json!({}), &[]).await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"]["code"], "upstream_timeout");
+    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(3), "{waited:?}");
+
+    // Beside a good endpoint: GETs are retried onto it, the silent one's
+    // timeouts are counted, and after five in a row it is skipped.
+    upstream.endpoints = vec![silent_url, good.url()];
+    let gw = start_gateway(vec![(name, upstream, route)], None).await;
+    for i in 0..12 {
+        let reply = get(&client, &format!("{}/api/things/{i}", gw.url()), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {:?}", reply.body);
+    }
+    let started = Instant::now();
+    for i in 0..20 {
+        let reply = get(&client, &format!("{}/api/things/{i}", gw.url()), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "still waiting on the silent endpoint: {:?}",
+        started.elapsed()
+    );
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_closes_checkout_fast_and_leaves_products_open() {
     let mut redis = RedisServer::start().await;

@@ -8,7 +8,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::ServiceBuilder;
 use tower_gateway::balance::Endpoints;
-use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
+use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer, TimeoutLayer};
 use tower_gateway_tests::{Client, Server, backend, closed_port, serve};
 
 /// A gateway route for `/api/products` over `endpoints`, served on a loopback port.
@@ -16,8 +16,9 @@ async fn gateway(endpoints: &[String]) -> Server {
     let endpoints = Endpoints::new(endpoints).unwrap();
     let route = ServiceBuilder::new()
         .layer(StripPrefixLayer::new("/api/products"))
-        .layer(RetryLayer::new(RetryPolicy::new()).per_try_timeout(Duration::from_secs(5)))
+        .layer(RetryLayer::new(RetryPolicy::new()))
         .layer(RoundRobinLayer::new(endpoints))
+        .layer(TimeoutLayer::new(Duration::from_secs(5)))
         .service(Proxy::new());
     serve(route).await
 }

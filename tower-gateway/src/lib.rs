@@ -8,21 +8,23 @@
 //! | [`StripPrefixLayer`] | strips a base path on a segment boundary, refusing paths that could escape it |
 //! | [`RetryLayer`] | retries with exponential backoff, jitter and a budget ([`tower::retry`]) |
 //! | [`RoundRobinLayer`] | picks the next endpoint of a shared, replaceable set; ejects refusing endpoints |
+//! | [`TimeoutLayer`] | answers `504` when no response head comes in time (per attempt, placed above `Proxy`) |
 //! | [`Proxy`] | forwards over a pooled hyper-util client, streaming, with forwarding headers |
 //!
 //! ```
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_gateway::balance::Endpoints;
-//! use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer};
+//! use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer, TimeoutLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let products = Endpoints::new(["http://127.0.0.1:3001", "http://127.0.0.1:3003"]).unwrap();
 //! let route = ServiceBuilder::new()
 //!     .layer(StripPrefixLayer::new("/api/products"))
-//!     .layer(RetryLayer::new(RetryPolicy::new()).per_try_timeout(Duration::from_secs(5)))
+//!     .layer(RetryLayer::new(RetryPolicy::new()))
 //!     .layer(RoundRobinLayer::new(products))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(5))) // each attempt
 //!     .service(Proxy::new());
 //!
 //! // `route` is a `Service<http::Request<B>>` for any body `B` with `Bytes` chunks,
@@ -80,6 +82,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod retry;
 pub mod strip_prefix;
+pub mod timeout;
 
 pub use self::balance::{RoundRobin, RoundRobinLayer};
 pub use self::body::{Body, ResponseBody};
@@ -88,6 +91,7 @@ pub use self::proxy::{PeerAddr, Proxy};
 pub use self::rate_limit::{Limiter, Quota, RateLimit, RateLimitLayer};
 pub use self::retry::{Retry, RetryLayer, RetryPolicy};
 pub use self::strip_prefix::{StripPrefix, StripPrefixLayer};
+pub use self::timeout::{Timeout, TimeoutLayer};
 
 /// The README's code, compiled as doc tests.
 #[cfg(doctest)]

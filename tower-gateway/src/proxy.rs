@@ -19,9 +19,10 @@
 //! Failures are answered, never returned as errors (`Error = Infallible`, as axum
 //! wants): a connection that could not be made is a `502` with code
 //! `upstream_connect_failed`, a connection that broke is a `502`
-//! (`upstream_reset`), no response head within the timeout a `504`
-//! (`upstream_timeout`), each with a JSON body and an
-//! [`UpstreamError`] in the response's extensions.
+//! (`upstream_reset`), each with a JSON body and an [`UpstreamError`] in the
+//! response's extensions. How long to wait for the response head is
+//! [`TimeoutLayer`](crate::TimeoutLayer)'s to say (`504`, `upstream_timeout`):
+//! put it just above the proxy.
 //!
 //! # Example
 //!
@@ -31,7 +32,7 @@
 //!
 //! let proxy: Proxy<Body> = Proxy::builder()
 //!     .connect_timeout(Duration::from_millis(500))
-//!     .timeout(Duration::from_secs(5))
+//!     .pool_idle_timeout(Duration::from_secs(60))
 //!     .build();
 //! # let _ = proxy;
 //! ```
@@ -50,7 +51,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::Body;
@@ -128,7 +128,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[derive(Debug, Clone)]
 pub struct Builder {
     connect_timeout: Duration,
-    timeout: Option<Duration>,
     pool_idle_timeout: Duration,
     forwarded_proto: HeaderValue,
 }
@@ -137,18 +136,6 @@ impl Builder {
     /// How long to wait for a TCP connection (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long to wait for the response head, connecting included (default 15 s).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Waits for the response head as long as it takes.
-    pub fn no_timeout(mut self) -> Self {
-        self.timeout = None;
         self
     }
 
@@ -178,23 +165,23 @@ impl Builder {
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Proxy { client, timeout: self.timeout, forwarded_proto: self.forwarded_proto }
+        Proxy { client, forwarded_proto: self.forwarded_proto }
     }
 }
 
 /// Forwards requests to the destination in their URI. See the [module docs](self).
 #[derive(Debug)]
+#[must_use]
 pub struct Proxy<B> {
     // Bodies are pinned in a box: hyper's client wants `Unpin`, and a request
     // body need not be (tower-http's `TimeoutBody`, for one).
     client: Client<HttpConnector, Pin<Box<B>>>,
-    timeout: Option<Duration>,
     forwarded_proto: HeaderValue,
 }
 
 impl<B> Clone for Proxy<B> {
     fn clone(&self) -> Self {
-        Self { client: self.client.clone(), timeout: self.timeout, forwarded_proto: self.forwarded_proto.clone() }
+        Self { client: self.client.clone(), forwarded_proto: self.forwarded_proto.clone() }
     }
 }
 
@@ -213,7 +200,6 @@ impl Proxy<()> {
     pub fn builder() -> Builder {
         Builder {
             connect_timeout: Duration::from_secs(1),
-            timeout: Some(Duration::from_secs(15)),
             pool_idle_timeout: Duration::from_secs(30),
             forwarded_proto: HeaderValue::from_static("http"),
         }
@@ -225,7 +211,7 @@ where
     B: HttpBody + Send + 'static,
     B::Data: Send,
 {
-    /// A proxy with the default settings: 1 s to connect, 15 s for the response head.
+    /// A proxy with the default settings: 1 s to connect, idle pooled connections kept 30 s.
     pub fn new() -> Self {
         Proxy::builder().build()
     }
@@ -277,12 +263,7 @@ where
             return ResponseFuture::failed(UpstreamErrorKind::NoDestination);
         }
         prepare(&mut req, &self.forwarded_proto);
-        ResponseFuture {
-            state: State::Sending {
-                future: self.client.request(req.map(Box::pin)),
-                sleep: self.timeout.map(tokio::time::sleep),
-            },
-        }
+        ResponseFuture { state: State::Sending { future: self.client.request(req.map(Box::pin)) } }
     }
 }
 
@@ -302,8 +283,6 @@ pin_project! {
         Sending {
             #[pin]
             future: hyper_util::client::legacy::ResponseFuture,
-            #[pin]
-            sleep: Option<Sleep>,
         },
         Failed { kind: UpstreamErrorKind },
     }
@@ -321,8 +300,8 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let kind = match self.project().state.project() {
             StateProj::Failed { kind } => *kind,
-            StateProj::Sending { future, sleep } => match future.poll(cx) {
-                Poll::Ready(Ok(response)) => {
+            StateProj::Sending { future } => match std::task::ready!(future.poll(cx)) {
+                Ok(response) => {
                     let (mut parts, body) = response.into_parts();
                     // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means
                     // nothing (hyper decoded the chunks); relayed, it would make the
@@ -333,7 +312,7 @@ impl Future for ResponseFuture {
                     remove_hop_by_hop(&mut parts.headers);
                     return Poll::Ready(Ok(Response::from_parts(parts, Body::streamed(body))));
                 }
-                Poll::Ready(Err(err)) => {
+                Err(err) => {
                     let kind = if err.is_connect() {
                         UpstreamErrorKind::Connect
                     } else if from_request_body(&err) {
@@ -344,13 +323,6 @@ impl Future for ResponseFuture {
                     tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
                     kind
                 }
-                Poll::Pending => match sleep.as_pin_mut() {
-                    Some(sleep) => {
-                        std::task::ready!(sleep.poll(cx));
-                        UpstreamErrorKind::Timeout
-                    }
-                    None => return Poll::Pending,
-                },
             },
         };
         Poll::Ready(Ok(UpstreamError::new(kind).into_response()))

@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
+use tower_layer::Layer;
 
 use super::*;
 use crate::error::BoxError;
@@ -182,7 +183,7 @@ async fn silent_upstream_is_504_after_the_timeout() {
             let _ = hold.send(stream); // keep it open, never answer
         }
     });
-    let proxy: Proxy<TestBody> = Proxy::builder().timeout(Duration::from_millis(200)).build();
+    let proxy = crate::TimeoutLayer::new(Duration::from_millis(200)).layer(Proxy::<TestBody>::new());
     let start = std::time::Instant::now();
     let res = proxy.oneshot(Request::get(to(addr, "/")).body(full("")).unwrap()).await.unwrap();
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);

@@ -11,10 +11,9 @@
 //! of unknown length, is streamed through once and its request is never retried.
 //! A body that breaks off while being read is answered `400` (`invalid_body`).
 //!
-//! **Per-try timeout.** With [`per_try_timeout`](RetryLayer::per_try_timeout), an
-//! attempt that has not answered in time is answered `504` with an
-//! `UpstreamError` of kind `Timeout` — and, being a
-//! 504, retried if the request is idempotent.
+//! **Per-try timeout.** Put a [`TimeoutLayer`](crate::TimeoutLayer) under this
+//! layer: every attempt passes through it, so each is bounded, and its `504` is
+//! retried like any other (idempotent requests only).
 //!
 //! # Example
 //!
@@ -23,7 +22,7 @@
 //! use tower::ServiceBuilder;
 //! use tower::retry::budget::TpsBudget;
 //! use tower_gateway::retry::{RetryLayer, RetryPolicy};
-//! use tower_gateway::{Body, Proxy};
+//! use tower_gateway::{Body, Proxy, TimeoutLayer};
 //!
 //! let policy = RetryPolicy::new()
 //!     .max_attempts(3)
@@ -31,7 +30,8 @@
 //!     .unwrap()
 //!     .budget(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
 //! let svc = ServiceBuilder::new()
-//!     .layer(RetryLayer::new(policy).per_try_timeout(Duration::from_secs(2)))
+//!     .layer(RetryLayer::new(policy))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(2)))
 //!     .service(Proxy::new());
 //! # fn check<S: tower::Service<http::Request<Body>>>(_: &S) {}
 //! # check(&svc);
@@ -43,7 +43,6 @@ mod policy;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -52,20 +51,19 @@ use http_body::Body as HttpBody;
 use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use self::body::ReplayBody;
 pub use self::policy::{Attempts, IDEMPOTENCY_KEY, RetryPolicy};
 use crate::body::ResponseBody;
-use crate::error::{BoxError, UpstreamError, UpstreamErrorKind, json_error};
+use crate::error::{BoxError, json_error};
 
 /// Retries failed requests. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct RetryLayer {
     policy: RetryPolicy,
-    per_try_timeout: Option<Duration>,
     max_replay_body: usize,
 }
 
@@ -76,15 +74,9 @@ impl Default for RetryLayer {
 }
 
 impl RetryLayer {
-    /// Retries according to `policy`, with no per-try timeout and a 64 KiB replay buffer.
+    /// Retries according to `policy`, with a 64 KiB replay buffer.
     pub fn new(policy: RetryPolicy) -> Self {
-        Self { policy, per_try_timeout: None, max_replay_body: 64 * 1024 }
-    }
-
-    /// Answers an attempt that takes longer than `timeout` with a `504`.
-    pub fn per_try_timeout(mut self, timeout: Duration) -> Self {
-        self.per_try_timeout = Some(timeout);
-        self
+        Self { policy, max_replay_body: 64 * 1024 }
     }
 
     /// Buffers request bodies up to `bytes` so they can be replayed.
@@ -98,10 +90,9 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let attempt = Attempt { inner, timeout: self.per_try_timeout };
         Retry {
             policy: self.policy.clone(),
-            inner: tower::retry::Retry::new(self.policy.clone(), attempt),
+            inner: tower::retry::Retry::new(self.policy.clone(), inner),
             max_replay_body: self.max_replay_body,
         }
     }
@@ -109,9 +100,10 @@ impl<S> Layer<S> for RetryLayer {
 
 /// Retries failed requests. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct Retry<S> {
     policy: RetryPolicy,
-    inner: tower::retry::Retry<RetryPolicy, Attempt<S>>,
+    inner: tower::retry::Retry<RetryPolicy, S>,
     max_replay_body: usize,
 }
 
@@ -128,22 +120,22 @@ impl<S> Retry<S> {
 
     /// The inner service.
     pub fn get_ref(&self) -> &S {
-        &self.inner.get_ref().inner
+        self.inner.get_ref()
     }
 
     /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner.get_mut().inner
+        self.inner.get_mut()
     }
 
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
-        self.inner.into_inner().inner
+        self.inner.into_inner()
     }
 }
 
-type TowerRetry<S> = tower::retry::Retry<RetryPolicy, Attempt<S>>;
-type TowerFuture<S, B> = tower::retry::future::ResponseFuture<RetryPolicy, Attempt<S>, Request<ReplayBody<B>>>;
+type TowerRetry<S> = tower::retry::Retry<RetryPolicy, S>;
+type TowerFuture<S, B> = tower::retry::future::ResponseFuture<RetryPolicy, S, Request<ReplayBody<B>>>;
 
 impl<S, B, RB> Service<Request<B>> for Retry<S>
 where
@@ -262,62 +254,11 @@ where
                     let future = service.as_mut().expect("service taken once").call(req);
                     this.state.set(State::Calling { future });
                 }
-                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Calling { future } => {
+                    return future.poll(cx).map(|result| result.map(|response| response.map(ResponseBody::new)));
+                }
             }
         }
-    }
-}
-
-/// One attempt: the inner service, under the per-try timeout.
-#[derive(Debug, Clone)]
-pub(crate) struct Attempt<S> {
-    inner: S,
-    timeout: Option<Duration>,
-}
-
-impl<S, Req, RB> Service<Req> for Attempt<S>
-where
-    S: Service<Req, Response = Response<RB>>,
-{
-    type Response = Response<ResponseBody<RB>>;
-    type Error = S::Error;
-    type Future = AttemptFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        AttemptFuture { future: self.inner.call(req), sleep: self.timeout.map(tokio::time::sleep) }
-    }
-}
-
-pin_project! {
-    #[derive(Debug)]
-    pub(crate) struct AttemptFuture<F> {
-        #[pin]
-        future: F,
-        #[pin]
-        sleep: Option<Sleep>,
-    }
-}
-
-impl<F, RB, E> Future for AttemptFuture<F>
-where
-    F: Future<Output = Result<Response<RB>, E>>,
-{
-    type Output = Result<Response<ResponseBody<RB>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.future.poll(cx) {
-            return Poll::Ready(result.map(|response| response.map(ResponseBody::new)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Timeout).into_response()));
-        }
-        Poll::Pending
     }
 }
 

@@ -1,5 +1,6 @@
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::Method;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -8,6 +9,8 @@ use tower::ServiceExt;
 use tower::retry::budget::TpsBudget;
 
 use super::*;
+use crate::TimeoutLayer;
+use crate::error::{UpstreamError, UpstreamErrorKind};
 
 type Calls = Arc<Mutex<Vec<(Instant, Bytes)>>>;
 
@@ -183,17 +186,19 @@ async fn per_try_timeout_answers_504_and_retries_idempotent_requests() {
             }
         })
     };
-    let layer = RetryLayer::new(policy()).per_try_timeout(Duration::from_secs(1));
+    // The timeout under the retry layer bounds each attempt.
+    let layer =
+        tower::ServiceBuilder::new().layer(RetryLayer::new(policy())).layer(TimeoutLayer::new(Duration::from_secs(1)));
 
     let calls = Calls::default();
     let start = Instant::now();
-    let res = layer.layer(slow_first(calls.clone())).oneshot(request(Method::GET, "")).await.unwrap();
+    let res = layer.service(slow_first(calls.clone())).oneshot(request(Method::GET, "")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(calls.lock().unwrap().len(), 2);
     assert!(start.elapsed() < Duration::from_secs(2), "gave up on the slow try after 1 s");
 
     let calls = Calls::default();
-    let res = layer.layer(slow_first(calls.clone())).oneshot(request(Method::POST, "x")).await.unwrap();
+    let res = layer.service(slow_first(calls.clone())).oneshot(request(Method::POST, "x")).await.unwrap();
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(res.extensions().get::<UpstreamError>().unwrap().kind(), UpstreamErrorKind::Timeout);
     assert_eq!(calls.lock().unwrap().len(), 1);
