@@ -73,6 +73,7 @@ impl<S> Layer<S> for JwtAuthLayer {
 /// Requires a valid, unrevoked `Authorization: Bearer` JWT, and optionally a role.
 /// See the [crate docs](crate).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct JwtAuth<S> {
     inner: S,
     auth: Authenticator,

@@ -273,6 +273,7 @@ impl<S> Layer<S> for ClientAddrLayer {
 
 /// Puts the [`ClientAddr`] in each request's extensions. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct ClientAddrService<S> {
     inner: S,
     layer: ClientAddrLayer,

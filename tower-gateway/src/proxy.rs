@@ -252,7 +252,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = ResponseFuture;
+    type Future = future::ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -260,72 +260,79 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if req.uri().scheme().is_none() || req.uri().authority().is_none() {
-            return ResponseFuture::failed(UpstreamErrorKind::NoDestination);
+            return future::ResponseFuture::failed(UpstreamErrorKind::NoDestination);
         }
         prepare(&mut req, &self.forwarded_proto);
-        ResponseFuture { state: State::Sending { future: self.client.request(req.map(Box::pin)) } }
+        future::ResponseFuture { state: future::State::Sending { future: self.client.request(req.map(Box::pin)) } }
     }
 }
 
-pin_project! {
-    /// The response future of [`Proxy`].
-    #[derive(Debug)]
-    pub struct ResponseFuture {
-        #[pin]
-        state: State,
-    }
-}
+pub mod future {
+    //! The response future of [`Proxy`].
 
-pin_project! {
-    #[project = StateProj]
-    #[derive(Debug)]
-    enum State {
-        Sending {
+    #[allow(clippy::wildcard_imports)]
+    use super::*;
+
+    pin_project! {
+        /// The response future of [`Proxy`].
+        #[derive(Debug)]
+        pub struct ResponseFuture {
             #[pin]
-            future: hyper_util::client::legacy::ResponseFuture,
-        },
-        Failed { kind: UpstreamErrorKind },
+            pub(super) state: State,
+        }
     }
-}
 
-impl ResponseFuture {
-    fn failed(kind: UpstreamErrorKind) -> Self {
-        Self { state: State::Failed { kind } }
-    }
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let kind = match self.project().state.project() {
-            StateProj::Failed { kind } => *kind,
-            StateProj::Sending { future } => match std::task::ready!(future.poll(cx)) {
-                Ok(response) => {
-                    let (mut parts, body) = response.into_parts();
-                    // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means
-                    // nothing (hyper decoded the chunks); relayed, it would make the
-                    // client cut the body short.
-                    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-                        parts.headers.remove(header::CONTENT_LENGTH);
-                    }
-                    remove_hop_by_hop(&mut parts.headers);
-                    return Poll::Ready(Ok(Response::from_parts(parts, Body::streamed(body))));
-                }
-                Err(err) => {
-                    let kind = if err.is_connect() {
-                        UpstreamErrorKind::Connect
-                    } else if from_request_body(&err) {
-                        UpstreamErrorKind::RequestBody
-                    } else {
-                        UpstreamErrorKind::Reset
-                    };
-                    tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
-                    kind
-                }
+    pin_project! {
+        #[project = StateProj]
+        #[derive(Debug)]
+        pub(super) enum State {
+            Sending {
+                #[pin]
+                future: hyper_util::client::legacy::ResponseFuture,
             },
-        };
-        Poll::Ready(Ok(UpstreamError::new(kind).into_response()))
+            Failed { kind: UpstreamErrorKind },
+        }
+    }
+
+    impl ResponseFuture {
+        pub(super) fn failed(kind: UpstreamErrorKind) -> Self {
+            Self { state: State::Failed { kind } }
+        }
+    }
+
+    impl Future for ResponseFuture {
+        type Output = Result<Response<Body>, Infallible>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let kind = match self.project().state.project() {
+                StateProj::Failed { kind } => *kind,
+                StateProj::Sending { future } => match std::task::ready!(future.poll(cx)) {
+                    Ok(response) => {
+                        let (mut parts, body) = response.into_parts();
+                        // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means
+                        // nothing (hyper decoded the chunks); relayed, it would make the
+                        // client cut the body short.
+                        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                            parts.headers.remove(header::CONTENT_LENGTH);
+                        }
+                        remove_hop_by_hop(&mut parts.headers);
+                        return Poll::Ready(Ok(Response::from_parts(parts, Body::streamed(body))));
+                    }
+                    Err(err) => {
+                        let kind = if err.is_connect() {
+                            UpstreamErrorKind::Connect
+                        } else if from_request_body(&err) {
+                            UpstreamErrorKind::RequestBody
+                        } else {
+                            UpstreamErrorKind::Reset
+                        };
+                        tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
+                        kind
+                    }
+                },
+            };
+            Poll::Ready(Ok(UpstreamError::new(kind).into_response()))
+        }
     }
 }
 

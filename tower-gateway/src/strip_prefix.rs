@@ -306,6 +306,7 @@ fn strip_uri(prefix: &str, uri: &Uri) -> Result<Option<Uri>, PathError> {
 
 /// Strips a base path from each request. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct StripPrefixLayer {
     prefix: Arc<str>,
     header: HeaderValue,
@@ -364,6 +365,7 @@ impl<S> Layer<S> for StripPrefixLayer {
 
 /// Strips a base path from each request. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct StripPrefix<S> {
     inner: S,
     layer: StripPrefixLayer,

@@ -79,6 +79,7 @@ struct Health {
 
 /// Sends each request to the next endpoint of a shared set. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct RoundRobinLayer {
     endpoints: Endpoints,
     health: Health,
@@ -138,6 +139,7 @@ impl<S> Layer<S> for RoundRobinLayer {
 
 /// Sends each request to the next endpoint of a shared set. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct RoundRobin<S> {
     inner: S,
     endpoints: Endpoints,
@@ -180,7 +182,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = future::ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -189,7 +191,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let Some(endpoint) = self.endpoints.next() else {
             let response = UpstreamError::new(UpstreamErrorKind::NoEndpoint).into_response();
-            return ResponseFuture { state: State::NoEndpoint { response: Some(response) } };
+            return future::ResponseFuture { state: future::State::NoEndpoint { response: Some(response) } };
         };
         if !req.headers().contains_key(header::HOST)
             && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -198,70 +200,79 @@ where
         }
         *req.uri_mut() = destination(req.uri(), &endpoint);
         let future = self.inner.call(req);
-        ResponseFuture {
-            state: State::Called { future, endpoint, endpoints: self.endpoints.clone(), health: self.health },
+        future::ResponseFuture {
+            state: future::State::Called { future, endpoint, endpoints: self.endpoints.clone(), health: self.health },
         }
     }
 }
 
-pin_project! {
-    /// The response future of [`RoundRobin`].
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        state: State<F, B>,
-    }
-}
+pub mod future {
+    //! The response future of [`RoundRobin`].
 
-pin_project! {
-    #[project = StateProj]
-    #[derive(Debug)]
-    enum State<F, B> {
-        Called {
+    #[allow(clippy::wildcard_imports)]
+    use super::*;
+
+    pin_project! {
+        /// The response future of [`RoundRobin`].
+        #[derive(Debug)]
+        pub struct ResponseFuture<F, B> {
             #[pin]
-            future: F,
-            endpoint: Arc<Endpoint>,
-            endpoints: Endpoints,
-            health: Health,
-        },
-        NoEndpoint { response: Option<Response<ResponseBody<B>>> },
+            pub(super) state: State<F, B>,
+        }
     }
-}
 
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    pin_project! {
+        #[project = StateProj]
+        #[derive(Debug)]
+        pub(super) enum State<F, B> {
+            Called {
+                #[pin]
+                future: F,
+                endpoint: Arc<Endpoint>,
+                endpoints: Endpoints,
+                health: Health,
+            },
+            NoEndpoint { response: Option<Response<ResponseBody<B>>> },
+        }
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Called { future, endpoint, endpoints, health } => {
-                let mut result = std::task::ready!(future.poll(cx));
-                if let Ok(response) = &mut result {
-                    let kind = response.extensions().get::<UpstreamError>().map(UpstreamError::kind);
-                    let gateway_failure = matches!(
-                        response.status(),
-                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-                    );
-                    if kind == Some(UpstreamErrorKind::Connect) {
-                        if endpoints.record_failure(endpoint, health.eject_after, health.cool_down) {
-                            tracing::warn!(endpoint = %endpoint, cool_down = ?health.cool_down, "endpoint ejected");
+    impl<F, B, E> Future for ResponseFuture<F, B>
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+    {
+        type Output = Result<Response<ResponseBody<B>>, E>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            match self.project().state.project() {
+                StateProj::Called { future, endpoint, endpoints, health } => {
+                    let mut result = std::task::ready!(future.poll(cx));
+                    if let Ok(response) = &mut result {
+                        let kind = response.extensions().get::<UpstreamError>().map(UpstreamError::kind);
+                        let gateway_failure = matches!(
+                            response.status(),
+                            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                        );
+                        if kind == Some(UpstreamErrorKind::Connect) {
+                            if endpoints.record_failure(endpoint, health.eject_after, health.cool_down) {
+                                tracing::warn!(endpoint = %endpoint, cool_down = ?health.cool_down, "endpoint ejected");
+                            }
+                        } else if gateway_failure {
+                            let (after, share) = (health.eject_after_gateway_failures, health.max_ejected_percent);
+                            if endpoints.record_gateway_failure(endpoint, after, share, health.cool_down) {
+                                let status = response.status().as_u16();
+                                tracing::warn!(endpoint = %endpoint, status, cool_down = ?health.cool_down, "endpoint ejected");
+                            }
+                        } else {
+                            endpoints.record_success(endpoint);
                         }
-                    } else if gateway_failure {
-                        let (after, share) = (health.eject_after_gateway_failures, health.max_ejected_percent);
-                        if endpoints.record_gateway_failure(endpoint, after, share, health.cool_down) {
-                            let status = response.status().as_u16();
-                            tracing::warn!(endpoint = %endpoint, status, cool_down = ?health.cool_down, "endpoint ejected");
-                        }
-                    } else {
-                        endpoints.record_success(endpoint);
+                        response.extensions_mut().insert(ChosenEndpoint(endpoint.clone()));
                     }
-                    response.extensions_mut().insert(ChosenEndpoint(endpoint.clone()));
+                    Poll::Ready(result.map(|response| response.map(ResponseBody::new)))
                 }
-                Poll::Ready(result.map(|response| response.map(ResponseBody::new)))
+                StateProj::NoEndpoint { response } => {
+                    Poll::Ready(Ok(response.take().expect("polled after completion")))
+                }
             }
-            StateProj::NoEndpoint { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
         }
     }
 }

@@ -78,6 +78,7 @@ impl<S> Layer<S> for ReadJsonLayer {
 
 /// Reads JSON fields into the request's extensions. See [`ReadJsonLayer`].
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct ReadJson<S> {
     inner: S,
     layer: ReadJsonLayer,

@@ -161,6 +161,7 @@ impl<S, K: Clone> Layer<S> for RateLimitLayer<K> {
 
 /// Limits requests per key. See the [module docs](self).
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct RateLimit<S, K> {
     inner: S,
     limiter: Limiter,
@@ -222,7 +223,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Request<ReqBody>, ResBody>;
+    type Future = future::ResponseFuture<S, Request<ReqBody>, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -233,90 +234,99 @@ where
         let check = self.limiter.check(key.as_deref().unwrap_or(NO_KEY));
         let state = match check.into_ready() {
             Ok(Verdict::Allowed(decision)) => {
-                State::Calling { future: self.inner.call(req), fields: Some(fields(&self.limiter, &decision)) }
+                future::State::Calling { future: self.inner.call(req), fields: Some(fields(&self.limiter, &decision)) }
             }
-            Ok(verdict) => State::Refused { response: Some(refused(&self.limiter, verdict)) },
+            Ok(verdict) => future::State::Refused { response: Some(refused(&self.limiter, verdict)) },
             Err(check) => {
                 // The ready service goes into the future; a fresh clone stays behind.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                State::Deciding { check, request: Some(req), inner: Some(inner), limiter: self.limiter.clone() }
+                future::State::Deciding { check, request: Some(req), inner: Some(inner), limiter: self.limiter.clone() }
             }
         };
-        ResponseFuture { state }
+        future::ResponseFuture { state }
     }
 }
 
-pin_project! {
-    /// The response future of [`RateLimit`].
-    pub struct ResponseFuture<S, Req, B>
-    where
-        S: Service<Req>,
-    {
-        #[pin]
-        state: State<S, Req, B>,
-    }
-}
+pub mod future {
+    //! The response futures of [`RateLimit`] and [`ReadJson`].
 
-pin_project! {
-    #[project = StateProj]
-    enum State<S, Req, B>
-    where
-        S: Service<Req>,
-    {
-        Deciding {
-            check: BoxFuture<'static, Verdict>,
-            request: Option<Req>,
-            inner: Option<S>,
-            limiter: Limiter,
-        },
-        Calling {
+    pub use super::json::ResponseFuture as ReadJsonFuture;
+
+    #[allow(clippy::wildcard_imports)]
+    use super::*;
+
+    pin_project! {
+        /// The response future of [`RateLimit`].
+        pub struct ResponseFuture<S, Req, B>
+        where
+            S: Service<Req>,
+        {
             #[pin]
-            future: S::Future,
-            fields: Option<(HeaderValue, HeaderValue)>,
-        },
-        Refused { response: Option<Response<ResponseBody<B>>> },
+            pub(super) state: State<S, Req, B>,
+        }
     }
-}
 
-impl<S: Service<Req>, Req, B> fmt::Debug for ResponseFuture<S, Req, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    pin_project! {
+        #[project = StateProj]
+        pub(super) enum State<S, Req, B>
+        where
+            S: Service<Req>,
+        {
+            Deciding {
+                check: BoxFuture<'static, Verdict>,
+                request: Option<Req>,
+                inner: Option<S>,
+                limiter: Limiter,
+            },
+            Calling {
+                #[pin]
+                future: S::Future,
+                fields: Option<(HeaderValue, HeaderValue)>,
+            },
+            Refused { response: Option<Response<ResponseBody<B>>> },
+        }
     }
-}
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, Request<ReqBody>, ResBody>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    impl<S: Service<Req>, Req, B> fmt::Debug for ResponseFuture<S, Req, B> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        }
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Deciding { check, request, inner, limiter } => {
-                    let verdict = ready!(check.as_mut().poll(cx));
-                    let next = match verdict {
-                        Verdict::Allowed(decision) => {
-                            let req = request.take().expect("request taken once");
-                            let future = inner.as_mut().expect("service taken once").call(req);
-                            State::Calling { future, fields: Some(fields(limiter, &decision)) }
-                        }
-                        refusal => State::Refused { response: Some(refused(limiter, refusal)) },
-                    };
-                    this.state.set(next);
-                }
-                StateProj::Calling { future, fields } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    if let Some((policy, state)) = fields.take() {
-                        response.headers_mut().append(RATELIMIT_POLICY.clone(), policy);
-                        response.headers_mut().append(RATELIMIT.clone(), state);
+    impl<S, ReqBody, ResBody> Future for ResponseFuture<S, Request<ReqBody>, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut this = self.project();
+            loop {
+                match this.state.as_mut().project() {
+                    StateProj::Deciding { check, request, inner, limiter } => {
+                        let verdict = ready!(check.as_mut().poll(cx));
+                        let next = match verdict {
+                            Verdict::Allowed(decision) => {
+                                let req = request.take().expect("request taken once");
+                                let future = inner.as_mut().expect("service taken once").call(req);
+                                State::Calling { future, fields: Some(fields(limiter, &decision)) }
+                            }
+                            refusal => State::Refused { response: Some(refused(limiter, refusal)) },
+                        };
+                        this.state.set(next);
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
-                }
-                StateProj::Refused { response } => {
-                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                    StateProj::Calling { future, fields } => {
+                        let mut response = ready!(future.poll(cx))?;
+                        if let Some((policy, state)) = fields.take() {
+                            response.headers_mut().append(RATELIMIT_POLICY.clone(), policy);
+                            response.headers_mut().append(RATELIMIT.clone(), state);
+                        }
+                        return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                    }
+                    StateProj::Refused { response } => {
+                        return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                    }
                 }
             }
         }

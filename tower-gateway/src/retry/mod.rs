@@ -145,7 +145,7 @@ where
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, B, RB>;
+    type Future = future::ResponseFuture<S, B, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -156,18 +156,18 @@ where
         let (parts, body) = req.into_parts();
         if body.is_end_stream() {
             let req = Request::from_parts(parts, ReplayBody::buffered(Bytes::new()));
-            return ResponseFuture::calling(self.inner.call(req));
+            return future::ResponseFuture::calling(self.inner.call(req));
         }
         let fits = body.size_hint().upper().is_some_and(|n| n <= self.max_replay_body as u64);
         if !fits {
             let req = Request::from_parts(parts, ReplayBody::streamed(body));
-            return ResponseFuture::calling(self.inner.call(req));
+            return future::ResponseFuture::calling(self.inner.call(req));
         }
         // The ready service goes into the future; a fresh clone stays behind.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            state: State::Collecting {
+        future::ResponseFuture {
+            state: future::State::Collecting {
                 collect: Limited::new(body, self.max_replay_body).collect(),
                 parts: Some(parts),
                 service: Some(service),
@@ -176,86 +176,94 @@ where
     }
 }
 
-pin_project! {
-    /// The response future of [`Retry`].
-    pub struct ResponseFuture<S, B, RB>
-    where
-        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
-        B: HttpBody,
-        B::Error: Into<BoxError>,
-        {
-        #[pin]
-        state: State<S, B, RB>,
-    }
-}
+pub mod future {
+    //! The response future of [`Retry`].
 
-pin_project! {
-    #[project = StateProj]
-    enum State<S, B, RB>
-    where
-        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
-        B: HttpBody,
-        B::Error: Into<BoxError>,
-        {
-        Collecting {
+    #[allow(clippy::wildcard_imports)]
+    use super::*;
+
+    pin_project! {
+        /// The response future of [`Retry`].
+        pub struct ResponseFuture<S, B, RB>
+        where
+            S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+            B: HttpBody,
+            B::Error: Into<BoxError>,
+            {
             #[pin]
-            collect: Collect<Limited<B>>,
-            parts: Option<Parts>,
-            service: Option<TowerRetry<S>>,
-        },
-        Calling { #[pin] future: TowerFuture<S, B> },
+            pub(super) state: State<S, B, RB>,
+        }
     }
-}
 
-impl<S, B, RB> ResponseFuture<S, B, RB>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
-    B: HttpBody,
-    B::Error: Into<BoxError>,
-{
-    fn calling(future: TowerFuture<S, B>) -> Self {
-        Self { state: State::Calling { future } }
+    pin_project! {
+        #[project = StateProj]
+        pub(super) enum State<S, B, RB>
+        where
+            S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+            B: HttpBody,
+            B::Error: Into<BoxError>,
+            {
+            Collecting {
+                #[pin]
+                collect: Collect<Limited<B>>,
+                parts: Option<Parts>,
+                service: Option<TowerRetry<S>>,
+            },
+            Calling { #[pin] future: TowerFuture<S, B> },
+        }
     }
-}
 
-impl<S, B, RB> std::fmt::Debug for ResponseFuture<S, B, RB>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
-    B: HttpBody,
-    B::Error: Into<BoxError>,
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    impl<S, B, RB> ResponseFuture<S, B, RB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        B: HttpBody,
+        B::Error: Into<BoxError>,
+    {
+        pub(super) fn calling(future: TowerFuture<S, B>) -> Self {
+            Self { state: State::Calling { future } }
+        }
     }
-}
 
-impl<S, B, RB> Future for ResponseFuture<S, B, RB>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<Response<ResponseBody<RB>>, S::Error>;
+    impl<S, B, RB> std::fmt::Debug for ResponseFuture<S, B, RB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        B: HttpBody,
+        B::Error: Into<BoxError>,
+    {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        }
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Collecting { collect, parts, service } => {
-                    let body = match ready!(collect.poll(cx)) {
-                        Ok(collected) => collected.to_bytes(),
-                        Err(err) => {
-                            tracing::debug!(%err, "request body could not be read");
-                            let message = "the request body could not be read";
-                            return Poll::Ready(Ok(json_error(StatusCode::BAD_REQUEST, "invalid_body", message)));
-                        }
-                    };
-                    let req = Request::from_parts(parts.take().expect("parts taken once"), ReplayBody::buffered(body));
-                    let future = service.as_mut().expect("service taken once").call(req);
-                    this.state.set(State::Calling { future });
-                }
-                StateProj::Calling { future } => {
-                    return future.poll(cx).map(|result| result.map(|response| response.map(ResponseBody::new)));
+    impl<S, B, RB> Future for ResponseFuture<S, B, RB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+        B: HttpBody<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        type Output = Result<Response<ResponseBody<RB>>, S::Error>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut this = self.project();
+            loop {
+                match this.state.as_mut().project() {
+                    StateProj::Collecting { collect, parts, service } => {
+                        let body = match ready!(collect.poll(cx)) {
+                            Ok(collected) => collected.to_bytes(),
+                            Err(err) => {
+                                tracing::debug!(%err, "request body could not be read");
+                                let message = "the request body could not be read";
+                                return Poll::Ready(Ok(json_error(StatusCode::BAD_REQUEST, "invalid_body", message)));
+                            }
+                        };
+                        let req =
+                            Request::from_parts(parts.take().expect("parts taken once"), ReplayBody::buffered(body));
+                        let future = service.as_mut().expect("service taken once").call(req);
+                        this.state.set(State::Calling { future });
+                    }
+                    StateProj::Calling { future } => {
+                        return future.poll(cx).map(|result| result.map(|response| response.map(ResponseBody::new)));
+                    }
                 }
             }
         }
