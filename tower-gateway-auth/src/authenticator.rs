@@ -166,14 +166,13 @@ impl AuthenticatorBuilder {
     /// The authenticator, or what is wrong with the configuration.
     pub fn build(self) -> Result<Authenticator, ConfigError> {
         if self.leeway > MAX_LEEWAY {
-            return Err(ConfigError(format!("leeway must be at most {MAX_LEEWAY:?}")));
+            return Err(ConfigError::LeewayTooLong);
         }
         if self.max_lifetime.is_zero() {
-            return Err(ConfigError("max_lifetime must be positive".into()));
+            return Err(ConfigError::ZeroMaxLifetime);
         }
         let header = |name: Option<String>| {
-            name.map(|n| HeaderName::try_from(n.as_str()).map_err(|e| ConfigError(format!("header {n:?}: {e}"))))
-                .transpose()
+            name.map(|n| HeaderName::try_from(n.as_str()).map_err(|_| ConfigError::InvalidHeaderName(n))).transpose()
         };
         let rules = Rules {
             issuer: self.issuer,

@@ -94,34 +94,109 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
-/// The token store could not answer.
+/// The token store could not answer: why ([`kind`](Self::kind)), and the
+/// store's own error as the [`source`](std::error::Error::source) (a
+/// `redis::RedisError` for [`RedisStore`](crate::RedisStore)), to downcast.
 #[derive(Debug)]
 pub struct StoreError {
-    message: String,
+    kind: StoreErrorKind,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Why a [`StoreError`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store's configuration is unusable (a malformed Redis URL).
+    Config,
+    /// The store could not be reached, or its command failed.
+    Unavailable,
+    /// The store did not answer within its time bound.
+    Timeout,
 }
 
 impl StoreError {
-    /// A store error saying `message`.
-    pub fn new(message: impl fmt::Display) -> Self {
-        Self { message: message.to_string() }
+    /// The store failed with `cause`.
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self { kind: StoreErrorKind::Unavailable, source: Some(cause.into()) }
+    }
+
+    /// A store error of `kind`, caused by `cause`.
+    pub fn with_kind(kind: StoreErrorKind, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self { kind, source: Some(cause.into()) }
+    }
+
+    /// The store did not answer in time.
+    pub fn timeout() -> Self {
+        Self { kind: StoreErrorKind::Timeout, source: None }
+    }
+
+    /// Why it failed.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
     }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "token store unavailable: {}", self.message)
+        match (&self.kind, &self.source) {
+            (StoreErrorKind::Timeout, _) => f.write_str("token store unavailable: no answer in time"),
+            (StoreErrorKind::Config, Some(source)) => write!(f, "token store misconfigured: {source}"),
+            (_, Some(source)) => write!(f, "token store unavailable: {source}"),
+            (_, None) => f.write_str("token store unavailable"),
+        }
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
-/// The configuration given to [`AuthenticatorBuilder`](crate::AuthenticatorBuilder) cannot work.
+/// The configuration given to [`AuthenticatorBuilder`](crate::AuthenticatorBuilder),
+/// a [`Key`](crate::Key) or a [`TokenIssuer`](crate::TokenIssuer) cannot work.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub(crate) String);
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A key could not be read: what it was, and why.
+    InvalidKey {
+        /// Which key (`"RSA public key"`, ...).
+        what: &'static str,
+        /// What the parser said.
+        reason: String,
+    },
+    /// An HMAC constructor was given a non-HMAC algorithm.
+    NotHmac(jsonwebtoken::Algorithm),
+    /// An HMAC algorithm was given to a public-key constructor.
+    HmacNeedsSecret,
+    /// An HMAC secret shorter than 32 bytes.
+    SecretTooShort,
+    /// No verification key.
+    NoKeys,
+    /// More than one key without a `kid`.
+    SeveralKeysWithoutKid,
+    /// A leeway over [`MAX_LEEWAY`](crate::MAX_LEEWAY).
+    LeewayTooLong,
+    /// A zero maximum token lifetime.
+    ZeroMaxLifetime,
+    /// An identity header name that is not a valid header name.
+    InvalidHeaderName(String),
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Self::InvalidKey { what, reason } => write!(f, "{what}: {reason}"),
+            Self::NotHmac(algorithm) => write!(f, "{algorithm:?} is not an HMAC algorithm"),
+            Self::HmacNeedsSecret => f.write_str("use Key::hmac for HMAC algorithms"),
+            Self::SecretTooShort => f.write_str("an HMAC secret must be at least 32 bytes"),
+            Self::NoKeys => f.write_str("at least one verification key is required"),
+            Self::SeveralKeysWithoutKid => f.write_str("only one key may be without a kid"),
+            Self::LeewayTooLong => write!(f, "leeway must be at most {:?}", crate::MAX_LEEWAY),
+            Self::ZeroMaxLifetime => f.write_str("max_lifetime must be positive"),
+            Self::InvalidHeaderName(name) => write!(f, "header {name:?} is not a valid header name"),
+        }
     }
 }
 

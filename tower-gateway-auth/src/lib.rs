@@ -121,7 +121,7 @@ mod verify;
 pub use self::authenticator::{Authenticator, AuthenticatorBuilder, MAX_AUTHORIZATION_LEN, MAX_LEEWAY};
 pub use self::claims::{Audience, Authenticated, Claim, ClaimKey, Claims};
 pub use self::crypto::install_default_crypto;
-pub use self::error::{ConfigError, Rejection, StoreError};
+pub use self::error::{ConfigError, Rejection, StoreError, StoreErrorKind};
 pub use self::keys::{KeyConfig, KeyConfigError, TokenIssuer, read_secret_file};
 pub use self::layer::{JwtAuth, JwtAuthLayer};
 

@@ -33,18 +33,18 @@ impl fmt::Debug for Key {
     }
 }
 
-fn config_error(what: &str, err: impl fmt::Display) -> ConfigError {
-    ConfigError(format!("{what}: {err}"))
+fn config_error(what: &'static str, err: impl fmt::Display) -> ConfigError {
+    ConfigError::InvalidKey { what, reason: err.to_string() }
 }
 
 impl Key {
     /// An HMAC key (`HS256`, `HS384`, `HS512`); the secret must be at least 32 bytes.
     pub fn hmac(algorithm: Algorithm, secret: &[u8]) -> Result<Self, ConfigError> {
         if algorithm.family() != AlgorithmFamily::Hmac {
-            return Err(ConfigError(format!("{algorithm:?} is not an HMAC algorithm")));
+            return Err(ConfigError::NotHmac(algorithm));
         }
         if secret.len() < 32 {
-            return Err(ConfigError("an HMAC secret must be at least 32 bytes".into()));
+            return Err(ConfigError::SecretTooShort);
         }
         Ok(Self { kid: None, algorithm, decoding: DecodingKey::from_secret(secret) })
     }
@@ -61,7 +61,7 @@ impl Key {
             AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem),
             AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem),
             AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem),
-            AlgorithmFamily::Hmac => return Err(ConfigError("use Key::hmac for HMAC algorithms".into())),
+            AlgorithmFamily::Hmac => return Err(ConfigError::HmacNeedsSecret),
         }
         .map_err(|e| config_error("invalid public key", e))?;
         Ok(Self { kid: None, algorithm, decoding })
@@ -151,10 +151,10 @@ impl Verifier {
     pub(crate) fn new(keys: Vec<Key>, rules: &Rules) -> Result<Self, ConfigError> {
         crate::crypto::install_default_crypto();
         if keys.is_empty() {
-            return Err(ConfigError("at least one verification key is required".into()));
+            return Err(ConfigError::NoKeys);
         }
         if keys.iter().filter(|k| k.kid.is_none()).count() > 1 {
-            return Err(ConfigError("only one key may be without a kid".into()));
+            return Err(ConfigError::SeveralKeysWithoutKid);
         }
         let keys = keys
             .into_iter()

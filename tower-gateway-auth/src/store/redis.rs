@@ -8,7 +8,7 @@ use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::redis::{self, RedisError};
 
 use super::{BoxFuture, TokenRecord, TokenState, TokenStore};
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreErrorKind};
 
 /// Token state in Redis, through a bb8 pool: shared by every gateway replica and
 /// by the services that revoke tokens.
@@ -86,7 +86,8 @@ impl RedisStoreBuilder {
     /// The store. Connections are made when first needed, so this succeeds while
     /// Redis is down (requests then fail closed) and fails only on a bad URL.
     pub fn build(self) -> Result<RedisStore, StoreError> {
-        let manager = RedisConnectionManager::new(self.url.as_str()).map_err(StoreError::new)?;
+        let manager = RedisConnectionManager::new(self.url.as_str())
+            .map_err(|err| StoreError::with_kind(StoreErrorKind::Config, err))?;
         let pool = Pool::builder()
             .max_size(self.max_connections)
             .connection_timeout(self.connection_timeout)
@@ -157,7 +158,10 @@ impl RedisStore {
 
     /// Runs `op` on a pooled connection, within the time bounds.
     async fn run<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, StoreError> {
-        let mut conn = self.pool.get().await.map_err(StoreError::new)?;
+        let mut conn = self.pool.get().await.map_err(|err| match err {
+            bb8::RunError::TimedOut => StoreError::timeout(),
+            bb8::RunError::User(err) => StoreError::new(err),
+        })?;
         conn.broken = true;
         let answer = tokio::time::timeout(self.command_timeout, async {
             match op {
@@ -176,7 +180,7 @@ impl RedisStore {
                 conn.broken = err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error();
                 Err(StoreError::new(err))
             }
-            Err(_) => Err(StoreError::new("redis did not answer in time")),
+            Err(_) => Err(StoreError::timeout()),
         }
     }
 }
