@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::cache::Cache;
-use crate::claims::Authenticated;
+use crate::claims::{Authenticated, Verified};
 use crate::error::{ConfigError, Rejection, StoreError};
-use crate::store::{MemoryStore, TokenRecord, TokenState, TokenStore, unix_now};
+use crate::store::{MemoryStore, TokenState, TokenStore, unix_now};
 use crate::verify::{Key, Rules, Verifier};
 
 /// The longest `Authorization` header accepted.
@@ -17,20 +17,6 @@ pub const MAX_AUTHORIZATION_LEN: usize = 8 * 1024;
 
 /// The largest leeway the builder accepts for `exp`, `nbf` and `iat`.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(5);
-
-/// A token that validated: its claims, its id, and the identity headers it gives.
-#[derive(Debug)]
-pub(crate) struct Verified {
-    pub(crate) who: Authenticated,
-    pub(crate) id: Box<str>,
-    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Verified {
-    fn record(&self) -> TokenRecord<'_> {
-        TokenRecord { id: &self.id, subject: &self.who.sub, issued_at: self.who.iat, expires_at: self.who.exp }
-    }
-}
 
 /// The first, synchronous step of authenticating a request.
 pub(crate) enum Step {

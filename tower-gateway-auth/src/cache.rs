@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::authenticator::Verified;
+use crate::claims::Verified;
 
 /// A verified token and until when it may be trusted.
 type Entry = (Arc<Verified>, Instant);

@@ -128,6 +128,26 @@ impl Deref for Authenticated {
     }
 }
 
+/// A token that validated: its claims, its id, and the identity headers it
+/// gives. What the cache keeps and the layer admits.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub(crate) who: Authenticated,
+    pub(crate) id: Box<str>,
+    pub(crate) headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Verified {
+    pub(crate) fn record(&self) -> crate::store::TokenRecord<'_> {
+        crate::store::TokenRecord {
+            id: &self.id,
+            subject: &self.who.sub,
+            issued_at: self.who.iat,
+            expires_at: self.who.exp,
+        }
+    }
+}
+
 /// Which claim [`ClaimKey`] counts by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -12,7 +12,8 @@ use tower_gateway::ResponseBody;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::authenticator::{Authenticator, Step, Verified};
+use crate::authenticator::{Authenticator, Step};
+use crate::claims::Verified;
 use crate::error::Rejection;
 use crate::store::BoxFuture;
 
@@ -91,20 +92,7 @@ impl<S> JwtAuth<S> {
         JwtAuthLayer::new(auth)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_gateway::__inner_service_accessors!();
 }
 
 /// Removes client-sent identity headers, and their names from `Connection`, so that

@@ -52,8 +52,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner`, in the `impl<S>` block of a middleware
-/// whose inner service is its `inner` field.
-macro_rules! inner_service_accessors {
+/// whose inner service is its `inner` field. Exported (hidden) for
+/// `tower-gateway-auth`'s layer; not part of the API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __inner_service_accessors {
     () => {
         /// The inner service.
         pub fn get_ref(&self) -> &S {
@@ -71,7 +74,7 @@ macro_rules! inner_service_accessors {
         }
     };
 }
-pub(crate) use inner_service_accessors;
+pub(crate) use __inner_service_accessors as inner_service_accessors;
 
 pub mod balance;
 pub mod body;

@@ -51,6 +51,7 @@ use http_body::Body as HttpBody;
 use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
+use tower::retry::Policy;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -60,10 +61,14 @@ use crate::body::ResponseBody;
 use crate::error::{BoxError, json_error};
 
 /// Retries failed requests. See the [module docs](self).
+///
+/// Generic over the policy, as `tower::retry` is: [`RetryPolicy`] by default, or
+/// any `tower::retry::Policy` over `Request<ReplayBody<B>>` (this layer still
+/// buffers bodies so that the policy can clone requests).
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct RetryLayer {
-    policy: RetryPolicy,
+pub struct RetryLayer<P = RetryPolicy> {
+    policy: P,
     max_replay_body: usize,
 }
 
@@ -73,9 +78,9 @@ impl Default for RetryLayer {
     }
 }
 
-impl RetryLayer {
+impl<P> RetryLayer<P> {
     /// Retries according to `policy`, with a 64 KiB replay buffer.
-    pub fn new(policy: RetryPolicy) -> Self {
+    pub fn new(policy: P) -> Self {
         Self { policy, max_replay_body: 64 * 1024 }
     }
 
@@ -86,35 +91,30 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
+impl<S, P: Clone> Layer<S> for RetryLayer<P> {
+    type Service = Retry<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry {
-            policy: self.policy.clone(),
-            inner: tower::retry::Retry::new(self.policy.clone(), inner),
-            max_replay_body: self.max_replay_body,
-        }
+        Retry { inner: tower::retry::Retry::new(self.policy.clone(), inner), max_replay_body: self.max_replay_body }
     }
 }
 
 /// Retries failed requests. See the [module docs](self).
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct Retry<S> {
-    policy: RetryPolicy,
-    inner: tower::retry::Retry<RetryPolicy, S>,
+pub struct Retry<S, P = RetryPolicy> {
+    inner: tower::retry::Retry<P, S>,
     max_replay_body: usize,
 }
 
-impl<S> Retry<S> {
+impl<S, P: Clone> Retry<S, P> {
     /// Wraps `inner`, retrying according to `policy`.
-    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+    pub fn new(inner: S, policy: P) -> Self {
         RetryLayer::new(policy).layer(inner)
     }
 
     /// A [`RetryLayer`] with `policy`.
-    pub fn layer(policy: RetryPolicy) -> RetryLayer {
+    pub fn layer(policy: P) -> RetryLayer<P> {
         RetryLayer::new(policy)
     }
 
@@ -134,25 +134,25 @@ impl<S> Retry<S> {
     }
 }
 
-type TowerRetry<S> = tower::retry::Retry<RetryPolicy, S>;
-type TowerFuture<S, B> = tower::retry::future::ResponseFuture<RetryPolicy, S, Request<ReplayBody<B>>>;
+type TowerRetry<S, P> = tower::retry::Retry<P, S>;
+type TowerFuture<S, B, P> = tower::retry::future::ResponseFuture<P, S, Request<ReplayBody<B>>>;
 
-impl<S, B, RB> Service<Request<B>> for Retry<S>
+impl<S, P, B, RB> Service<Request<B>> for Retry<S, P>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    P: Policy<Request<ReplayBody<B>>, Response<RB>, S::Error> + Clone,
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = S::Error;
-    type Future = future::ResponseFuture<S, B, RB>;
+    type Future = future::ResponseFuture<S, B, RB, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.policy.deposit();
         let (parts, body) = req.into_parts();
         if body.is_end_stream() {
             let req = Request::from_parts(parts, ReplayBody::buffered(Bytes::new()));
@@ -184,22 +184,24 @@ pub mod future {
 
     pin_project! {
         /// The response future of [`Retry`].
-        pub struct ResponseFuture<S, B, RB>
+        pub struct ResponseFuture<S, B, RB, P = RetryPolicy>
         where
             S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+            P: Policy<Request<ReplayBody<B>>, Response<RB>, S::Error>,
             B: HttpBody,
             B::Error: Into<BoxError>,
             {
             #[pin]
-            pub(super) state: State<S, B, RB>,
+            pub(super) state: State<S, B, RB, P>,
         }
     }
 
     pin_project! {
         #[project = StateProj]
-        pub(super) enum State<S, B, RB>
+        pub(super) enum State<S, B, RB, P>
         where
             S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+            P: Policy<Request<ReplayBody<B>>, Response<RB>, S::Error>,
             B: HttpBody,
             B::Error: Into<BoxError>,
             {
@@ -207,26 +209,28 @@ pub mod future {
                 #[pin]
                 collect: Collect<Limited<B>>,
                 parts: Option<Parts>,
-                service: Option<TowerRetry<S>>,
+                service: Option<TowerRetry<S, P>>,
             },
-            Calling { #[pin] future: TowerFuture<S, B> },
+            Calling { #[pin] future: TowerFuture<S, B, P> },
         }
     }
 
-    impl<S, B, RB> ResponseFuture<S, B, RB>
+    impl<S, B, RB, P> ResponseFuture<S, B, RB, P>
     where
         S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        P: Policy<Request<ReplayBody<B>>, Response<RB>, S::Error>,
         B: HttpBody,
         B::Error: Into<BoxError>,
     {
-        pub(super) fn calling(future: TowerFuture<S, B>) -> Self {
+        pub(super) fn calling(future: TowerFuture<S, B, P>) -> Self {
             Self { state: State::Calling { future } }
         }
     }
 
-    impl<S, B, RB> std::fmt::Debug for ResponseFuture<S, B, RB>
+    impl<S, B, RB, P> std::fmt::Debug for ResponseFuture<S, B, RB, P>
     where
         S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        P: Policy<Request<ReplayBody<B>>, Response<RB>, S::Error>,
         B: HttpBody,
         B::Error: Into<BoxError>,
     {
@@ -235,9 +239,10 @@ pub mod future {
         }
     }
 
-    impl<S, B, RB> Future for ResponseFuture<S, B, RB>
+    impl<S, B, RB, P> Future for ResponseFuture<S, B, RB, P>
     where
         S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+        P: Policy<Request<ReplayBody<B>>, Response<RB>, S::Error> + Clone,
         B: HttpBody<Data = Bytes>,
         B::Error: Into<BoxError>,
     {

@@ -181,6 +181,12 @@ impl<B, RB, E> Policy<Request<ReplayBody<B>>, Response<RB>, E> for RetryPolicy {
     }
 
     fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        // tower's Retry asks this once per request before the first attempt (on
+        // the service's own policy, still at its first attempt), then once per
+        // retry: the request's deposit into the budget goes here.
+        if self.attempts == 1 {
+            self.deposit();
+        }
         let body = req.body().try_clone()?;
         let mut clone = Request::new(body);
         *clone.method_mut() = req.method().clone();

@@ -240,3 +240,41 @@ impl<B: HttpBody> HttpBody for WithHint<B> {
         http_body::SizeHint::with_exact(self.len)
     }
 }
+
+/// A policy of the user's own: any `tower::retry::Policy` over the replayable
+/// request fits, and the layer still buffers bodies for it.
+#[derive(Clone, Default)]
+struct OnceOn503 {
+    retried: bool,
+}
+
+impl<B, E> tower::retry::Policy<Request<ReplayBody<B>>, Response<Bytes>, E> for OnceOn503 {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<ReplayBody<B>>,
+        result: &mut Result<Response<Bytes>, E>,
+    ) -> Option<Self::Future> {
+        let again = !self.retried && matches!(result, Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE);
+        self.retried |= again;
+        again.then(|| std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        let mut clone = Request::new(req.body().try_clone()?);
+        *clone.method_mut() = req.method().clone();
+        Some(clone)
+    }
+}
+
+#[tokio::test]
+async fn a_custom_tower_policy_drives_the_layer() {
+    let (calls, inner) = recording(|n| status(if n == 0 { 503 } else { 200 }));
+    let svc = RetryLayer::new(OnceOn503::default()).layer(inner);
+    let res = svc.oneshot(request(Method::POST, "body")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].1, "body", "the body was replayed for the policy");
+}
