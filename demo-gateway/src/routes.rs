@@ -188,7 +188,11 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
     if hosts.next().is_some() {
         return Err("a request has one Host header");
     }
-    if host.is_some_and(|h| h.is_empty() || http::uri::Authority::try_from(h.as_bytes()).is_err()) {
+    // An authority, without userinfo (RFC 9110 §7.2: `uri-host [ ":" port ]`).
+    let invalid = |h: &HeaderValue| {
+        h.is_empty() || h.as_bytes().contains(&b'@') || http::uri::Authority::try_from(h.as_bytes()).is_err()
+    };
+    if host.is_some_and(invalid) {
         return Err("the Host header is not a host[:port]");
     }
     match (host, req.uri().authority()) {

@@ -167,6 +167,22 @@ async fn hostile_requests_are_refused_before_the_backend() {
         ("Expect: 100-continue", post("Content-Length: 4\r\nExpect: 100-continue\r\n", "abcd"), 200, true),
         ("a chunked POST", post("Transfer-Encoding: chunked\r\n", "4\r\nabcd\r\n0\r\n\r\n"), 200, true),
         ("bare LF line endings", b"GET /api/x HTTP/1.1\nHost: gw\nConnection: close\n\n".to_vec(), 200, true),
+        ("a header line without a colon", get("X-A b\r\n"), 400, false),
+        ("an empty header name", get(": v\r\n"), 400, false),
+        ("two spaces in the request line", b"GET  /api/x HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec(), 400, false),
+        (
+            "userinfo in the Host",
+            b"GET /api/x HTTP/1.1\r\nHost: user@gw\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            false,
+        ),
+        ("a HEAD", b"HEAD /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(), 200, true),
+        (
+            "a GET with a body",
+            b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            200,
+            true,
+        ),
     ];
     let mut failures = Vec::new();
     for (what, raw, status, reaches) in &cases {
