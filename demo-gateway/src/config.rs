@@ -61,6 +61,9 @@ pub struct Config {
     /// three are served on `listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
+    /// HTTPS, beside the plain listener: see [`TlsConfig`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// The longest a request may take, end to end, before a `504`.
     pub request_timeout_ms: u64,
     /// The largest request body accepted (`413` beyond).
@@ -113,6 +116,33 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The routes: the most specific match wins.
     pub routes: Vec<RouteConfig>,
+}
+
+/// An HTTPS listener: TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1 by ALPN, the
+/// certificate reloaded when its files change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where to listen for TLS (`0.0.0.0:8443`).
+    pub listen: String,
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// How long a client may take to finish the handshake (default 10 s).
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// How often the files are looked at for a new certificate (default 2 s).
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_reload_interval_ms() -> u64 {
+    2_000
 }
 
 /// How the token store is consulted.
@@ -421,6 +451,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             admin_listen: None,
+            tls: None,
             request_timeout_ms: 30_000,
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,

@@ -25,6 +25,7 @@ mod metrics;
 mod plan;
 mod routes;
 mod server;
+mod tls;
 
 pub use config::{Access, Config, ConfigError};
 pub use plan::Plan;

@@ -39,6 +39,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpstreamReasonLabels {
     upstream: Arc<str>,
     reason: &'static str,
@@ -105,6 +110,8 @@ pub(crate) struct Metrics {
     connections: Gauge,
     connections_refused: Counter,
     connections_closed_idle: Counter,
+    tls_handshakes: Family<OutcomeLabels, Counter>,
+    tls_reloads: Family<OutcomeLabels, Counter>,
     limit_decisions: Family<DecisionLabels, Counter>,
     limit_store_errors: Family<LimitLabels, Counter>,
     /// Scrapes bring the limiters' own counts over one at a time.
@@ -146,6 +153,8 @@ impl Metrics {
         let connections = Gauge::default();
         let connections_refused = Counter::default();
         let connections_closed_idle = Counter::default();
+        let tls_handshakes = Family::<OutcomeLabels, Counter>::default();
+        let tls_reloads = Family::<OutcomeLabels, Counter>::default();
         let limit_decisions = Family::<DecisionLabels, Counter>::default();
         let limit_store_errors = Family::<LimitLabels, Counter>::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
@@ -182,6 +191,12 @@ impl Metrics {
             connections_closed_idle.clone(),
         );
         registry.register(
+            "tls_handshakes",
+            "TLS handshakes by outcome (ok, failed, timed_out)",
+            tls_handshakes.clone(),
+        );
+        registry.register("tls_reloads", "Certificate reloads by outcome (ok, refused)", tls_reloads.clone());
+        registry.register(
             "rate_limit_decisions",
             "Rate-limit decisions by limit and outcome (allowed, limited, fallback_allowed, fallback_limited, unavailable)",
             limit_decisions.clone(),
@@ -206,6 +221,8 @@ impl Metrics {
             connections,
             connections_refused,
             connections_closed_idle,
+            tls_handshakes,
+            tls_reloads,
             limit_decisions,
             limit_store_errors,
             scrape: std::sync::Mutex::new(()),
@@ -263,6 +280,17 @@ impl Metrics {
     /// Counts a connection refused at the cap.
     pub(crate) fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// Counts a TLS handshake: `ok`, `failed` or `timed_out`.
+    pub(crate) fn tls_handshake(&self, outcome: &'static str) {
+        self.tls_handshakes.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts a certificate reload: `ok` or `refused`.
+    pub(crate) fn tls_reload(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "refused" };
+        self.tls_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Counts a connection closed for idling.

@@ -24,11 +24,21 @@ use crate::config::{Access, Config, ConfigError, LimitConfig, RetryConfig, Route
 use crate::metrics::Metrics;
 use crate::routes::{Matcher, Route, RouteBody, Stack, Table, Upstream, UpstreamService};
 
+/// The HTTPS listener's settings, its certificate loaded.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSettings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) certificate: Arc<crate::tls::Certificate>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) reload_every: Duration,
+}
+
 /// The server's settings, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) admin_listen: Option<SocketAddr>,
+    pub(crate) tls: Option<TlsSettings>,
     pub(crate) request_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
@@ -202,8 +212,19 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
         Some(addr) => Some(addr.parse().map_err(|e| ConfigError::new("admin_listen", format!("{addr:?}: {e}")))?),
         None => None,
     };
+    let tls = match &config.tls {
+        Some(tls) => Some(TlsSettings {
+            listen: tls.listen.parse().map_err(|e| ConfigError::new("tls.listen", format!("{:?}: {e}", tls.listen)))?,
+            certificate: crate::tls::Certificate::new(tls.cert_file.clone(), tls.key_file.clone())
+                .map_err(|e| ConfigError::new("tls.cert_file", e))?,
+            handshake_timeout: positive("tls.handshake_timeout_ms", tls.handshake_timeout_ms)?,
+            reload_every: positive("tls.reload_interval_ms", tls.reload_interval_ms)?,
+        }),
+        None => None,
+    };
     Ok(Settings {
         admin_listen,
+        tls,
         client_addr: ClientAddrLayer::new().trusted(trusted).header(header),
         listen,
         request_timeout: positive("request_timeout_ms", config.request_timeout_ms)?,

@@ -14,6 +14,7 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::routing::get;
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -21,13 +22,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::Body;
 use tower_gateway::balance::ChosenEndpoint;
 use tower_gateway::error::{BoxError, json_error};
 use tower_gateway::retry::Attempts;
-use tower_gateway::{ClientAddr, PeerAddr};
+use tower_gateway::{ClientAddr, ClientScheme, PeerAddr};
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -397,6 +398,96 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
     }
 }
 
+/// Serves accepted connections, plain or TLS: what every connection task needs.
+#[derive(Clone)]
+struct Conns<S> {
+    builder: auto::Builder<TokioExecutor>,
+    svc: S,
+    table: Arc<Table>,
+    pressure: Arc<Notify>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl<S> Conns<S>
+where
+    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// Serves one connection in its own task, holding `slot` until it ends.
+    fn serve<I>(&self, io: TokioIo<I>, slot: OwnedSemaphorePermit, peer: SocketAddr, scheme: Scheme)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new(self.table.clone()));
+        let svc = Tracked {
+            inner: self.svc.clone().map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req.extensions_mut().insert(ClientScheme(scheme.clone()));
+                req
+            }),
+            activity: activity.clone(),
+        };
+        let conn = self.builder.serve_connection(io, TowerToHyperService::new(svc)).into_owned();
+        let (table, pressure, mut stopping) = (self.table.clone(), self.pressure.clone(), self.stopping.clone());
+        let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
+        tokio::spawn(async move {
+            let _slot = slot;
+            table.metrics.connections().inc();
+            tokio::pin!(conn);
+            // Asked to stop, and whether the connection was told to.
+            let (mut stop_asked, mut stop_sent) = (false, false);
+            loop {
+                // A connection that has not sent its first request is not shut at
+                // once: its request may be on the wire (hyper would close it
+                // unread). It gets until its header timeout, and is told to stop
+                // when that request begins (HTTP/1.1: `Connection: close`).
+                if stop_asked && !stop_sent && activity.started.load(Ordering::Acquire) {
+                    conn.as_mut().graceful_shutdown();
+                    stop_sent = true;
+                }
+                // Busy connections are looked at again an idle timeout later.
+                let deadline = match activity.idle_for() {
+                    Some(_) => activity.deadline(header_timeout, idle_timeout),
+                    None => Instant::now() + idle_timeout,
+                };
+                tokio::select! {
+                    ended = &mut conn => {
+                        if let Err(err) = ended {
+                            tracing::debug!(%err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
+                            table.metrics.connection_closed_idle();
+                            break;
+                        }
+                    }
+                    () = pressure.notified() => {
+                        if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
+                            table.metrics.connection_closed_idle();
+                            break;
+                        }
+                    }
+                    _ = stopping.changed(), if !stop_asked => stop_asked = true,
+                    () = activity.first_request.notified(), if stop_asked && !stop_sent => {}
+                }
+            }
+            table.metrics.connections().dec();
+        });
+    }
+}
+
+/// Accepts on `listener`, or never when there is none.
+async fn accept_maybe(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a connection over `max_connections` is told before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway is at capacity\"}}";
 
@@ -449,72 +540,73 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let pressure = Arc::new(Notify::new());
     let (header_timeout, idle_timeout) = (settings.header_read_timeout, settings.idle_timeout);
-    let admit = |stream: TcpStream, peer: SocketAddr| {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Full: this one is told so (a non-blocking write into a fresh
-            // socket's buffer), and idle connections make room for the next.
-            let _ = stream.try_write(REFUSED);
+    let conns = Conns {
+        builder,
+        svc,
+        table: table.clone(),
+        pressure: pressure.clone(),
+        stopping: stopping.clone(),
+        header_timeout,
+        idle_timeout,
+    };
+    // A slot, or the connection is refused: `refuse` tells a plain client so.
+    let slot_for = |refuse: &dyn Fn()| match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) => {
+            refuse();
             table.metrics.connection_refused();
+            // Idle connections make room for the next.
             pressure.notify_waiters();
-            return;
-        };
+            None
+        }
+    };
+    let admit = |stream: TcpStream, peer: SocketAddr| {
+        // Full: this one is told so (a non-blocking write into a fresh socket's buffer).
+        let Some(slot) = slot_for(&|| drop(stream.try_write(REFUSED))) else { return };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new(table.clone()));
-        let svc = Tracked {
-            inner: svc.clone().map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                req
-            }),
-            activity: activity.clone(),
-        };
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned();
-        let (table, pressure, mut stopping) = (table.clone(), pressure.clone(), stopping.clone());
+        conns.serve(TokioIo::new(stream), slot, peer, Scheme::HTTP);
+    };
+    // The handshake runs in the connection's own task, bounded in time, holding
+    // its slot: slow handshakes count against max_connections like any other.
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|tls| (tls, tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls.certificate.clone()))));
+    let admit_tls = |stream: TcpStream, peer: SocketAddr| {
+        let Some((tls, acceptor)) = &tls else { return };
+        // A TLS client cannot read a plain 503: it is only closed.
+        let Some(slot) = slot_for(&|| ()) else { return };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, conns, timeout) = (acceptor.clone(), conns.clone(), tls.handshake_timeout);
         tokio::spawn(async move {
-            let _slot = slot;
-            table.metrics.connections().inc();
-            tokio::pin!(conn);
-            // Asked to stop, and whether the connection was told to.
-            let (mut stop_asked, mut stop_sent) = (false, false);
-            loop {
-                // A connection that has not sent its first request is not shut at
-                // once: its request may be on the wire (hyper would close it
-                // unread). It gets until its header timeout, and is told to stop
-                // when that request begins (HTTP/1.1: `Connection: close`).
-                if stop_asked && !stop_sent && activity.started.load(Ordering::Acquire) {
-                    conn.as_mut().graceful_shutdown();
-                    stop_sent = true;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    conns.table.metrics.tls_handshake("ok");
+                    conns.serve(TokioIo::new(stream), slot, peer, Scheme::HTTPS);
                 }
-                // Busy connections are looked at again an idle timeout later.
-                let deadline = match activity.idle_for() {
-                    Some(_) => activity.deadline(header_timeout, idle_timeout),
-                    None => Instant::now() + idle_timeout,
-                };
-                tokio::select! {
-                    ended = &mut conn => {
-                        if let Err(err) = ended {
-                            tracing::debug!(%err, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = tokio::time::sleep_until(deadline.into()) => {
-                        if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
-                            table.metrics.connection_closed_idle();
-                            break;
-                        }
-                    }
-                    () = pressure.notified() => {
-                        if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
-                            table.metrics.connection_closed_idle();
-                            break;
-                        }
-                    }
-                    _ = stopping.changed(), if !stop_asked => stop_asked = true,
-                    () = activity.first_request.notified(), if stop_asked && !stop_sent => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "TLS handshake failed");
+                    conns.table.metrics.tls_handshake("failed");
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    conns.table.metrics.tls_handshake("timed_out");
                 }
             }
-            table.metrics.connections().dec();
         });
     };
+    let tls_listener = match &tls {
+        Some((tls, _)) => {
+            let listener = TcpListener::bind(tls.listen).await?;
+            tracing::info!(addr = %listener.local_addr()?, "TLS listener: HTTP/2 and HTTP/1.1");
+            Some(listener)
+        }
+        None => None,
+    };
+    let _reload = tls.as_ref().map(|(tls, _)| {
+        let (certificate, every, table) = (tls.certificate.clone(), tls.reload_every, table.clone());
+        AbortOnDrop(tokio::spawn(certificate.watch(every, move |ok| table.metrics.tls_reload(ok))))
+    });
     let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     tokio::pin!(shutdown);
     loop {
@@ -524,6 +616,13 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            accepted = accept_maybe(tls_listener.as_ref()) => match accepted {
+                Ok((stream, peer)) => admit_tls(stream, peer),
+                Err(err) => {
+                    tracing::warn!(%err, "TLS accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -542,14 +641,17 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     // Closing a listener resets the connections the kernel has completed but
     // nobody accepted: take every one already queued, then close.
     table.draining.store(true, Ordering::Relaxed);
-    let listener = listener.into_std()?;
-    while let Ok((stream, peer)) = listener.accept() {
-        match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
-            Ok(stream) => admit(stream, peer),
-            Err(err) => tracing::debug!(%err, "a queued connection could not be served"),
+    for (listener, tls) in [(Some(listener), false), (tls_listener, true)] {
+        let Some(listener) = listener else { continue };
+        let listener = listener.into_std()?;
+        while let Ok((stream, peer)) = listener.accept() {
+            match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                Ok(stream) if tls => admit_tls(stream, peer),
+                Ok(stream) => admit(stream, peer),
+                Err(err) => tracing::debug!(%err, "a queued connection could not be served"),
+            }
         }
     }
-    drop(listener);
     tracing::info!(grace_period = ?settings.grace_period, "shutting down: finishing requests in flight");
     let _ = stop.send(true);
     drop(stopping);

@@ -90,7 +90,7 @@ pub mod timeout;
 pub use self::balance::{RoundRobin, RoundRobinLayer};
 pub use self::body::{Body, ResponseBody};
 pub use self::client_addr::{ClientAddr, ClientAddrLayer};
-pub use self::proxy::{PeerAddr, Proxy};
+pub use self::proxy::{ClientScheme, PeerAddr, Proxy};
 pub use self::rate_limit::{Limiter, Quota, RateLimit, RateLimitLayer};
 pub use self::retry::{Retry, RetryLayer, RetryPolicy};
 pub use self::strip_prefix::{StripPrefix, StripPrefixLayer};

@@ -89,6 +89,13 @@ impl PeerAddr {
     }
 }
 
+/// The scheme a client reached the gateway with, for `X-Forwarded-Proto`: put
+/// it in the request's extensions where the connection is accepted when one
+/// gateway serves both HTTP and HTTPS. Without it, [`Proxy`] sends the
+/// builder's [`forwarded_proto`](Builder::forwarded_proto).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientScheme(pub http::uri::Scheme);
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -226,7 +233,14 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
     } else {
         headers.remove(&X_FORWARDED_HOST);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), forwarded_proto.clone());
+    let proto = match req.extensions().get::<ClientScheme>() {
+        Some(ClientScheme(scheme)) => {
+            HeaderValue::from_str(scheme.as_str()).unwrap_or_else(|_| forwarded_proto.clone())
+        }
+        None => forwarded_proto.clone(),
+    };
+    let headers = req.headers_mut();
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
     // The client's own forwarding claims are never passed on: X-Forwarded-For is
     // what ClientAddr verified, or the peer alone.
     headers.remove(header::FORWARDED);

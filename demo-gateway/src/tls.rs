@@ -1,0 +1,92 @@
+//! TLS termination: rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1` on one
+//! listener, the certificate chain and key from PEM files, reloaded when the
+//! files change without touching open connections (a bad new pair is refused
+//! with a log line and the old one keeps serving).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// Reads a certificate chain and its private key, and checks that they match.
+pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let certified = CertifiedKey::from_der(chain, key, &aws_lc_rs::default_provider())
+        .map_err(|e| format!("{} and {}: {e}", cert_file.display(), key_file.display()))?;
+    Ok(certified)
+}
+
+/// The certificate in use, swapped whole when the files change.
+#[derive(Debug)]
+pub(crate) struct Certificate {
+    current: ArcSwap<CertifiedKey>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Certificate {
+    pub(crate) fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Arc<Self>, String> {
+        let current = ArcSwap::from_pointee(load(&cert_file, &key_file)?);
+        Ok(Arc::new(Self { current, cert_file, key_file }))
+    }
+
+    fn modified(&self) -> Option<(SystemTime, SystemTime)> {
+        let time = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((time(&self.cert_file)?, time(&self.key_file)?))
+    }
+
+    /// Reloads when either file's modification time changes, every `every`;
+    /// runs until dropped.
+    pub(crate) async fn watch(self: Arc<Self>, every: Duration, reloaded: impl Fn(bool)) {
+        let mut seen = self.modified();
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.modified();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&self.cert_file, &self.key_file) {
+                Ok(certified) => {
+                    self.current.store(Arc::new(certified));
+                    tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
+                    reloaded(true);
+                }
+                Err(err) => {
+                    tracing::error!(%err, "new TLS certificate refused; the old one keeps serving");
+                    reloaded(false);
+                }
+            }
+        }
+    }
+}
+
+/// The server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+pub(crate) fn server_config(certificate: Arc<Certificate>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}

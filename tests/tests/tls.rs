@@ -1,0 +1,236 @@
+//! The gateway's HTTPS listener, with a CA made in the test: HTTP/1.1 and
+//! HTTP/2 over TLS by ALPN, `X-Forwarded-Proto: https` upstream, the
+//! certificate reloaded from its files (a bad one refused, the old one kept),
+//! and plain HTTP or a silent client on the TLS port bounded without harm.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use demo_gateway::config::{RouteConfig, TlsConfig, UpstreamConfig};
+use demo_gateway::{Access, Config};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tower_gateway_tests::{Gateway, Server, backend, closed_port};
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        Self { issuer: Issuer::new(params, key), der }
+    }
+
+    /// A leaf for `localhost` and 127.0.0.1, written to `cert` and `key`; its DER.
+    fn issue(&self, cert: &Path, key: &Path) -> CertificateDer<'static> {
+        let params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
+        std::fs::write(cert, leaf.pem()).unwrap();
+        std::fs::write(key, leaf_key.serialize_pem()).unwrap();
+        leaf.der().clone()
+    }
+
+    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+async fn connect(ca: &Ca, addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    ca.connector(alpn).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// Status and body of GET `path` over one TLS connection, HTTP/2 if ALPN chose it.
+async fn get(stream: TlsStream<tokio::net::TcpStream>, path: &str) -> (u16, String, http::Version) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let request = Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new()).unwrap();
+    let response = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let mut request = request;
+        request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+        *request.uri_mut() = path.parse().unwrap();
+        sender.send_request(request).await.unwrap()
+    };
+    let (status, version) = (response.status().as_u16(), response.version());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), version)
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    ca: Ca,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    first: CertificateDer<'static>,
+    tls: SocketAddr,
+    gw: Gateway,
+    _products: Server,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let first = ca.issue(&cert, &key);
+    let products = backend("products").await;
+    let tls = closed_port();
+    let config = Config {
+        tls: Some(TlsConfig {
+            listen: tls.to_string(),
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            handshake_timeout_ms: 500,
+            reload_interval_ms: 100,
+        }),
+        upstreams: [("products".to_owned(), UpstreamConfig { endpoints: vec![products.url()], ..Default::default() })]
+            .into(),
+        routes: vec![RouteConfig {
+            prefix: Some("/api/products".into()),
+            upstream: "products".into(),
+            access: Some(Access::Public),
+            ..RouteConfig::default()
+        }],
+        limits: Default::default(),
+        ..Config::default()
+    };
+    let gw = Gateway::start(config).await;
+    // The TLS listener is up once a handshake succeeds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect(&ca, tls, &[b"http/1.1"]).await.is_err() {
+        assert!(Instant::now() < deadline, "the TLS listener never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Setup { _dir: dir, ca, cert, key, first, tls, gw, _products: products }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_over_tls_and_the_upstream_hears_https() {
+    let s = setup().await;
+    let (status, body, version) = get(connect(&s.ca, s.tls, &[b"http/1.1"]).await.unwrap(), "/healthz").await;
+    assert_eq!((status, version), (200, http::Version::HTTP_11), "{body}");
+
+    let stream = connect(&s.ca, s.tls, &[b"h2", b"http/1.1"]).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, body, version) = get(stream, "/api/products/1").await;
+    assert_eq!((status, version), (200, http::Version::HTTP_2), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+
+    // The plain listener still says http.
+    let reply = tower_gateway_tests::Client::new().get(&format!("{}/api/products/1", s.gw.url())).await.unwrap();
+    assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_certificate_is_served_without_a_restart_and_a_bad_one_is_refused() {
+    let s = setup().await;
+    let leaf = |stream: &TlsStream<tokio::net::TcpStream>| stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+    // An open connection, kept across the reloads.
+    let kept = connect(&s.ca, s.tls, &[b"http/1.1"]).await.unwrap();
+    assert_eq!(leaf(&kept), s.first);
+
+    let second = s.ca.issue(&s.cert, &s.key);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leaf(&connect(&s.ca, s.tls, &[b"http/1.1"]).await.unwrap()) != second {
+        assert!(Instant::now() < deadline, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A broken pair: refused, the second keeps serving. (The files are written
+    // one after the other, so a reload may already have refused a half-new pair.)
+    let refused = || async {
+        let reply = tower_gateway_tests::Client::new().get(&format!("{}/metrics", s.gw.url())).await.unwrap();
+        String::from_utf8_lossy(&reply.body)
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_tls_reloads_total{outcome=\"refused\"} "))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    let before = refused().await;
+    std::fs::write(&s.cert, "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused().await <= before {
+        assert!(Instant::now() < deadline, "the bad certificate was never looked at");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(leaf(&connect(&s.ca, s.tls, &[b"http/1.1"]).await.unwrap()), second);
+    // The connection opened before both reloads still works.
+    assert_eq!(get(kept, "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_and_silent_clients_on_the_tls_port_are_bounded() {
+    let s = setup().await;
+    // Plain HTTP to the TLS port: closed, counted as a failed handshake.
+    let mut plain = tokio::net::TcpStream::connect(s.tls).await.unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the plain client was not closed");
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+
+    // A client that connects and says nothing: closed at the handshake timeout (500 ms).
+    let mut silent = tokio::net::TcpStream::connect(s.tls).await.unwrap();
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut [0u8; 16])).await;
+    assert!(read.is_ok(), "the silent client was not closed");
+    assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+
+    // Meanwhile, a proper client is served.
+    assert_eq!(get(connect(&s.ca, s.tls, &[b"h2"]).await.unwrap(), "/healthz").await.0, 200);
+    let reply = tower_gateway_tests::Client::new().get(&format!("{}/metrics", s.gw.url())).await.unwrap();
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    assert!(text.contains("gateway_tls_handshakes_total{outcome=\"failed\"}"), "{text}");
+    assert!(text.contains("gateway_tls_handshakes_total{outcome=\"timed_out\"}"), "{text}");
+}
+
+/// A client offering only TLS 1.0: refused with an alert, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_0_client_is_refused() {
+    let s = setup().await;
+    // A minimal TLS 1.0 ClientHello: version 3.1, one RSA/AES-128-CBC/SHA suite, no extensions.
+    let mut hello = vec![0x03, 0x01];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]); // session id, suites, compression
+    let mut handshake = vec![0x01, 0x00, 0x00, u8::try_from(hello.len()).unwrap()];
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, u8::try_from(handshake.len()).unwrap()];
+    record.extend_from_slice(&handshake);
+
+    let mut old = tokio::net::TcpStream::connect(s.tls).await.unwrap();
+    old.write_all(&record).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), old.read_to_end(&mut answer)).await.unwrap().ok();
+    // The first record back is an alert (content type 21), not a ServerHello
+    // (a handshake record, 22); then the connection is closed.
+    assert_eq!(answer.first(), Some(&0x15), "{answer:?}");
+}
