@@ -177,6 +177,17 @@ pub struct UpstreamConfig {
     pub timeout_ms: u64,
     /// How long to wait for a connection to an upstream.
     pub connect_timeout_ms: u64,
+    /// For `https://` endpoints: the CA certificates (PEM) to trust instead of
+    /// the Mozilla roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For `https://` endpoints: a client certificate chain (PEM) to present
+    /// (mTLS), with `client_key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<std::path::PathBuf>,
     /// Consecutive refused connections before an endpoint is skipped.
     pub eject_after: u32,
     /// Consecutive timeouts, resets or 502/503/504 before an endpoint is skipped.
@@ -197,6 +208,9 @@ impl Default for UpstreamConfig {
             dns_refresh_ms: 5_000,
             timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             eject_after: 1,
             eject_after_gateway_failures: 5,
             max_ejected_percent: 50,

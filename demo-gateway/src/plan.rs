@@ -430,9 +430,14 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
             (Endpoints::new(&config.endpoints).map_err(|e| ConfigError::new(format!("{at}.endpoints"), e))?, None)
         }
     };
-    let proxy = Proxy::builder()
-        .connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?)
-        .build();
+    let mut proxy =
+        Proxy::builder().connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?);
+    if let Some(tls) =
+        crate::tls::upstream_config(config).map_err(|(field, e)| ConfigError::new(format!("{at}.{field}"), e))?
+    {
+        proxy = proxy.tls_config(tls);
+    }
+    let proxy = proxy.build();
     // Each attempt's wait for the response head, under the balancer: a 504 it
     // counts against the endpoint, and the retry layer may retry.
     let timeout = TimeoutLayer::new(positive(&format!("{at}.timeout_ms"), config.timeout_ms)?);

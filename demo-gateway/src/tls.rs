@@ -90,3 +90,45 @@ pub(crate) fn server_config(certificate: Arc<Certificate>) -> Arc<rustls::Server
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
+
+/// The TLS client configuration of an upstream with a CA bundle or a client
+/// certificate; `None` for the defaults (Mozilla roots, no client certificate).
+/// An error names the field.
+pub(crate) fn upstream_config(
+    upstream: &crate::config::UpstreamConfig,
+) -> Result<Option<rustls::ClientConfig>, (&'static str, String)> {
+    if upstream.ca_file.is_none() && upstream.client_cert_file.is_none() && upstream.client_key_file.is_none() {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &upstream.ca_file {
+        Some(file) => {
+            for cert in
+                CertificateDer::pem_file_iter(file).map_err(|e| ("ca_file", format!("{}: {e}", file.display())))?
+            {
+                let cert = cert.map_err(|e| ("ca_file", format!("{}: {e}", file.display())))?;
+                roots.add(cert).map_err(|e| ("ca_file", format!("{}: {e}", file.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(("ca_file", format!("{}: no certificate", file.display())));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_root_certificates(roots);
+    let config = match (&upstream.client_cert_file, &upstream.client_key_file) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let certified = load(cert, key).map_err(|e| ("client_cert_file", e))?;
+            let chain = certified.cert.clone();
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| ("client_key_file", format!("{}: {e}", key.display())))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| ("client_cert_file", e.to_string()))?
+        }
+        _ => return Err(("client_cert_file", "give client_cert_file and client_key_file together".into())),
+    };
+    Ok(Some(config))
+}

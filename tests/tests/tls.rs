@@ -15,6 +15,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -24,6 +25,7 @@ use tower_gateway_tests::{Gateway, Server, backend, closed_port};
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
     der: CertificateDer<'static>,
+    pem: String,
 }
 
 impl Ca {
@@ -31,8 +33,9 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
-        let der = params.self_signed(&key).unwrap().der().clone();
-        Self { issuer: Issuer::new(params, key), der }
+        let cert = params.self_signed(&key).unwrap();
+        let (der, pem) = (cert.der().clone(), cert.pem());
+        Self { issuer: Issuer::new(params, key), der, pem }
     }
 
     /// A leaf for `localhost` and 127.0.0.1, written to `cert` and `key`; its DER.
@@ -233,4 +236,67 @@ async fn a_tls_1_0_client_is_refused() {
     // The first record back is an alert (content type 21), not a ServerHello
     // (a handshake record, 22); then the connection is closed.
     assert_eq!(answer.first(), Some(&0x15), "{answer:?}");
+}
+
+/// An `https://` upstream trusted through the upstream's `ca_file`: served,
+/// and told the request came over plain HTTP to the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_reached_through_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert, key, ca_file) = (dir.path().join("up.pem"), dir.path().join("up.key"), dir.path().join("ca.pem"));
+    ca.issue(&cert, &key);
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let chain = CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let body = format!("secure upstream saw {}", req.uri());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    let upstream = UpstreamConfig {
+        endpoints: vec![format!("https://localhost:{port}")],
+        ca_file: Some(ca_file),
+        ..Default::default()
+    };
+    let config = Config {
+        upstreams: [("secure".to_owned(), upstream)].into(),
+        routes: vec![RouteConfig {
+            prefix: Some("/api/secure".into()),
+            upstream: "secure".into(),
+            access: Some(Access::Public),
+            ..RouteConfig::default()
+        }],
+        limits: Default::default(),
+        ..Config::default()
+    };
+    let gw = Gateway::start(config).await;
+    let reply = tower_gateway_tests::Client::new().get(&format!("{}/api/secure/x", gw.url())).await.unwrap();
+    assert_eq!(reply.status, http::StatusCode::OK);
+    assert_eq!(reply.body, "secure upstream saw /x");
+
+    // A CA file that is not there is a configuration error naming the field.
+    let mut bad = UpstreamConfig { endpoints: vec![format!("https://localhost:{port}")], ..Default::default() };
+    bad.ca_file = Some(dir.path().join("missing.pem"));
+    let config = Config { upstreams: [("secure".to_owned(), bad)].into(), ..Config::default() };
+    let err = demo_gateway::Plan::compile(config).expect_err("a missing CA file is refused");
+    assert!(err.to_string().contains("upstreams.secure.ca_file"), "{err}");
 }

@@ -33,13 +33,16 @@ pub enum UpstreamErrorKind {
     /// The client's request body could not be read (malformed chunking, cut
     /// short): the client's fault, answered `400`.
     RequestBody,
+    /// The TLS handshake with an `https://` upstream failed: a certificate not
+    /// trusted or not for that name, no protocol in common. Nothing was sent.
+    Tls,
 }
 
 impl UpstreamErrorKind {
     /// The status a client sees for this kind of failure.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::Connect | Self::Reset | Self::NoDestination => StatusCode::BAD_GATEWAY,
+            Self::Connect | Self::Reset | Self::NoDestination | Self::Tls => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestBody => StatusCode::BAD_REQUEST,
@@ -55,6 +58,7 @@ impl UpstreamErrorKind {
             Self::NoEndpoint => "no_endpoint",
             Self::NoDestination => "no_destination",
             Self::RequestBody => "bad_request_body",
+            Self::Tls => "upstream_tls_failed",
         }
     }
 
@@ -66,6 +70,7 @@ impl UpstreamErrorKind {
             Self::NoEndpoint => "no upstream endpoint is available",
             Self::NoDestination => "the request has no upstream destination",
             Self::RequestBody => "the request body could not be read",
+            Self::Tls => "the upstream's TLS certificate or handshake was refused",
         }
     }
 }

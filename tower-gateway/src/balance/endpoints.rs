@@ -74,8 +74,8 @@ fn parse_endpoint(endpoint: &str) -> Result<Endpoint, InvalidEndpoint> {
     let uri: Uri = endpoint.parse().map_err(|_| invalid("not a URI"))?;
     let parts = uri.into_parts();
     let scheme = parts.scheme.ok_or_else(|| invalid("it needs a scheme, e.g. http://"))?;
-    if scheme != Scheme::HTTP {
-        return Err(invalid("only http:// endpoints are supported"));
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(invalid("only http:// and https:// endpoints are supported"));
     }
     let authority = parts.authority.ok_or_else(|| invalid("it needs a host"))?;
     if authority.as_str().contains('@') {
@@ -269,9 +269,9 @@ mod tests {
     }
 
     #[test]
-    fn parses_only_plain_http_origins() {
-        assert!(Endpoints::new(["http://127.0.0.1:3001", "http://products:80/"]).is_ok());
-        for bad in ["127.0.0.1:3001", "https://a:1", "http://a:1/path", "http://a:1/?q", "http://u@a:1", "not a uri"] {
+    fn parses_only_http_and_https_origins() {
+        assert!(Endpoints::new(["http://127.0.0.1:3001", "http://products:80/", "https://a:1"]).is_ok());
+        for bad in ["127.0.0.1:3001", "ftp://a:1", "http://a:1/path", "http://a:1/?q", "http://u@a:1", "not a uri"] {
             assert!(Endpoints::new([bad]).is_err(), "{bad}");
         }
     }
