@@ -135,6 +135,29 @@ pub struct TlsConfig {
     /// How often the files are looked at for a new certificate (default 2 s).
     #[serde(default = "default_reload_interval_ms")]
     pub reload_interval_ms: u64,
+    /// More certificates, chosen by the name the client asks for (SNI); the
+    /// one above serves every other name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCertificate>,
+    /// `Strict-Transport-Security: max-age=N` on every HTTPS response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_max_age_secs: Option<u64>,
+    /// A plain-HTTP listener that answers every request with a `308` to the
+    /// same URL over HTTPS (`0.0.0.0:80`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_listen: Option<String>,
+}
+
+/// A certificate served for some server names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// The names (`api.example.com`), matched exactly, case-insensitively.
+    pub names: Vec<String>,
+    /// Its chain, PEM.
+    pub cert_file: std::path::PathBuf,
+    /// Its key, PEM.
+    pub key_file: std::path::PathBuf,
 }
 
 fn default_handshake_timeout_ms() -> u64 {

@@ -28,9 +28,11 @@ use crate::routes::{Matcher, Route, RouteBody, Stack, Table, Upstream, UpstreamS
 #[derive(Debug, Clone)]
 pub(crate) struct TlsSettings {
     pub(crate) listen: SocketAddr,
-    pub(crate) certificate: Arc<crate::tls::Certificate>,
+    pub(crate) certificate: Arc<crate::tls::Certificates>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) reload_every: Duration,
+    pub(crate) hsts: Option<http::HeaderValue>,
+    pub(crate) redirect_listen: Option<SocketAddr>,
 }
 
 /// The server's settings, checked.
@@ -215,8 +217,16 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
     let tls = match &config.tls {
         Some(tls) => Some(TlsSettings {
             listen: tls.listen.parse().map_err(|e| ConfigError::new("tls.listen", format!("{:?}: {e}", tls.listen)))?,
-            certificate: crate::tls::Certificate::new(tls.cert_file.clone(), tls.key_file.clone())
-                .map_err(|e| ConfigError::new("tls.cert_file", e))?,
+            certificate: crate::tls::Certificates::new(tls).map_err(|(field, e)| ConfigError::new(field, e))?,
+            hsts: tls.hsts_max_age_secs.map(|secs| {
+                http::HeaderValue::try_from(format!("max-age={secs}")).expect("digits are a valid header value")
+            }),
+            redirect_listen: match &tls.redirect_listen {
+                Some(addr) => {
+                    Some(addr.parse().map_err(|e| ConfigError::new("tls.redirect_listen", format!("{addr:?}: {e}")))?)
+                }
+                None => None,
+            },
             handshake_timeout: positive("tls.handshake_timeout_ms", tls.handshake_timeout_ms)?,
             reload_every: positive("tls.reload_interval_ms", tls.reload_interval_ms)?,
         }),

@@ -302,6 +302,8 @@ impl Activity {
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// `Strict-Transport-Security`, on a TLS connection with HSTS set.
+    hsts: Option<HeaderValue>,
 }
 
 struct InFlight(Arc<Activity>);
@@ -332,7 +334,12 @@ where
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.touch();
         let http1 = req.version() <= http::Version::HTTP_11;
-        TrackedFuture { future: self.inner.call(req), in_flight: Some(InFlight(self.activity.clone())), http1 }
+        TrackedFuture {
+            future: self.inner.call(req),
+            in_flight: Some(InFlight(self.activity.clone())),
+            http1,
+            hsts: self.hsts.clone(),
+        }
     }
 }
 
@@ -342,6 +349,7 @@ pin_project_lite::pin_project! {
         future: F,
         in_flight: Option<InFlight>,
         http1: bool,
+        hsts: Option<HeaderValue>,
     }
 }
 
@@ -362,6 +370,9 @@ where
             && draining
         {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let (Ok(response), Some(hsts)) = (&mut result, this.hsts.take()) {
+            response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
         }
         // The count moves into the body, and ends when the body is done or dropped.
         let in_flight = this.in_flight.take();
@@ -408,6 +419,8 @@ struct Conns<S> {
     stopping: tokio::sync::watch::Receiver<bool>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// `Strict-Transport-Security` for responses over TLS.
+    hsts: Option<HeaderValue>,
 }
 
 impl<S> Conns<S>
@@ -421,12 +434,14 @@ where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new(self.table.clone()));
+        let hsts = if scheme == Scheme::HTTPS { self.hsts.clone() } else { None };
         let svc = Tracked {
             inner: self.svc.clone().map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
                 req.extensions_mut().insert(ClientScheme(scheme.clone()));
                 req
             }),
+            hsts,
             activity: activity.clone(),
         };
         let conn = self.builder.serve_connection(io, TowerToHyperService::new(svc)).into_owned();
@@ -478,6 +493,27 @@ where
             table.metrics.connections().dec();
         });
     }
+}
+
+/// A `308` to the same URL over HTTPS on `https_port`; `400` without a usable `Host`.
+fn to_https(headers: &http::HeaderMap, uri: &http::Uri, https_port: u16) -> Response<Full<Bytes>> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .filter(|a| !a.as_str().contains('@'));
+    let Some(host) = host else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_host", "a valid Host header is required");
+    };
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match https_port {
+        443 => format!("https://{}{path}", host.host()),
+        port => format!("https://{}:{port}{path}", host.host()),
+    };
+    let mut response = json_error(StatusCode::PERMANENT_REDIRECT, "use_https", "this service is served over HTTPS");
+    if let Ok(location) = HeaderValue::try_from(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 /// Accepts on `listener`, or never when there is none.
@@ -548,6 +584,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
         stopping: stopping.clone(),
         header_timeout,
         idle_timeout,
+        hsts: settings.tls.as_ref().and_then(|tls| tls.hsts.clone()),
     };
     // A slot, or the connection is refused: `refuse` tells a plain client so.
     let slot_for = |refuse: &dyn Fn()| match slots.clone().try_acquire_owned() {
@@ -600,6 +637,21 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
             let listener = TcpListener::bind(tls.listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "TLS listener: HTTP/2 and HTTP/1.1");
             Some(listener)
+        }
+        None => None,
+    };
+    let _redirect = match tls.as_ref().and_then(|(tls, _)| tls.redirect_listen.map(|addr| (addr, tls.listen.port()))) {
+        Some((addr, https_port)) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "redirect listener: 308 to HTTPS");
+            let router = Router::new().fallback(move |headers: http::HeaderMap, uri: http::Uri| async move {
+                to_https(&headers, &uri, https_port)
+            });
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, router).await {
+                    tracing::error!(%err, "redirect listener failed");
+                }
+            })))
         }
         None => None,
     };

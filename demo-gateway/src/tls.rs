@@ -37,14 +37,8 @@ pub(crate) struct Certificate {
     key_file: PathBuf,
 }
 
-impl ResolvesServerCert for Certificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
 impl Certificate {
-    pub(crate) fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Arc<Self>, String> {
+    fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Arc<Self>, String> {
         let current = ArcSwap::from_pointee(load(&cert_file, &key_file)?);
         Ok(Arc::new(Self { current, cert_file, key_file }))
     }
@@ -56,7 +50,7 @@ impl Certificate {
 
     /// Reloads when either file's modification time changes, every `every`;
     /// runs until dropped.
-    pub(crate) async fn watch(self: Arc<Self>, every: Duration, reloaded: impl Fn(bool)) {
+    async fn watch(self: Arc<Self>, every: Duration, reloaded: impl Fn(bool)) {
         let mut seen = self.modified();
         loop {
             tokio::time::sleep(every).await;
@@ -80,8 +74,59 @@ impl Certificate {
     }
 }
 
+/// Every certificate served: the default one, and those chosen by SNI.
+#[derive(Debug)]
+pub(crate) struct Certificates {
+    default: Arc<Certificate>,
+    /// Lower-cased server names and their certificate.
+    by_name: Vec<(String, Arc<Certificate>)>,
+}
+
+impl Certificates {
+    /// Loads them all; an error names the field.
+    pub(crate) fn new(tls: &crate::config::TlsConfig) -> Result<Arc<Self>, (String, String)> {
+        let default = Certificate::new(tls.cert_file.clone(), tls.key_file.clone())
+            .map_err(|e| ("tls.cert_file".to_owned(), e))?;
+        let mut by_name = Vec::new();
+        for (i, sni) in tls.sni.iter().enumerate() {
+            let certificate = Certificate::new(sni.cert_file.clone(), sni.key_file.clone())
+                .map_err(|e| (format!("tls.sni[{i}].cert_file"), e))?;
+            if sni.names.is_empty() {
+                return Err((format!("tls.sni[{i}].names"), "name at least one server name".into()));
+            }
+            by_name.extend(sni.names.iter().map(|name| (name.to_ascii_lowercase(), certificate.clone())));
+        }
+        Ok(Arc::new(Self { default, by_name }))
+    }
+
+    /// Reloads each certificate whose files change; runs until dropped.
+    pub(crate) async fn watch(self: Arc<Self>, every: Duration, reloaded: impl Fn(bool) + Clone + Send + 'static) {
+        let mut all = vec![self.default.clone()];
+        for (_, certificate) in &self.by_name {
+            if !all.iter().any(|c| Arc::ptr_eq(c, certificate)) {
+                all.push(certificate.clone());
+            }
+        }
+        let mut watching = tokio::task::JoinSet::new();
+        for certificate in all {
+            watching.spawn(certificate.watch(every, reloaded.clone()));
+        }
+        while watching.join_next().await.is_some() {}
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|name| self.by_name.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)))
+            .map_or(&self.default, |(_, certificate)| certificate);
+        Some(chosen.current.load_full())
+    }
+}
+
 /// The server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
-pub(crate) fn server_config(certificate: Arc<Certificate>) -> Arc<rustls::ServerConfig> {
+pub(crate) fn server_config(certificate: Arc<Certificates>) -> Arc<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("aws-lc-rs supports TLS 1.2 and 1.3")

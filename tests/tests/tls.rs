@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use demo_gateway::config::{RouteConfig, TlsConfig, UpstreamConfig};
+use demo_gateway::config::{RouteConfig, SniCertificate, TlsConfig, UpstreamConfig};
 use demo_gateway::{Access, Config};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
@@ -40,7 +40,12 @@ impl Ca {
 
     /// A leaf for `localhost` and 127.0.0.1, written to `cert` and `key`; its DER.
     fn issue(&self, cert: &Path, key: &Path) -> CertificateDer<'static> {
-        let params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        self.issue_for(&["localhost", "127.0.0.1"], cert, key)
+    }
+
+    /// A leaf for `names`, written to `cert` and `key`; its DER.
+    fn issue_for(&self, names: &[&str], cert: &Path, key: &Path) -> CertificateDer<'static> {
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
         std::fs::write(cert, leaf.pem()).unwrap();
@@ -96,6 +101,8 @@ struct Setup {
     key: std::path::PathBuf,
     first: CertificateDer<'static>,
     tls: SocketAddr,
+    redirect: SocketAddr,
+    other: CertificateDer<'static>,
     gw: Gateway,
     _products: Server,
 }
@@ -105,8 +112,10 @@ async fn setup() -> Setup {
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let ca = Ca::new();
     let first = ca.issue(&cert, &key);
+    let (other_cert, other_key) = (dir.path().join("other.pem"), dir.path().join("other.key"));
+    let other = ca.issue_for(&["other.test"], &other_cert, &other_key);
     let products = backend("products").await;
-    let tls = closed_port();
+    let (tls, redirect) = (closed_port(), closed_port());
     let config = Config {
         tls: Some(TlsConfig {
             listen: tls.to_string(),
@@ -114,6 +123,9 @@ async fn setup() -> Setup {
             key_file: key.clone(),
             handshake_timeout_ms: 500,
             reload_interval_ms: 100,
+            sni: vec![SniCertificate { names: vec!["Other.Test".into()], cert_file: other_cert, key_file: other_key }],
+            hsts_max_age_secs: Some(600),
+            redirect_listen: Some(redirect.to_string()),
         }),
         upstreams: [("products".to_owned(), UpstreamConfig { endpoints: vec![products.url()], ..Default::default() })]
             .into(),
@@ -133,7 +145,7 @@ async fn setup() -> Setup {
         assert!(Instant::now() < deadline, "the TLS listener never answered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Setup { _dir: dir, ca, cert, key, first, tls, gw, _products: products }
+    Setup { _dir: dir, ca, cert, key, first, tls, redirect, other, gw, _products: products }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,4 +311,38 @@ async fn an_https_upstream_is_reached_through_its_ca_file() {
     let config = Config { upstreams: [("secure".to_owned(), bad)].into(), ..Config::default() };
     let err = demo_gateway::Plan::compile(config).expect_err("a missing CA file is refused");
     assert!(err.to_string().contains("upstreams.secure.ca_file"), "{err}");
+}
+
+/// HSTS on HTTPS responses only, the plain redirect listener, and a second
+/// certificate chosen by the name the client asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_the_redirect_listener_and_sni() {
+    let s = setup().await;
+    let stream = connect(&s.ca, s.tls, &[b"http/1.1"]).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("/healthz").header("host", "localhost").body(Empty::<Bytes>::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.headers()["strict-transport-security"], "max-age=600");
+    let plain = tower_gateway_tests::Client::new().get(&format!("{}/healthz", s.gw.url())).await.unwrap();
+    assert!(!plain.headers.contains_key("strict-transport-security"), "HSTS over plain HTTP");
+
+    let mut stream = tokio::net::TcpStream::connect(s.redirect).await.unwrap();
+    stream.write_all(b"GET /api/x?y=1 HTTP/1.1\r\nHost: example.com:8080\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    let location = format!("location: https://example.com:{}/api/x?y=1\r\n", s.tls.port());
+    assert!(answer.to_ascii_lowercase().contains(&location), "{answer}");
+
+    let named = |name: &'static str| {
+        let ca = &s.ca;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(s.tls).await.unwrap();
+            let stream = ca.connector(&[b"http/1.1"]).connect(ServerName::try_from(name).unwrap(), tcp).await.unwrap();
+            stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+        }
+    };
+    assert_eq!(named("other.test").await, s.other);
+    assert_eq!(named("localhost").await, s.first);
 }
