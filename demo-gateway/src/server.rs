@@ -240,7 +240,7 @@ async fn watch_dns(plan: &Plan) -> tokio::task::JoinSet<()> {
 }
 
 /// Aborts the task when dropped: the admin listener ends with `serve`.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -48,17 +48,34 @@ impl Certificate {
         Some((time(&self.cert_file)?, time(&self.key_file)?))
     }
 
-    /// Reloads when either file's modification time changes, every `every`;
-    /// runs until dropped.
-    async fn watch(self: Arc<Self>, every: Duration, reloaded: impl Fn(bool)) {
+    /// Reloads when either file's modification time changes (looked at every
+    /// `every`) or when `hangup` fires (SIGHUP); runs until dropped.
+    async fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        mut hangup: tokio::sync::watch::Receiver<()>,
+        reloaded: impl Fn(bool),
+    ) {
         let mut seen = self.modified();
+        let mut hangups = true;
         loop {
-            tokio::time::sleep(every).await;
-            let now = self.modified();
-            if now == seen {
-                continue;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {
+                    let now = self.modified();
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                }
+                changed = hangup.changed(), if hangups => {
+                    if changed.is_err() {
+                        // No more signals: the files alone from now on.
+                        hangups = false;
+                        continue;
+                    }
+                    seen = self.modified();
+                }
             }
-            seen = now;
             match load(&self.cert_file, &self.key_file) {
                 Ok(certified) => {
                     self.current.store(Arc::new(certified));
@@ -99,8 +116,22 @@ impl Certificates {
         Ok(Arc::new(Self { default, by_name }))
     }
 
-    /// Reloads each certificate whose files change; runs until dropped.
+    /// Reloads each certificate whose files change, and all of them on SIGHUP;
+    /// runs until dropped.
     pub(crate) async fn watch(self: Arc<Self>, every: Duration, reloaded: impl Fn(bool) + Clone + Send + 'static) {
+        let (hangup_tx, hangup) = tokio::sync::watch::channel(());
+        let _hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signals) => Some(crate::server::AbortOnDrop(tokio::spawn(async move {
+                while signals.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the TLS certificates");
+                    hangup_tx.send_replace(());
+                }
+            }))),
+            Err(err) => {
+                tracing::warn!(%err, "no SIGHUP handler: certificates reload on file changes only");
+                None
+            }
+        };
         let mut all = vec![self.default.clone()];
         for (_, certificate) in &self.by_name {
             if !all.iter().any(|c| Arc::ptr_eq(c, certificate)) {
@@ -109,7 +140,7 @@ impl Certificates {
         }
         let mut watching = tokio::task::JoinSet::new();
         for certificate in all {
-            watching.spawn(certificate.watch(every, reloaded.clone()));
+            watching.spawn(certificate.watch(every, hangup.clone(), reloaded.clone()));
         }
         while watching.join_next().await.is_some() {}
     }

@@ -308,3 +308,76 @@ async fn sigterm_under_load_closes_connections_only_between_requests() {
     // in the microseconds between the last accept and the close.
     assert!(total.lost_on_fresh <= 1, "{total:?}");
 }
+
+/// SIGHUP reloads the TLS certificate (the files are not looked at on their
+/// own here), and the gateway keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_der = ca_params.self_signed(&ca_key).unwrap().der().clone();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let issue = || -> CertificateDer<'static> {
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        leaf.der().clone()
+    };
+    let first = issue();
+
+    let (port, tls_port) = (free_port(), free_port());
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = {:?}\nkey_file = {:?}\n\
+             reload_interval_ms = 3600000\n[upstreams.none]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+             [[routes]]\nprefix = \"/api\"\nupstream = \"none\"\naccess = \"public\"\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut gateway =
+        Killed(Command::new(BIN).args(["--config", config.to_str().unwrap()]).env("RUST_LOG", "warn").spawn().unwrap());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let served = || async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.ok()?;
+        let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.ok()?;
+        Some(tls.get_ref().1.peer_certificates()?[0].clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = served().await;
+    while seen.is_none() {
+        assert!(Instant::now() < deadline, "the TLS listener never answered");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        seen = served().await;
+    }
+    assert_eq!(seen.unwrap(), first);
+
+    let second = issue();
+    assert_eq!(served().await.unwrap(), first, "reloaded without being asked");
+    assert!(Command::new("kill").args(["-HUP", &gateway.0.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served().await.as_ref() != Some(&second) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the certificate");
+        assert!(gateway.0.try_wait().unwrap().is_none(), "the gateway exited on SIGHUP");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gateway.0.try_wait().unwrap().is_none(), "the gateway exited on SIGHUP");
+}
