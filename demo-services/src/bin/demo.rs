@@ -64,6 +64,31 @@ fn random_password() -> Result<String, String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// A CA and a certificate for `localhost` and 127.0.0.1 signed by it, made for
+/// this run and written to `dir`: the CA's file (for `curl --cacert`), then
+/// the certificate's and the key's.
+fn demo_tls(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let fail = |e: rcgen::Error| format!("cannot make the demo's TLS certificate: {e}");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL clients take a leaf named like its issuer for self-signed.
+    ca_params.distinguished_name.push(DnType::CommonName, "tower-gateway demo CA");
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().map_err(fail)?;
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let mut params = CertificateParams::new(names).map_err(fail)?;
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).map_err(fail)?;
+    let files = (dir.join("demo-ca.pem"), dir.join("demo-tls-cert.pem"), dir.join("demo-tls-key.pem"));
+    for (file, pem) in [(&files.0, ca.pem()), (&files.1, cert.pem()), (&files.2, key.serialize_pem())] {
+        std::fs::write(file, pem).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(files)
+}
+
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| format!("{name} cannot listen on {addr}: {e}"))
 }
@@ -94,6 +119,23 @@ async fn run() -> Result<(), String> {
     let mut config = Config::load(env("GATEWAY_CONFIG").as_deref().map(std::path::Path::new), |name| env(name))
         .map_err(|e| e.to_string())?;
     config.jwt = keys.clone();
+    // HTTPS on 8443 beside plain 8080, with a certificate made for this run.
+    let ca_file = if config.tls.is_none() && env("DEMO_TLS").as_deref() != Some("off") {
+        let (ca_file, cert_file, key_file) = demo_tls(&data_dir)?;
+        config.tls = Some(demo_gateway::config::TlsConfig {
+            listen: "127.0.0.1:8443".into(),
+            cert_file,
+            key_file,
+            handshake_timeout_ms: 10_000,
+            reload_interval_ms: 2_000,
+            sni: Vec::new(),
+            hsts_max_age_secs: None,
+            redirect_listen: None,
+        });
+        Some(ca_file)
+    } else {
+        None
+    };
     let plan = Plan::compile_with_store(config, Some(store.clone())).map_err(|e| e.to_string())?;
     // The gateway's own authenticator for user-service too: a logout, a changed
     // password or a deleted user is refused at the gateway at once, not after its cache bound.
@@ -162,6 +204,9 @@ async fn run() -> Result<(), String> {
     let base = format!("http://{listen}");
     println!("tower-gateway demo: the whole system, in one process (Ctrl-C stops it all)\n");
     println!("  gateway            {base}   /api/products  /api/users  /api/checkout");
+    if let Some(ca_file) = &ca_file {
+        println!("  gateway, HTTPS     https://127.0.0.1:8443  (HTTP/2 and HTTP/1.1; CA in {})", ca_file.display());
+    }
     for (name, port) in &table {
         println!("  {name:<18} http://127.0.0.1:{port}");
     }
@@ -183,6 +228,9 @@ async fn run() -> Result<(), String> {
     println!(
         "  curl -s -X POST {base}/api/checkout -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -H 'idempotency-key: order-1' -d '{{\"product_id\":1,\"quantity\":2}}'"
     );
+    if let Some(ca_file) = &ca_file {
+        println!("  curl -s --cacert {} https://127.0.0.1:8443/api/products/1", ca_file.display());
+    }
     println!(
         "  curl -s -X PUT {base}/api/products/1 -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Laptop\",\"price\":0.01}}'   # 403: needs admin\n"
     );
