@@ -36,6 +36,35 @@ async fn get(url: &str) -> Option<(u16, String)> {
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Serves `app` on a loopback port.
+async fn serve_backend(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Runs the binary with `config` (which listens on `port`) until it answers
+/// `/healthz`; the directory holds its configuration file.
+async fn start_gateway(port: u16, config: &str) -> (Killed, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, config).unwrap();
+    let child = Command::new(BIN)
+        .args(["--config", file.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gateway = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&format!("http://127.0.0.1:{port}/healthz")).await.map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "the gateway never became healthy");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    (gateway, dir)
+}
+
 #[test]
 fn help_version_and_config_errors() {
     let help = Command::new(BIN).arg("--help").output().unwrap();
@@ -98,7 +127,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     let started = Arc::new(AtomicBool::new(false));
     let backend = {
         let started = started.clone();
-        let app = Router::new().route(
+        serve_backend(Router::new().route(
             "/{*rest}",
             routing::get(move || {
                 let started = started.clone();
@@ -108,36 +137,20 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
                     "slow done"
                 }
             }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
+        ))
+        .await
     };
 
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (mut gateway, _dir) = start_gateway(
+        port,
+        &format!(
             "listen = \"127.0.0.1:{port}\"\ngrace_period_ms = 10000\n[upstreams.slow]\nendpoints = [\"http://{backend}\"]\n[[routes]]\nprefix = \"/api/slow\"\nupstream = \"slow\"\naccess = \"public\"\n"
         ),
     )
-    .unwrap();
-    let child = Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gateway = Killed(child);
+    .await;
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&format!("{base}/healthz")).await.map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < deadline, "the gateway never became healthy");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 
     let slow = tokio::spawn({
         let url = format!("{base}/api/slow/report");
@@ -243,37 +256,17 @@ async fn keep_alive_client(addr: SocketAddr, stopping: Arc<AtomicBool>) -> Seen 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_closes_connections_only_between_requests() {
-    let backend = {
-        let app = Router::new().route("/{*rest}", routing::get(|| async { "ok" }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
-    };
+    let backend = serve_backend(Router::new().route("/{*rest}", routing::get(|| async { "ok" }))).await;
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (mut gateway, _dir) = start_gateway(
+        port,
+        &format!(
             "listen = \"127.0.0.1:{port}\"\ngrace_period_ms = 5000\ndrain_delay_ms = 500\n\
              [upstreams.b]\nendpoints = [\"http://{backend}\"]\n\
              [[routes]]\nprefix = \"/api\"\nupstream = \"b\"\naccess = \"public\"\n"
         ),
     )
-    .unwrap();
-    let child = Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gateway = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&format!("http://127.0.0.1:{port}/healthz")).await.map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < deadline, "the gateway never became healthy");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    .await;
 
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let stopping = Arc::new(AtomicBool::new(false));
@@ -333,10 +326,9 @@ async fn sighup_reloads_the_tls_certificate() {
     let first = issue();
 
     let (port, tls_port) = (free_port(), free_port());
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (mut gateway, _config_dir) = start_gateway(
+        port,
+        &format!(
             "listen = \"127.0.0.1:{port}\"\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = {:?}\nkey_file = {:?}\n\
              reload_interval_ms = 3600000\n[upstreams.none]\nendpoints = [\"http://127.0.0.1:9\"]\n\
              [[routes]]\nprefix = \"/api\"\nupstream = \"none\"\naccess = \"public\"\n",
@@ -344,9 +336,7 @@ async fn sighup_reloads_the_tls_certificate() {
             key.display().to_string()
         ),
     )
-    .unwrap();
-    let mut gateway =
-        Killed(Command::new(BIN).args(["--config", config.to_str().unwrap()]).env("RUST_LOG", "warn").spawn().unwrap());
+    .await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_der).unwrap();

@@ -389,35 +389,29 @@ fn default_tls() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// Whether a connection failed in the TLS handshake: a rustls error among its
-/// sources, or inside the `io::Error`s that carry it (tokio-rustls and
-/// hyper-rustls each wrap it in one, and `io::Error::source` skips the inner
-/// error itself).
-fn from_tls(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = err.source();
-    while let Some(err) = next {
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        next = match err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+/// The causes of `err`, nearest first: its sources, and inside each
+/// `io::Error` the error it carries (`io::Error::source` skips that one).
+fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(err.source(), |err| {
+        match err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => err.source(),
-        };
-    }
-    false
+        }
+    })
+}
+
+/// Whether a connection failed in the TLS handshake: a rustls error among its
+/// causes (tokio-rustls and hyper-rustls each wrap it in an `io::Error`).
+fn from_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    causes(err).any(|cause| cause.is::<rustls::Error>())
 }
 
 /// Whether the request failed because the body being sent failed to arrive from
 /// the client (hyper's "user" body error), rather than the upstream.
 fn from_request_body(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = err.source();
-    while let Some(err) = source {
-        if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    causes(err).any(|cause| cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user))
 }
 
 /// Displays an error with its sources, which is where hyper keeps the detail.
