@@ -86,6 +86,7 @@ pub mod rate_limit;
 pub mod retry;
 pub mod strip_prefix;
 pub mod timeout;
+pub mod upgrade;
 
 pub use self::balance::{RoundRobin, RoundRobinLayer};
 pub use self::body::{Body, ResponseBody};

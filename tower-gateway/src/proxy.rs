@@ -14,7 +14,8 @@
 //!   `Host` the client asked for); client-sent copies of these, and of
 //!   `Forwarded` and `X-Real-IP`, are never passed on (with neither extension no
 //!   `X-Forwarded-For` is sent);
-//! - sends the upstream its own authority as `Host`, over HTTP/1.1.
+//! - sends the upstream its own authority as `Host`, over HTTP/1.1;
+//! - carries WebSocket upgrades, counted among its [`Tunnels`] (see [`upgrade`](crate::upgrade)).
 //!
 //! Failures are answered, never returned as errors (`Error = Infallible`, as axum
 //! wants): a connection that could not be made is a `502` with code
@@ -58,6 +59,7 @@ use tower_service::Service;
 use crate::Body;
 use crate::client_addr::ClientAddr;
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
+use crate::upgrade::{self, OnUpgrade, Place, Tunnels};
 
 /// The address of the client that sent a request: the peer of its connection.
 /// [`Proxy`] sends it as `X-Forwarded-For` (unless a [`ClientAddr`] says more),
@@ -140,6 +142,7 @@ pub struct Builder {
     pool_idle_timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
     forwarded_proto: HeaderValue,
+    tunnels: Option<Tunnels>,
 }
 
 impl Builder {
@@ -171,6 +174,21 @@ impl Builder {
         self
     }
 
+    /// Where WebSocket upgrades are counted and bounded (default: a set of
+    /// [`Tunnels::default()`] of this proxy's own). Share one set between proxies
+    /// for one cap, and keep a clone to read it and to close it at shutdown.
+    pub fn tunnels(mut self, tunnels: Tunnels) -> Self {
+        self.tunnels = Some(tunnels);
+        self
+    }
+
+    /// Forwards every request as a plain one: upgrade headers are dropped, and
+    /// the upstream's answer is never `101`.
+    pub fn without_upgrades(mut self) -> Self {
+        self.tunnels = None;
+        self
+    }
+
     /// The proxy, with its connection pool.
     pub fn build<B>(self) -> Proxy<B>
     where
@@ -196,7 +214,7 @@ impl Builder {
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Proxy { client, forwarded_proto: self.forwarded_proto }
+        Proxy { client, forwarded_proto: self.forwarded_proto, tunnels: self.tunnels }
     }
 }
 
@@ -208,11 +226,16 @@ pub struct Proxy<B> {
     // body need not be (tower-http's `TimeoutBody`, for one).
     client: Client<HttpsConnector<HttpConnector>, Pin<Box<B>>>,
     forwarded_proto: HeaderValue,
+    tunnels: Option<Tunnels>,
 }
 
 impl<B> Clone for Proxy<B> {
     fn clone(&self) -> Self {
-        Self { client: self.client.clone(), forwarded_proto: self.forwarded_proto.clone() }
+        Self {
+            client: self.client.clone(),
+            forwarded_proto: self.forwarded_proto.clone(),
+            tunnels: self.tunnels.clone(),
+        }
     }
 }
 
@@ -234,6 +257,7 @@ impl Proxy<()> {
             tls: None,
             pool_idle_timeout: Duration::from_secs(30),
             forwarded_proto: HeaderValue::from_static("http"),
+            tunnels: Some(Tunnels::default()),
         }
     }
 }
@@ -243,7 +267,8 @@ where
     B: HttpBody + Send + 'static,
     B::Data: Send,
 {
-    /// A proxy with the default settings: 1 s to connect, idle pooled connections kept 30 s.
+    /// A proxy with the default settings: 1 s to connect, idle pooled connections
+    /// kept 30 s, WebSocket upgrades among [`Tunnels::default()`].
     pub fn new() -> Self {
         Proxy::builder().build()
     }
@@ -301,8 +326,30 @@ where
         if req.uri().scheme().is_none() || req.uri().authority().is_none() {
             return future::ResponseFuture::failed(UpstreamErrorKind::NoDestination);
         }
-        prepare(&mut req, &self.forwarded_proto);
-        future::ResponseFuture { state: future::State::Sending { future: self.client.request(req.map(Box::pin)) } }
+        // A WebSocket upgrade the server can hand over: a place for it, the
+        // client's side of it, and its headers kept through `prepare`.
+        let upgrade = match (&self.tunnels, req.extensions().get::<OnUpgrade>()) {
+            (Some(tunnels), Some(_)) => upgrade::websocket_upgrade(&req).cloned().map(|proto| (tunnels, proto)),
+            _ => None,
+        };
+        let pending = match upgrade {
+            Some((tunnels, proto)) => {
+                let Some(place) = tunnels.place_for(&req) else {
+                    return future::ResponseFuture::answered(upgrade::TooManyUpgrades.into_response());
+                };
+                let client = hyper::upgrade::on(&mut req);
+                prepare(&mut req, &self.forwarded_proto);
+                upgrade::restore(req.headers_mut(), proto);
+                Some((place, client))
+            }
+            None => {
+                prepare(&mut req, &self.forwarded_proto);
+                None
+            }
+        };
+        future::ResponseFuture {
+            state: future::State::Sending { future: self.client.request(req.map(Box::pin)), upgrade: pending },
+        }
     }
 }
 
@@ -328,14 +375,22 @@ pub mod future {
             Sending {
                 #[pin]
                 future: hyper_util::client::legacy::ResponseFuture,
+                // A WebSocket upgrade's place and the client's side, until the
+                // upstream answers.
+                upgrade: Option<(Place, OnUpgrade)>,
             },
             Failed { kind: UpstreamErrorKind },
+            Answered { response: Option<Response<Body>> },
         }
     }
 
     impl ResponseFuture {
         pub(super) fn failed(kind: UpstreamErrorKind) -> Self {
             Self { state: State::Failed { kind } }
+        }
+
+        pub(super) fn answered(response: Response<Body>) -> Self {
+            Self { state: State::Answered { response: Some(response) } }
         }
     }
 
@@ -345,7 +400,26 @@ pub mod future {
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let kind = match self.project().state.project() {
                 StateProj::Failed { kind } => *kind,
-                StateProj::Sending { future } => match std::task::ready!(future.poll(cx)) {
+                StateProj::Answered { response } => {
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                }
+                StateProj::Sending { future, upgrade } => match std::task::ready!(future.poll(cx)) {
+                    Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                        let Some((place, client)) = upgrade.take() else {
+                            // Nothing asked for it: the connection is not the client's to have.
+                            tracing::debug!("the upstream switched protocols unasked");
+                            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Reset).into_response()));
+                        };
+                        let upstream = hyper::upgrade::on(&mut response);
+                        let proto = response.headers().get(header::UPGRADE).cloned();
+                        let (mut parts, _) = response.into_parts();
+                        remove_hop_by_hop(&mut parts.headers);
+                        if let Some(proto) = proto {
+                            upgrade::restore(&mut parts.headers, proto);
+                        }
+                        tokio::spawn(upgrade::splice(place, client, upstream));
+                        return Poll::Ready(Ok(Response::from_parts(parts, Body::empty())));
+                    }
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
                         // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means

@@ -1,0 +1,461 @@
+//! WebSocket through [`Proxy`](crate::Proxy): the upgraded connections it has
+//! spliced, bounded in number, closed when idle, and closable all at once.
+//!
+//! An HTTP/1.1 request asking to `Upgrade: websocket` is forwarded with its
+//! upgrade headers when the server it arrived on can hand over the connection
+//! (hyper's `serve_connection_with_upgrades`, axum's `serve`: hyper's
+//! [`OnUpgrade`] is in the request's extensions). When the upstream answers
+//! `101 Switching Protocols`, the `101` goes back to the client and the proxy
+//! copies bytes both ways until either side closes, in a task of its own. Any
+//! other answer (the upstream refused the upgrade) is relayed as it is.
+//!
+//! Everything in front of the proxy runs first, as for any request: a layer that
+//! refuses the request (a missing token, a rate limit) refuses the upgrade.
+//! Remove [`OnUpgrade`] from the extensions to have a request forwarded as a
+//! plain one, its upgrade headers dropped.
+//!
+//! Each spliced connection holds a place among [`Tunnels`]: when they are all
+//! taken the request is answered `503` (`too_many_upgrades`) before it is sent
+//! upstream. Behind retries or a balancer, take the place in front of them
+//! with [`Tunnels::reserve`], so that a full set is answered once, not retried
+//! and not counted against an endpoint's health. HTTP/2's extended CONNECT (RFC 8441) is not supported: a WebSocket
+//! over HTTP/2 is forwarded as a plain request.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_gateway::upgrade::Tunnels;
+//! use tower_gateway::{Body, Proxy};
+//!
+//! // At most 500 WebSockets open; one silent for 5 minutes is closed.
+//! let tunnels = Tunnels::new(500, Duration::from_secs(300));
+//! let proxy: Proxy<Body> = Proxy::builder().tunnels(tunnels.clone()).build();
+//! // At shutdown, once requests have drained: `tunnels.close_all(); tunnels.closed().await;`
+//! # let _ = proxy;
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Version};
+pub use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// The WebSocket connections a [`Proxy`](crate::Proxy) has spliced: a cap on
+/// how many are open, an idle timeout, counters, and a way to close them all.
+/// Clones share one set. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    max: usize,
+    idle_timeout: Duration,
+    active: AtomicUsize,
+    opened: AtomicU64,
+    refused: AtomicU64,
+    closed_idle: AtomicU64,
+    /// `true` asks every tunnel to close.
+    close: watch::Sender<bool>,
+    /// Signalled whenever a tunnel ends.
+    ended: Notify,
+}
+
+/// What [`Tunnels`] has counted since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TunnelStats {
+    /// Upgrades sent upstream (a place was free).
+    pub opened: u64,
+    /// Upgrades answered `503`: every place was taken.
+    pub refused: u64,
+    /// Tunnels closed because neither side sent a byte for the idle timeout.
+    pub closed_idle: u64,
+}
+
+impl Default for Tunnels {
+    /// At most 1024 open at once, each closed after 60 s with no byte either way.
+    fn default() -> Self {
+        Self::new(1024, Duration::from_secs(60))
+    }
+}
+
+impl Tunnels {
+    /// At most `max` tunnels open at once, each closed when neither side has
+    /// sent a byte for `idle_timeout`.
+    pub fn new(max: usize, idle_timeout: Duration) -> Self {
+        let shared = Shared {
+            max,
+            idle_timeout,
+            active: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            closed_idle: AtomicU64::new(0),
+            close: watch::channel(false).0,
+            ended: Notify::new(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// How many are open now (upgrades on their way upstream included).
+    pub fn active(&self) -> usize {
+        self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> TunnelStats {
+        let s = &self.shared;
+        TunnelStats {
+            opened: s.opened.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            closed_idle: s.closed_idle.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every tunnel (both sides' write halves are shut, then the
+    /// connections dropped) and refuses new upgrades from now on.
+    pub fn close_all(&self) {
+        self.shared.close.send_replace(true);
+    }
+
+    /// Resolves once no tunnel is open.
+    pub async fn closed(&self) {
+        loop {
+            let ended = self.shared.ended.notified();
+            if self.active() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// Takes a place for the WebSocket upgrade `req` asks for (nothing to do for
+    /// any other request), ahead of the proxy: call it outside retries and
+    /// balancing. The proxy that carries the upgrade uses the place; it is given
+    /// back when the request ends without one. `Err` when every place is
+    /// taken: answer its [`into_response`](TooManyUpgrades::into_response).
+    pub fn reserve<B>(&self, req: &mut Request<B>) -> Result<(), TooManyUpgrades> {
+        if req.extensions().get::<OnUpgrade>().is_none() || websocket_upgrade(req).is_none() {
+            return Ok(());
+        }
+        let place = self.try_open().ok_or(TooManyUpgrades)?;
+        req.extensions_mut().insert(Reserved(Arc::new(std::sync::Mutex::new(Some(place)))));
+        Ok(())
+    }
+
+    /// The place reserved for `req`, or a new one (a retry after an attempt
+    /// that used the reserved place and failed, giving it back).
+    pub(crate) fn place_for<B>(&self, req: &Request<B>) -> Option<Place> {
+        let reserved = req.extensions().get::<Reserved>();
+        reserved
+            .and_then(|Reserved(place)| place.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
+            .or_else(|| self.try_open())
+    }
+
+    /// A place for one more tunnel, unless all are taken or they are closing.
+    fn try_open(&self) -> Option<Place> {
+        let s = &self.shared;
+        let taken = !*s.close.borrow()
+            && s.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < s.max).then_some(n + 1)).is_ok();
+        if taken {
+            s.opened.fetch_add(1, Ordering::Relaxed);
+            Some(Place(self.clone()))
+        } else {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Every place among [`Tunnels`] is taken (or they are closing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyUpgrades;
+
+impl TooManyUpgrades {
+    /// `503` with the JSON code `too_many_upgrades`.
+    pub fn into_response(self) -> http::Response<crate::Body> {
+        crate::error::json_error(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_upgrades",
+            "too many upgraded connections are open",
+        )
+    }
+}
+
+impl std::fmt::Display for TooManyUpgrades {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too many upgraded connections are open")
+    }
+}
+
+impl std::error::Error for TooManyUpgrades {}
+
+/// A place taken by [`Tunnels::reserve`], in the request's extensions until
+/// the proxy uses it (shared by the copies a retry makes).
+#[derive(Debug, Clone)]
+struct Reserved(Arc<std::sync::Mutex<Option<Place>>>);
+
+/// One tunnel's place among [`Tunnels`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Place(Tunnels);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.shared.ended.notify_waiters();
+    }
+}
+
+/// The protocol a request asks to upgrade to, if it is a WebSocket upgrade the
+/// proxy can carry: HTTP/1.1, `GET`, `Connection: upgrade` and `Upgrade: websocket`.
+pub fn websocket_upgrade<B>(req: &Request<B>) -> Option<&HeaderValue> {
+    if req.version() != Version::HTTP_11 || req.method() != Method::GET {
+        return None;
+    }
+    let headers = req.headers();
+    let upgrade = headers.get(header::UPGRADE).filter(|v| has_token(v, "websocket"))?;
+    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade")).then_some(upgrade)
+}
+
+/// Whether a comma-separated header value lists `token`, in any case.
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Puts back the upgrade headers `remove_hop_by_hop` took out.
+pub(crate) fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
+/// Waits for both sides to switch protocols, then copies bytes both ways until
+/// either closes, the tunnel idles out, or [`Tunnels::close_all`] is called.
+pub(crate) async fn splice(place: Place, client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(%err, "an upgrade did not complete");
+            return;
+        }
+    };
+    let shared = place.0.shared.clone();
+    let last = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let (mut client_rx, mut client_tx) =
+        tokio::io::split(Watched { io: TokioIo::new(client), last: last.clone(), epoch });
+    let (mut upstream_rx, mut upstream_tx) =
+        tokio::io::split(Watched { io: TokioIo::new(upstream), last: last.clone(), epoch });
+    // Each direction ends at its reader's end of stream, passed on as a shutdown
+    // of the writer (a FIN, after every byte before it).
+    let up = std::pin::pin!(async {
+        let copied = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
+        let _ = upstream_tx.shutdown().await;
+        copied
+    });
+    let down = std::pin::pin!(async {
+        let copied = tokio::io::copy(&mut upstream_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+        copied
+    });
+    let mut close = shared.close.subscribe();
+    tokio::select! {
+        () = both_ways(up, down) => tracing::debug!("tunnel closed"),
+        () = idle(&last, epoch, shared.idle_timeout) => {
+            shared.closed_idle.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(idle_timeout = ?shared.idle_timeout, "tunnel closed: idle");
+        }
+        () = async { drop(close.wait_for(|close| *close).await) } => {
+            tracing::debug!("tunnel closed: shutting down");
+        }
+    }
+    drop(place);
+}
+
+/// How long the other direction may go on once one has ended: a WebSocket's
+/// closing handshake has one side close right after the other.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Runs both directions until one ends, then the other for up to [`LINGER`].
+async fn both_ways<U, D>(mut up: Pin<&mut U>, mut down: Pin<&mut D>)
+where
+    U: Future<Output = std::io::Result<u64>>,
+    D: Future<Output = std::io::Result<u64>>,
+{
+    let first = tokio::select! {
+        copied = &mut up => {
+            let _ = tokio::time::timeout(LINGER, &mut down).await;
+            copied
+        }
+        copied = &mut down => {
+            let _ = tokio::time::timeout(LINGER, &mut up).await;
+            copied
+        }
+    };
+    if let Err(err) = first {
+        tracing::debug!(%err, "tunnel ended with an error");
+    }
+}
+
+/// Resolves once no byte has moved for `timeout`.
+async fn idle(last: &AtomicU64, epoch: Instant, timeout: Duration) {
+    loop {
+        let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// An upgraded connection that records when it last read a byte.
+struct Watched<I> {
+    io: I,
+    /// Milliseconds since `epoch` of the last read, shared by both sides.
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_request(version: Version, connection: &str, upgrade: &str) -> Request<()> {
+        Request::builder()
+            .version(version)
+            .header(header::CONNECTION, connection)
+            .header(header::UPGRADE, upgrade)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_http1_websocket_upgrades_are_carried() {
+        let yes = upgrade_request(Version::HTTP_11, "keep-alive, Upgrade", "WebSocket");
+        assert_eq!(websocket_upgrade(&yes).unwrap(), "WebSocket");
+        assert!(websocket_upgrade(&upgrade_request(Version::HTTP_11, "keep-alive", "websocket")).is_none());
+        assert!(websocket_upgrade(&upgrade_request(Version::HTTP_11, "upgrade", "h2c")).is_none());
+        assert!(websocket_upgrade(&upgrade_request(Version::HTTP_10, "upgrade", "websocket")).is_none());
+        let mut post = upgrade_request(Version::HTTP_11, "upgrade", "websocket");
+        *post.method_mut() = Method::POST;
+        assert!(websocket_upgrade(&post).is_none());
+    }
+
+    #[test]
+    fn places_are_bounded_and_given_back() {
+        let tunnels = Tunnels::new(2, Duration::from_secs(1));
+        let a = tunnels.try_open().unwrap();
+        let _b = tunnels.try_open().unwrap();
+        assert!(tunnels.try_open().is_none());
+        assert_eq!(tunnels.active(), 2);
+        drop(a);
+        assert_eq!(tunnels.active(), 1);
+        assert!(tunnels.try_open().is_some());
+        tunnels.close_all();
+        assert!(tunnels.try_open().is_none(), "closing refuses new upgrades");
+        assert_eq!(tunnels.stats(), TunnelStats { opened: 3, refused: 2, closed_idle: 0 });
+    }
+
+    /// An upgrade request as a server that can hand over its connection gives it.
+    fn upgradable() -> Request<()> {
+        let mut req = upgrade_request(Version::HTTP_11, "upgrade", "websocket");
+        req.extensions_mut().insert(hyper::upgrade::on(Request::new(())));
+        req
+    }
+
+    #[test]
+    fn a_reserved_place_is_used_once_then_given_back() {
+        let tunnels = Tunnels::new(1, Duration::from_secs(1));
+        // Without the server's OnUpgrade, or without asking, nothing is reserved.
+        assert!(tunnels.reserve(&mut upgrade_request(Version::HTTP_11, "upgrade", "websocket")).is_ok());
+        assert!(tunnels.reserve(&mut Request::new(())).is_ok());
+        assert_eq!(tunnels.active(), 0);
+
+        let mut req = upgradable();
+        assert!(tunnels.reserve(&mut req).is_ok());
+        assert_eq!(tunnels.active(), 1);
+        let refused = tunnels.reserve(&mut upgradable()).unwrap_err();
+        assert_eq!(refused.into_response().status(), 503);
+
+        // A retry's copy shares the reservation: the first attempt uses it...
+        let mut copy = Request::new(());
+        *copy.extensions_mut() = req.extensions().clone();
+        let first = tunnels.place_for(&req).expect("the reserved place");
+        assert_eq!(tunnels.active(), 1, "the reserved place, not a second one");
+        // ...and a later attempt, after the first gave it back, takes a new one.
+        drop(first);
+        assert_eq!(tunnels.active(), 0);
+        let second = tunnels.place_for(&copy).expect("a fresh place");
+        assert_eq!(tunnels.active(), 1);
+        // A reservation dropped unused gives its place back.
+        drop(second);
+        let mut unused = upgradable();
+        tunnels.reserve(&mut unused).unwrap();
+        drop(unused);
+        assert_eq!(tunnels.active(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_resolves_only_after_a_silent_timeout() {
+        let last = AtomicU64::new(0);
+        let epoch = Instant::now();
+        let timeout = Duration::from_secs(10);
+        tokio::time::advance(Duration::from_secs(8)).await;
+        // Traffic at 8 s moves the deadline to 18 s.
+        last.store(8_000, Ordering::Relaxed);
+        let idled = idle(&last, epoch, timeout);
+        tokio::pin!(idled);
+        assert!(tokio::time::timeout(Duration::from_secs(9), &mut idled).await.is_err(), "not idle at 17 s");
+        assert!(tokio::time::timeout(Duration::from_secs(2), &mut idled).await.is_ok(), "idle by 19 s");
+    }
+
+    #[tokio::test]
+    async fn closed_waits_for_every_place() {
+        let tunnels = Tunnels::new(4, Duration::from_secs(1));
+        let place = tunnels.try_open().unwrap();
+        let waiting = tokio::spawn({
+            let tunnels = tunnels.clone();
+            async move { tunnels.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(place);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    }
+}
