@@ -3,7 +3,8 @@
 #
 #   deploy/swarm.sh up      init a single-node swarm if there is none, build the images,
 #                           deploy the stack, wait until the gateway is ready
-#   deploy/swarm.sh check   smoke and failover checks against http://127.0.0.1:8080
+#   deploy/swarm.sh check   smoke and failover checks against http://127.0.0.1:8080, and
+#                           over HTTPS (https://localhost:8443, HTTP/2) with a WebSocket
 #   deploy/swarm.sh rolling a gateway rolling update under load, failures counted by kind
 #   deploy/swarm.sh down    remove the stack (and --volumes: its data; and the swarm
 #                           if `up` created it)
@@ -11,6 +12,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 stack=tower-gateway
 base=${GATEWAY_URL:-http://127.0.0.1:8080}
+tls_base=${GATEWAY_TLS_URL:-https://localhost:8443}
+root=$(cd "$here/.." && pwd)
 marker="$here/.swarm-created-by-us"
 
 log() { printf '== %s\n' "$*"; }
@@ -68,6 +71,21 @@ up() {
   if [ ! -s "$here/secrets/admin_password" ]; then
     log "generating the admin's password (deploy/secrets/admin_password, not committed)"
     (umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$here/secrets/admin_password")
+  fi
+  if [ ! -s "$here/secrets/tls_cert.pem" ]; then
+    log "generating a CA and the gateway's certificate for localhost (deploy/secrets/tls_*.pem, not committed)"
+    local csr
+    csr=$(mktemp)
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+      -keyout "$here/secrets/tls_ca_key.pem" -out "$here/secrets/tls_ca.pem" -subj "/CN=tower-gateway swarm CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null \
+      && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$here/secrets/tls_key.pem" \
+        -out "$csr" -subj "/CN=localhost" 2>/dev/null \
+      && openssl x509 -req -in "$csr" -CA "$here/secrets/tls_ca.pem" -CAkey "$here/secrets/tls_ca_key.pem" \
+        -CAcreateserial -days 90 -out "$here/secrets/tls_cert.pem" 2>/dev/null -extfile <(printf '%s\n' \
+        "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth"))
+    rm -f "$csr"
   fi
   log "deploying the stack $stack"
   (cd "$here" && docker stack deploy --resolve-image never -c stack.yml "$stack" >/dev/null)
@@ -170,6 +188,42 @@ check() {
     [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base$path")" = 404 ] || fail "$path is served on the published port"
   done
   echo "   /metrics and /readyz: 404 on the published port, served on the admin listener"
+
+  log "1c. over HTTPS (HTTP/2): signup, login, checkout; and the WebSocket price feed (wss://)"
+  local cacert="$here/secrets/tls_ca.pem" version
+  tls_post() { # PATH BODY [HEADER...] -> prints "STATUS HTTP_VERSION BODY"
+    local path=$1 body=$2
+    shift 2
+    local args=()
+    for h in "$@"; do args+=(-H "$h"); done
+    curl -sS -m 10 --http2 --cacert "$cacert" -o /tmp/tg-body -w '%{http_code} %{http_version}' -X POST "$tls_base$path" \
+      -H 'content-type: application/json' "${args[@]}" -d "$body"
+    printf ' %s\n' "$(cat /tmp/tg-body)"
+  }
+  out=$(tls_post /api/users/signup "{\"name\":\"Tls\",\"email\":\"tls-$email\",\"password\":\"correct horse\"}")
+  [ "${out%% *}" = 201 ] || fail "signup over HTTPS: $out"
+  version=$(echo "$out" | cut -d' ' -f2)
+  [ "$version" = 2 ] || fail "HTTPS spoke HTTP/$version, not HTTP/2"
+  out=$(tls_post /api/users/login "{\"email\":\"tls-$email\",\"password\":\"correct horse\"}")
+  token=$(echo "$out" | cut -d' ' -f3- | jq -r .token)
+  [ -n "$token" ] && [ "$token" != null ] || fail "login over HTTPS gave no token: $out"
+  out=$(tls_post /api/checkout '{"product_id":1,"quantity":1}' "authorization: Bearer $token" "idempotency-key: tls-$email")
+  [ "${out%% *}" = 201 ] || fail "checkout over HTTPS: $out"
+  echo "   HTTP/$version: signup 201, login, checkout 201"
+  local code
+  code=$(curl -s -m 5 --cacert "$cacert" -o /dev/null -w '%{http_code}' "$tls_base/healthz")
+  [ "$code" = 200 ] || fail "GET /healthz over HTTPS: $code"
+  local probe="${CARGO_TARGET_DIR:-$root/target}/release/ws-probe"
+  [ -x "$probe" ] || (cd "$root" && cargo build --release --locked -p demo-services --bin ws-probe)
+  out=$("$probe" --cacert "$cacert" "${tls_base/https:/wss:}/api/products/feed") || fail "the WebSocket price feed over wss://: $out"
+  echo "   wss://…/api/products/feed: $out"
+  out=$("$probe" "${base/http:/ws:}/api/products/feed") || fail "the WebSocket price feed over ws://: $out"
+  echo "   ws://…/api/products/feed: $out"
+  [ "$(metric 'gateway_websocket_upgrades_total{outcome="opened"}')" -ge 1 ] || fail "no WebSocket counted by the gateway"
+  if curl -s -m 5 --cacert "$cacert" --tlsv1.0 --tls-max 1.1 -o /dev/null "$tls_base/healthz"; then
+    fail "a TLS 1.1 client was served"
+  fi
+  echo "   a TLS 1.0/1.1 client is refused"
 
   log "2. round robin across the product replicas"
   for _ in $(seq 1 20); do curl -fsS -m 5 -o /dev/null "$base/api/products/1" || fail "GET /api/products/1"; done

@@ -87,6 +87,11 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// The largest request head accepted.
     pub max_header_bytes: usize,
+    /// WebSocket connections open at once through routes with `websocket =
+    /// true`; more upgrades are answered `503`.
+    pub websocket_max_connections: usize,
+    /// How long a WebSocket may carry no byte either way before it is closed.
+    pub websocket_idle_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub grace_period_ms: u64,
     /// After SIGTERM, how long the gateway keeps accepting and serving with
@@ -407,6 +412,11 @@ pub struct RouteConfig {
     /// The names of the limits (in `[limits]`) requests count against, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<String>,
+    /// Whether a `GET` asking to `Upgrade: websocket` becomes a WebSocket to the
+    /// upstream, once the route's access policy and limits have passed it
+    /// (default `false`: the upgrade headers are dropped and it is a plain `GET`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
 }
 
 fn local(ports: &[u16]) -> UpstreamConfig {
@@ -440,7 +450,11 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
         RouteConfig { limits: names, ..route }
     };
     vec![
-        limited(route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)), &[]),
+        // The price feed (`GET /api/products/feed`) is a WebSocket.
+        RouteConfig {
+            websocket: true,
+            ..limited(route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)), &[])
+        },
         limited(route("/api/products", &[], "products", admin()), &[]),
         limited(users_post("/api/users/signup"), &["login-address", "login-account"]),
         limited(users_post("/api/users/login"), &["login-address", "login-account"]),
@@ -498,6 +512,8 @@ impl Default for Config {
             max_connections: 10_000,
             idle_timeout_ms: 60_000,
             max_header_bytes: 16 * 1024,
+            websocket_max_connections: 1024,
+            websocket_idle_timeout_ms: 60_000,
             grace_period_ms: 10_000,
             drain_delay_ms: 0,
             cors_origins: vec!["*".into()],

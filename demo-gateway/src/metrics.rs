@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tower_gateway::Limiter;
 use tower_gateway::balance::{Endpoint, Endpoints};
+use tower_gateway::upgrade::Tunnels;
 
 /// A route's name in labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -112,6 +113,9 @@ pub(crate) struct Metrics {
     connections_closed_idle: Counter,
     tls_handshakes: Family<OutcomeLabels, Counter>,
     tls_reloads: Family<OutcomeLabels, Counter>,
+    websockets: Gauge,
+    websocket_upgrades: Family<OutcomeLabels, Counter>,
+    websockets_closed_idle: Counter,
     limit_decisions: Family<DecisionLabels, Counter>,
     limit_store_errors: Family<LimitLabels, Counter>,
     /// Scrapes bring the limiters' own counts over one at a time.
@@ -155,6 +159,9 @@ impl Metrics {
         let connections_closed_idle = Counter::default();
         let tls_handshakes = Family::<OutcomeLabels, Counter>::default();
         let tls_reloads = Family::<OutcomeLabels, Counter>::default();
+        let websockets = Gauge::default();
+        let websocket_upgrades = Family::<OutcomeLabels, Counter>::default();
+        let websockets_closed_idle = Counter::default();
         let limit_decisions = Family::<DecisionLabels, Counter>::default();
         let limit_store_errors = Family::<LimitLabels, Counter>::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
@@ -196,6 +203,17 @@ impl Metrics {
             tls_handshakes.clone(),
         );
         registry.register("tls_reloads", "Certificate reloads by outcome (ok, refused)", tls_reloads.clone());
+        registry.register("websockets", "WebSocket connections open through the gateway", websockets.clone());
+        registry.register(
+            "websocket_upgrades",
+            "WebSocket upgrades by outcome (opened: sent upstream; refused: at websocket_max_connections)",
+            websocket_upgrades.clone(),
+        );
+        registry.register(
+            "websockets_closed_idle",
+            "WebSocket connections closed for carrying no byte within websocket_idle_timeout_ms",
+            websockets_closed_idle.clone(),
+        );
         registry.register(
             "rate_limit_decisions",
             "Rate-limit decisions by limit and outcome (allowed, limited, fallback_allowed, fallback_limited, unavailable)",
@@ -223,6 +241,9 @@ impl Metrics {
             connections_closed_idle,
             tls_handshakes,
             tls_reloads,
+            websockets,
+            websocket_upgrades,
+            websockets_closed_idle,
             limit_decisions,
             limit_store_errors,
             scrape: std::sync::Mutex::new(()),
@@ -301,9 +322,6 @@ impl Metrics {
     /// Brings the counters of `limits` up to what the limiters counted.
     fn sync_limits(&self, limits: &[Limiter]) {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        let catch_up = |counter: &Counter, total: u64| {
-            counter.inc_by(total.saturating_sub(counter.get()));
-        };
         for limiter in limits {
             let stats = limiter.stats();
             let limit = limiter.name().clone();
@@ -320,14 +338,23 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the endpoint gauges of `upstreams` and the
-    /// counts of `limits` read now.
+    /// The text exposition, with the endpoint gauges of `upstreams`, the
+    /// counts of `limits` and those of `tunnels` read now.
     pub(crate) fn encode<'a>(
         &self,
         upstreams: impl Iterator<Item = (&'a Arc<str>, &'a Endpoints)>,
         limits: &[Limiter],
+        tunnels: &Tunnels,
     ) -> String {
         self.sync_limits(limits);
+        {
+            let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+            let stats = tunnels.stats();
+            catch_up(&self.websocket_upgrades.get_or_create(&OutcomeLabels { outcome: "opened" }), stats.opened);
+            catch_up(&self.websocket_upgrades.get_or_create(&OutcomeLabels { outcome: "refused" }), stats.refused);
+            catch_up(&self.websockets_closed_idle, stats.closed_idle);
+            self.websockets.set(i64::try_from(tunnels.active()).unwrap_or(i64::MAX));
+        }
         for (upstream, endpoints) in upstreams {
             let labels = UpstreamLabels { upstream: upstream.clone() };
             self.endpoints.get_or_create(&labels).set(endpoints.len() as i64);
@@ -339,6 +366,11 @@ impl Metrics {
         }
         text
     }
+}
+
+/// Brings `counter` up to `total`, counted elsewhere (scrapes are one at a time).
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// What is counted of one response.

@@ -16,6 +16,7 @@ use tower_gateway::balance::Endpoints;
 use tower_gateway::client_addr::{ClientAddrLayer, ForwardedHeader, TrustedProxies};
 use tower_gateway::rate_limit::key::{ClientIp, Global, Header, JsonField};
 use tower_gateway::rate_limit::{self, KeyExtractor, Limiter, OnStoreError, Quota, RateLimitLayer, ReadJsonLayer};
+use tower_gateway::upgrade::{OnUpgrade, Tunnels};
 use tower_gateway::{Body, Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer, TimeoutLayer};
 use tower_gateway_auth::{Authenticator, Claim, ClaimKey, JwtAuthLayer, MemoryStore, RedisStore, TokenStore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -52,6 +53,7 @@ pub(crate) struct Settings {
     pub(crate) max_concurrent_requests: usize,
     pub(crate) max_route_concurrent_requests: usize,
     pub(crate) body_idle_timeout: Duration,
+    pub(crate) tunnels: Tunnels,
     pub(crate) cors: Option<CorsLayer>,
     pub(crate) client_addr: ClientAddrLayer,
 }
@@ -90,7 +92,7 @@ impl Plan {
         let settings = settings(&config)?;
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in &config.upstreams {
-            upstreams.insert(name.as_str(), upstream_of(name, upstream)?);
+            upstreams.insert(name.as_str(), upstream_of(name, upstream, &settings.tunnels)?);
         }
         let needs_token = config.routes.iter().any(|r| !matches!(r.access, Some(Access::Public) | None));
         let auth = if needs_token { Some(authenticator(&config, store)?) } else { None };
@@ -113,7 +115,8 @@ impl Plan {
         routes.sort_by_key(|r| r.specificity());
         let upstreams = upstreams.into_values().collect();
         let limits = limits.into_values().map(|l| l.limiter).collect();
-        let table = Table { routes, upstreams, metrics, auth, limits, draining: Default::default() };
+        let tunnels = settings.tunnels.clone();
+        let table = Table { routes, upstreams, metrics, auth, limits, tunnels, draining: Default::default() };
         Ok(Self { config, settings, table: Arc::new(table) })
     }
 
@@ -128,6 +131,9 @@ impl Plan {
             if !route.limits.is_empty() {
                 let names: Vec<&str> = route.limits.iter().map(|l| &**l).collect();
                 line.push_str(&format!("  limits: {}", names.join(", ")));
+            }
+            if route.websocket {
+                line.push_str("  websocket");
             }
             text.push_str(&line);
             text.push('\n');
@@ -255,6 +261,10 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
             None => (config.max_concurrent_requests / 2).max(1),
         },
         body_idle_timeout: positive("body_idle_timeout_ms", config.body_idle_timeout_ms)?,
+        tunnels: Tunnels::new(
+            config.websocket_max_connections,
+            positive("websocket_idle_timeout_ms", config.websocket_idle_timeout_ms)?,
+        ),
         cors,
     })
 }
@@ -415,7 +425,7 @@ fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError>
     Ok(RetryLayer::new(policy).max_replay_body(retry.max_replay_body_bytes))
 }
 
-fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigError> {
+fn upstream_of(name: &str, config: &UpstreamConfig, tunnels: &Tunnels) -> Result<Upstream, ConfigError> {
     let at = format!("upstreams.{name}");
     let (endpoints, dns) = match (&config.dns, config.endpoints.is_empty()) {
         (Some(_), false) => {
@@ -440,8 +450,9 @@ fn upstream_of(name: &str, config: &UpstreamConfig) -> Result<Upstream, ConfigEr
             (Endpoints::new(&config.endpoints).map_err(|e| ConfigError::new(format!("{at}.endpoints"), e))?, None)
         }
     };
-    let mut proxy =
-        Proxy::builder().connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?);
+    let mut proxy = Proxy::builder()
+        .connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?)
+        .tunnels(tunnels.clone());
     if let Some(tls) =
         crate::tls::upstream_config(config).map_err(|(field, e)| ConfigError::new(format!("{at}.{field}"), e))?
     {
@@ -476,6 +487,35 @@ where
     B: Into<Body> + 'static,
 {
     BoxCloneSyncService::new(svc.map_response(|response: Response<B>| response.map(Into::into)))
+}
+
+/// Takes a WebSocket upgrade's place among the tunnels before the upstream's
+/// retries and balancer: a full set is answered `503` once, neither retried nor
+/// counted against an endpoint.
+#[derive(Clone)]
+struct ReserveUpgrade {
+    inner: Stack,
+    tunnels: Tunnels,
+}
+
+impl Service<Request<RouteBody>> for ReserveUpgrade {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response<Body>, Infallible>>,
+        <Stack as Service<Request<RouteBody>>>::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<RouteBody>) -> Self::Future {
+        match self.tunnels.reserve(&mut req) {
+            Ok(()) => futures_util::future::Either::Right(self.inner.call(req)),
+            Err(refused) => futures_util::future::Either::Left(std::future::ready(Ok(refused.into_response()))),
+        }
+    }
 }
 
 /// `svc` behind `limits`, the first listed outermost; the JSON body is read just
@@ -601,12 +641,25 @@ fn route_of(
     // the token's claims inside the auth layer.
     let (inside, outside): (Vec<&BuiltLimit>, Vec<&BuiltLimit>) = named.into_iter().partition(|l| l.needs_identity);
     let mut svc: Stack = stacked(upstream.service.clone());
+    if config.websocket {
+        svc = stacked(ReserveUpgrade { inner: svc, tunnels: settings.tunnels.clone() });
+    }
     svc = limited(svc, &inside);
     if let Some(layer) = auth_layer {
         svc = stacked(layer.layer(svc));
     }
     svc = limited(svc, &outside);
     let svc = stacked(StripPrefixLayer::new(strip).layer(svc));
+    // Without `websocket`, the proxy cannot take the client's connection over,
+    // so it forwards an upgrade as a plain GET.
+    let svc = if config.websocket {
+        svc
+    } else {
+        stacked(svc.map_request(|mut req: Request<RouteBody>| {
+            req.extensions_mut().remove::<OnUpgrade>();
+            req
+        }))
+    };
     // A share of the gateway's capacity per route: a route whose requests are
     // slow (trickled bodies, a stuck upstream) is refused at its share while
     // the others are served.
@@ -614,7 +667,16 @@ fn route_of(
         ServiceBuilder::new().load_shed().concurrency_limit(settings.max_route_concurrent_requests).service(svc),
     );
     let limits = config.limits.iter().map(|l| Arc::from(l.as_str())).collect();
-    Ok(Route { metrics: metrics.route(&name, &upstream.name), name, matcher, methods, access, limits, svc })
+    Ok(Route {
+        metrics: metrics.route(&name, &upstream.name),
+        name,
+        matcher,
+        methods,
+        access,
+        limits,
+        websocket: config.websocket,
+        svc,
+    })
 }
 
 #[cfg(test)]

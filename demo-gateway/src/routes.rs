@@ -85,6 +85,8 @@ pub(crate) struct Route {
     pub(crate) access: Access,
     /// The names of the limits it counts against, in order.
     pub(crate) limits: Box<[Arc<str>]>,
+    /// Whether WebSocket upgrades pass.
+    pub(crate) websocket: bool,
     pub(crate) svc: RouteService,
     pub(crate) metrics: RouteMetrics,
 }
@@ -121,6 +123,9 @@ pub(crate) struct Table {
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Every rate limit, for metrics.
     pub(crate) limits: Vec<Limiter>,
+    /// The WebSockets every upstream's proxy has open: one cap, one idle
+    /// timeout, closed at shutdown.
+    pub(crate) tunnels: tower_gateway::upgrade::Tunnels,
 }
 
 impl std::fmt::Debug for Table {
@@ -174,7 +179,7 @@ impl Table {
     }
 
     pub(crate) fn metrics_text(&self) -> String {
-        self.metrics.encode(self.upstreams.iter().map(|u| (&u.name, &u.endpoints)), &self.limits)
+        self.metrics.encode(self.upstreams.iter().map(|u| (&u.name, &u.endpoints)), &self.limits, &self.tunnels)
     }
 }
 

@@ -94,8 +94,16 @@ impl Entry {
         self.identity.iter().any(|id| id.len() == name.len() && id.bytes().zip(name).all(|(i, &n)| i == fold(n)))
     }
 
-    fn clean(&self, headers: &mut http::HeaderMap) {
+    fn clean<B>(&self, req: &mut Request<B>) {
+        // A WebSocket upgrade keeps the two headers that ask for it: the route
+        // decides whether it happens.
+        let upgrade = tower_gateway::upgrade::websocket_upgrade(req).cloned();
+        let headers = req.headers_mut();
         tower_gateway::proxy::remove_hop_by_hop(headers);
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, upgrade);
+        }
         for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
             headers.remove(name);
         }
@@ -187,7 +195,7 @@ fn app(
     ServiceBuilder::new()
         .map_response(json_errors)
         .map_request(move |mut req: Request<Incoming>| {
-            entry.clean(req.headers_mut());
+            entry.clean(&mut req);
             req
         })
         // Who the client is, decided once: the access log, the rate limits and
@@ -444,7 +452,8 @@ where
             hsts,
             activity: activity.clone(),
         };
-        let conn = self.builder.serve_connection(io, TowerToHyperService::new(svc)).into_owned();
+        // An upgraded connection leaves this task (and its slot) for the proxy's tunnel.
+        let conn = self.builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc)).into_owned();
         let (table, pressure, mut stopping) = (self.table.clone(), self.pressure.clone(), self.stopping.clone());
         let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
         tokio::spawn(async move {
@@ -706,10 +715,21 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     }
     tracing::info!(grace_period = ?settings.grace_period, "shutting down: finishing requests in flight");
     let _ = stop.send(true);
+    // Every receiver but the connections' own: `closed()` waits for those alone.
     drop(stopping);
+    drop(conns);
     tokio::select! {
         () = stop.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(settings.grace_period) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+    // WebSockets last: they have no end of their own to wait for.
+    let tunnels = &table.tunnels;
+    if tunnels.active() > 0 {
+        tracing::info!(websockets = tunnels.active(), "closing WebSocket connections");
+    }
+    tunnels.close_all();
+    if tokio::time::timeout(Duration::from_secs(2), tunnels.closed()).await.is_err() {
+        tracing::warn!(websockets = tunnels.active(), "WebSocket connections still closing");
     }
     Ok(())
 }

@@ -8,8 +8,10 @@
 //! | `POST /` `{name, price}` | create: `201` |
 //! | `PUT /{id}` `{name, price}` | replace |
 //! | `DELETE /{id}` | delete: `204` |
+//! | `GET /feed` (WebSocket) | the price feed: `{"type":"prices","products":[...]}` at once and every 5 s; a text message is answered `{"type":"echo","data":...}` |
 
 use axum::extract::State;
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -80,7 +82,10 @@ impl ProductsState {
 /// The service's routes.
 pub fn app(state: ProductsState) -> Router {
     let db = state.db.clone();
-    let routes = Router::new().route("/", get(list).post(create)).route("/{id}", get(one).put(replace).delete(remove));
+    let routes = Router::new()
+        .route("/", get(list).post(create))
+        .route("/feed", get(feed))
+        .route("/{id}", get(one).put(replace).delete(remove));
     crate::server::with_common(routes, state, crate::server::Readiness::db(db))
 }
 
@@ -99,6 +104,47 @@ async fn list(State(s): State<ProductsState>, ApiQuery(page): ApiQuery<Page>) ->
         .fetch_all(&s.db)
         .await?;
     Ok(Json(products))
+}
+
+/// How often the feed sends the prices.
+const FEED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The price feed: the first 100 products now and every [`FEED_EVERY`], and an
+/// echo of each text message (a liveness check for clients and operators).
+async fn feed(State(s): State<ProductsState>, ws: WebSocketUpgrade) -> impl IntoResponse {
+    ws.max_message_size(64 * 1024).on_upgrade(move |mut socket| async move {
+        let mut every = tokio::time::interval(FEED_EVERY);
+        loop {
+            let sent = tokio::select! {
+                _ = every.tick() => {
+                    let products = sqlx::query_as::<_, Product>(concat!(select_products!(), " ORDER BY id LIMIT 100"))
+                        .fetch_all(&s.db)
+                        .await;
+                    match products {
+                        Ok(products) => {
+                            let prices = serde_json::json!({ "type": "prices", "products": products });
+                            socket.send(Message::text(prices.to_string())).await
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "the price feed could not read the products");
+                            Ok(())
+                        }
+                    }
+                }
+                received = socket.recv() => match received {
+                    Some(Ok(Message::Text(text))) => {
+                        let echo = serde_json::json!({ "type": "echo", "data": text.as_str() });
+                        socket.send(Message::text(echo.to_string())).await
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => Ok(()),
+                },
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 async fn one(State(s): State<ProductsState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Product>, ApiError> {

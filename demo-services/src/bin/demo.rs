@@ -230,6 +230,10 @@ async fn run() -> Result<(), String> {
     );
     if let Some(ca_file) = &ca_file {
         println!("  curl -s --cacert {} https://127.0.0.1:8443/api/products/1", ca_file.display());
+        println!(
+            "  cargo run -q --release -p demo-services --bin ws-probe -- --cacert {} wss://127.0.0.1:8443/api/products/feed   # the WebSocket price feed",
+            ca_file.display()
+        );
     }
     println!(
         "  curl -s -X PUT {base}/api/products/1 -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Laptop\",\"price\":0.01}}'   # 403: needs admin\n"
