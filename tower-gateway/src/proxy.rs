@@ -15,7 +15,7 @@
 //!   `Forwarded` and `X-Real-IP`, are never passed on (with neither extension no
 //!   `X-Forwarded-For` is sent);
 //! - sends the upstream its own authority as `Host`, over HTTP/1.1;
-//! - carries WebSocket upgrades, counted among its [`Tunnels`] (see [`upgrade`](crate::upgrade)).
+//! - carries WebSocket upgrades, counted among its [`Tunnels`] (see [`crate::upgrade`]).
 //!
 //! Failures are answered, never returned as errors (`Error = Infallible`, as axum
 //! wants): a connection that could not be made is a `502` with code

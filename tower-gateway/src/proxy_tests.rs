@@ -289,3 +289,106 @@ async fn chunked_wins_over_a_content_length_from_upstream() {
     assert!(res.headers().get("transfer-encoding").is_none(), "hop-by-hop: the client's own hop frames it");
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello world");
 }
+
+/// An upstream that, asked to upgrade, answers `101` and echoes raw bytes; a
+/// plain request gets `200` with the `Upgrade` it saw (or `none`).
+async fn upgrading_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = service_fn(|mut req: Request<Incoming>| async move {
+                let Some(proto) = req.headers().get(header::UPGRADE).cloned() else {
+                    return Ok::<_, Infallible>(Response::new(full("none")));
+                };
+                let upgraded = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let io = TokioIo::new(upgraded.await.unwrap());
+                    let (mut rx, mut tx) = tokio::io::split(io);
+                    let _ = tokio::io::copy(&mut rx, &mut tx).await;
+                });
+                let mut res = Response::new(full(""));
+                *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                res.headers_mut().insert(header::UPGRADE, proto);
+                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                Ok(res)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
+/// Serves `proxy` (to `upstream`) over HTTP/1.1 with upgrades, as axum or
+/// hyper-util's `serve_connection_with_upgrades` would.
+async fn serve_proxy(proxy: Proxy<Incoming>, upstream: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let proxy = proxy.clone();
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                *req.uri_mut() = to(upstream, req.uri().path());
+                proxy.clone().oneshot(req)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
+/// Sends a raw HTTP/1.1 head and reads the response head.
+async fn raw_head(stream: &mut tokio::net::TcpStream, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "the head was cut: {}", String::from_utf8_lossy(&got));
+        got.push(byte[0]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+const UPGRADE_HEAD: &str =
+    "GET /chat HTTP/1.1\r\nhost: gw\r\nconnection: keep-alive, Upgrade\r\nupgrade: websocket\r\n\r\n";
+
+#[tokio::test]
+async fn a_websocket_upgrade_is_spliced_and_counted_until_it_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tunnels = Tunnels::new(8, Duration::from_secs(30));
+    let proxy = Proxy::builder().tunnels(tunnels.clone()).build();
+    let addr = serve_proxy(proxy, upgrading_upstream().await).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = raw_head(&mut stream, UPGRADE_HEAD).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket") && head.contains("connection: upgrade"), "{head}");
+    for message in [&b"ping"[..], &[7u8; 100_000][..]] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert!(echoed == message, "the bytes came back changed");
+    }
+    assert_eq!(tunnels.active(), 1);
+    assert_eq!(tunnels.stats().opened, 1);
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), tunnels.closed()).await.expect("the tunnel ends with its client");
+}
+
+#[tokio::test]
+async fn without_upgrades_an_upgrade_is_a_plain_request() {
+    let proxy = Proxy::builder().without_upgrades().build();
+    let addr = serve_proxy(proxy, upgrading_upstream().await).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = raw_head(&mut stream, UPGRADE_HEAD).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut seen = [0u8; 4];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut seen).await.unwrap();
+    assert_eq!(&seen, b"none", "the upstream saw an Upgrade header");
+}
