@@ -13,7 +13,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = demo_gateway::Config::load(None, |name| std::env::var(name).ok())?;
 //! let plan = demo_gateway::Plan::compile(config)?;
-//! let listener = tokio::net::TcpListener::bind(plan.listen()).await?;
+//! let listener = demo_gateway::bind(plan.listen())?;
 //! demo_gateway::serve(plan, listener, demo_gateway::shutdown_signal()).await?;
 //! # Ok(())
 //! # }
@@ -30,7 +30,7 @@ mod tls;
 pub use config::{Access, Config, ConfigError};
 pub use plan::Plan;
 pub use routes::RouteName;
-pub use server::serve;
+pub use server::{bind, serve};
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             print!("{}", plan.to_masked_toml());
             return ExitCode::SUCCESS;
         }
-        let listener = match tokio::net::TcpListener::bind(plan.listen()).await {
+        let listener = match demo_gateway::bind(plan.listen()) {
             Ok(listener) => listener,
             Err(err) => {
                 eprintln!("demo-gateway: cannot listen on {}: {err}", plan.listen());

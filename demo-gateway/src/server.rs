@@ -525,6 +525,17 @@ fn to_https(headers: &http::HeaderMap, uri: &http::Uri, https_port: u16) -> Resp
     response
 }
 
+/// A listener on `addr` with room for 1024 connections the kernel has
+/// completed but the gateway has not accepted yet (std's `bind` leaves 128,
+/// which a burst of new clients overflows: their SYNs are dropped and retried
+/// a second later). nginx's default is 511. Call it inside a Tokio runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Accepts on `listener`, or never when there is none.
 async fn accept_maybe(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
@@ -643,7 +654,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     };
     let tls_listener = match &tls {
         Some((tls, _)) => {
-            let listener = TcpListener::bind(tls.listen).await?;
+            let listener = bind(tls.listen)?;
             tracing::info!(addr = %listener.local_addr()?, "TLS listener: HTTP/2 and HTTP/1.1");
             Some(listener)
         }

@@ -90,7 +90,7 @@ fn demo_tls(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf), String
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| format!("{name} cannot listen on {addr}: {e}"))
+    demo_gateway::bind(addr).map_err(|e| format!("{name} cannot listen on {addr}: {e}"))
 }
 
 async fn run() -> Result<(), String> {
