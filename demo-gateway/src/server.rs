@@ -101,8 +101,7 @@ impl Entry {
         let headers = req.headers_mut();
         tower_gateway::proxy::remove_hop_by_hop(headers);
         if let Some(upgrade) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, upgrade);
+            tower_gateway::upgrade::restore(headers, upgrade);
         }
         for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
             headers.remove(name);

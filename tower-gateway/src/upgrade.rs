@@ -233,8 +233,10 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// Puts back the upgrade headers `remove_hop_by_hop` took out.
-pub(crate) fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
+/// Puts back the headers of a WebSocket upgrade (`upgrade`, as
+/// [`websocket_upgrade`] found it) that
+/// [`remove_hop_by_hop`](crate::proxy::remove_hop_by_hop) took out.
+pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, upgrade);
 }
