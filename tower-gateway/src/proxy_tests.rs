@@ -21,7 +21,7 @@ fn full(data: impl Into<Bytes>) -> TestBody {
     Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
-/// Serves `handler` on a fresh loopback port until the test ends.
+/// Serves `handler` on a fresh loopback port until the test ends (upgrades allowed).
 async fn serve<F, Fut>(handler: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -38,7 +38,8 @@ where
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                let _ = conn.with_upgrades().await;
             });
         }
     });
@@ -293,54 +294,37 @@ async fn chunked_wins_over_a_content_length_from_upstream() {
 /// An upstream that, asked to upgrade, answers `101` and echoes raw bytes; a
 /// plain request gets `200` with the `Upgrade` it saw (or `none`).
 async fn upgrading_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let svc = service_fn(|mut req: Request<Incoming>| async move {
-                let Some(proto) = req.headers().get(header::UPGRADE).cloned() else {
-                    return Ok::<_, Infallible>(Response::new(full("none")));
-                };
-                let upgraded = hyper::upgrade::on(&mut req);
-                tokio::spawn(async move {
-                    let io = TokioIo::new(upgraded.await.unwrap());
-                    let (mut rx, mut tx) = tokio::io::split(io);
-                    let _ = tokio::io::copy(&mut rx, &mut tx).await;
-                });
-                let mut res = Response::new(full(""));
-                *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                res.headers_mut().insert(header::UPGRADE, proto);
-                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                Ok(res)
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades(),
-            );
-        }
-    });
-    addr
+    serve(|mut req: Request<Incoming>| async move {
+        let Some(proto) = req.headers().get(header::UPGRADE).cloned() else {
+            return Response::new(full("none"));
+        };
+        let upgraded = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let io = TokioIo::new(upgraded.await.unwrap());
+            let (mut rx, mut tx) = tokio::io::split(io);
+            let _ = tokio::io::copy(&mut rx, &mut tx).await;
+        });
+        let mut res = Response::new(full(""));
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        res.headers_mut().insert(header::UPGRADE, proto);
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        res
+    })
+    .await
 }
 
 /// Serves `proxy` (to `upstream`) over HTTP/1.1 with upgrades, as axum or
 /// hyper-util's `serve_connection_with_upgrades` would.
 async fn serve_proxy(proxy: Proxy<Incoming>, upstream: SocketAddr) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let proxy = proxy.clone();
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                *req.uri_mut() = to(upstream, req.uri().path());
-                proxy.clone().oneshot(req)
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades(),
-            );
+    serve(move |mut req: Request<Incoming>| {
+        *req.uri_mut() = to(upstream, req.uri().path());
+        let proxy = proxy.clone();
+        async move {
+            let Ok(res) = proxy.oneshot(req).await;
+            res.map(|body| body.map_err(BoxError::from).boxed())
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Sends a raw HTTP/1.1 head and reads the response head.
