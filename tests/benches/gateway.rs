@@ -7,18 +7,15 @@
 //!
 //! `cargo bench -p tower-gateway-tests --bench gateway`
 
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use demo_gateway::config::{LimitConfig, LimitKey, RouteConfig, UpstreamConfig};
 use demo_gateway::{Access, Config, Plan};
-use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_gateway_tests::{RedisServer, serve};
+use tower_gateway_tests::{RedisServer, median, product_backend};
 
 const CONNECTIONS: usize = 16;
 const REQUESTS: usize = 20_000;
@@ -47,12 +44,7 @@ async fn throughput(url: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let backend = serve(tower::service_fn(|_: Request<Incoming>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-            b"{\"id\":1,\"name\":\"Laptop\",\"price\":999.99}",
-        ))))
-    }))
-    .await;
+    let backend = product_backend().await;
 
     // One gateway, three routes to the same backend: no limit, a limit kept in
     // this process, a limit kept in Redis. The quotas are never reached: this
@@ -116,11 +108,6 @@ async fn main() {
             results[i].push(throughput(&targets[i].1).await);
         }
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
-    };
     let medians: Vec<f64> = results.iter().map(|r| median(r)).collect();
     println!(
         "{REQUESTS} GETs from {CONNECTIONS} connections, median of {ROUNDS} rounds (no log subscriber: access logs cost nothing here)"

@@ -7,22 +7,16 @@
 //!
 //! `cargo bench -p tower-gateway-tests --bench tls`
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use demo_gateway::config::{RouteConfig, TlsConfig, UpstreamConfig};
-use demo_gateway::{Access, Config, Plan};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use demo_gateway::{Access, Config};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tower_gateway_tests::serve;
+use tower_gateway_tests::{Gateway, get_ok, http1_connection, median, product_backend};
 
 /// Keep-alive: this many connections, each sending its share of the requests.
 const CONNECTIONS: usize = 16;
@@ -37,15 +31,9 @@ async fn on_connection<I>(io: I, path: &str, requests: usize)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.expect("an HTTP/1.1 handshake");
-    tokio::spawn(conn);
+    let mut sender = http1_connection(io).await.expect("an HTTP/1.1 handshake");
     for _ in 0..requests {
-        sender.ready().await.expect("the connection stays open");
-        let req = Request::get(path).header("host", "localhost").body(Empty::<Bytes>::new()).unwrap();
-        let res = sender.send_request(req).await.expect("a response");
-        assert!(res.status().is_success(), "{}", res.status());
-        res.into_body().collect().await.expect("the body");
+        get_ok(&mut sender, "localhost", path, None).await.expect("a 2xx response");
     }
 }
 
@@ -92,20 +80,9 @@ async fn new_connections(addr: SocketAddr, tls: Option<TlsConnector>) -> f64 {
     NEW_CONNECTIONS as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
-}
-
 #[tokio::main]
 async fn main() {
-    let backend = serve(tower::service_fn(|_: Request<Incoming>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-            b"{\"id\":1,\"name\":\"Laptop\",\"price\":999.99}",
-        ))))
-    }))
-    .await;
+    let backend = product_backend().await;
 
     // A CA and a certificate for localhost, made for the run.
     let dir = tempfile::tempdir().unwrap();
@@ -153,13 +130,8 @@ async fn main() {
         }],
         ..Config::default()
     };
-    let plan = Plan::compile(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain_addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(demo_gateway::serve(plan, listener, async move {
-        let _ = stopped.await;
-    }));
+    let gateway = Gateway::start(config).await;
+    let plain_addr = gateway.addr();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(tls_addr).await.is_err() {
         assert!(Instant::now() < deadline, "the TLS listener never came up");
@@ -198,7 +170,4 @@ async fn main() {
         "a TLS handshake adds {:.0} µs of wall time per new connection here (client, gateway and backend share the cores)",
         (AT_ONCE as f64) * 1e6 * (1.0 / tls_new_m - 1.0 / plain_new_m)
     );
-
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), running).await;
 }

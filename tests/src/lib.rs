@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -45,8 +45,9 @@ impl Drop for Server {
     }
 }
 
-/// Serves `svc` over HTTP/1.1 on a fresh loopback port, with the client's
-/// address in each request's [`PeerAddr`](tower_gateway::PeerAddr) extension.
+/// Serves `svc` over HTTP/1.1 (upgrades allowed: axum's WebSocket handlers
+/// work) on a fresh loopback port, with the client's address in each
+/// request's [`PeerAddr`](tower_gateway::PeerAddr) extension.
 pub async fn serve<S, B>(svc: S) -> Server
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -66,7 +67,8 @@ where
             });
             connections.spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                    .with_upgrades();
                 let _ = conn.await;
             });
         }
@@ -111,6 +113,52 @@ pub async fn counting_backend(name: &'static str) -> (Server, std::sync::Arc<std
     }))
     .await;
     (server, hits)
+}
+
+/// The benchmarks' backend: every request answered `200` with one small JSON product.
+pub async fn product_backend() -> Server {
+    serve(tower::service_fn(|_: Request<Incoming>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            b"{\"id\":1,\"name\":\"Laptop\",\"price\":999.99}",
+        ))))
+    }))
+    .await
+}
+
+/// A sender for one HTTP/1.1 client connection over `io`, its connection task spawned.
+pub async fn http1_connection<I>(io: I) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// `GET path` with `Host: host` (and `header`) on `sender`, its body read;
+/// an error unless the status is 2xx.
+pub async fn get_ok(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: &str,
+    path: &str,
+    header: Option<(&str, &str)>,
+) -> Result<(), BoxError> {
+    sender.ready().await?;
+    let mut req = Request::get(path).header("host", host);
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    let res = sender.send_request(req.body(Empty::new())?).await?;
+    let status = res.status();
+    res.into_body().collect().await?;
+    if status.is_success() { Ok(()) } else { Err(format!("status {status}").into()) }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
 }
 
 /// A loopback address where nothing listens: connections to it are refused.

@@ -12,30 +12,19 @@ use axum::routing::get;
 use demo_gateway::config::{Access, Config, RouteConfig, UpstreamConfig};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::Algorithm;
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tower_gateway_auth::KeyConfig;
 use tower_gateway_auth::TokenIssuer;
-use tower_gateway_tests::Gateway;
+use tower_gateway_tests::{Gateway, Server, serve};
 
 const SECRET: &str = "a websocket test secret of 32+ bytes";
 
 /// A WebSocket backend: `/echo` echoes every message; `/refuse` answers an
 /// upgrade `403`. Counts the upgrade requests it receives.
 struct Backend {
-    url: String,
+    server: Server,
     upgrades: Arc<AtomicUsize>,
-    _task: Abort,
-}
-
-/// Aborts the task when dropped.
-struct Abort(tokio::task::JoinHandle<()>);
-
-impl Drop for Abort {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn ws_backend() -> Backend {
@@ -66,12 +55,7 @@ async fn ws_backend() -> Backend {
                 }
             }),
         );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Backend { url, upgrades, _task: Abort(task) }
+    Backend { server: serve(app).await, upgrades }
 }
 
 fn route(prefix: &str, access: Access, websocket: bool) -> RouteConfig {
@@ -93,7 +77,7 @@ async fn gateway(backend: &Backend, adjust: impl FnOnce(&mut Config)) -> (Gatewa
     let mut config = Config {
         listen: "127.0.0.1:0".into(),
         jwt: KeyConfig { secret_file: Some(secret), ..KeyConfig::default() },
-        upstreams: [("ws".to_owned(), UpstreamConfig { endpoints: vec![backend.url.clone()], ..Default::default() })]
+        upstreams: [("ws".to_owned(), UpstreamConfig { endpoints: vec![backend.server.url()], ..Default::default() })]
             .into(),
         routes: vec![
             route("/open", Access::Public, true),

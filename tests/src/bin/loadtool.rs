@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::Empty;
+use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tower_gateway_tests::{get_ok, http1_connection};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tower_gateway_tests::BoxError;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,29 +68,10 @@ fn target(url: &str) -> Result<(String, String), BoxError> {
 }
 
 /// One HTTP/1.1 connection's sender.
-async fn connection(authority: &str) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, BoxError> {
+async fn connection(authority: &str) -> Result<SendRequest<Empty<Bytes>>, BoxError> {
     let tcp = TcpStream::connect(authority).await?;
     tcp.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn get(
-    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    authority: &str,
-    path: &str,
-    header: Option<(&str, &str)>,
-) -> Result<(), BoxError> {
-    sender.ready().await?;
-    let mut req = Request::get(path).header("host", authority);
-    if let Some((name, value)) = header {
-        req = req.header(name, value);
-    }
-    let res = sender.send_request(req.body(Empty::new())?).await?;
-    let status = res.status();
-    res.into_body().collect().await?;
-    if status.is_success() { Ok(()) } else { Err(format!("status {status}").into()) }
+    http1_connection(tcp).await
 }
 
 async fn open_loop(
@@ -129,7 +110,7 @@ async fn open_loop(
                 }
                 let header = header.as_ref().as_ref().map(|(n, v)| (n.as_str(), v.as_str()));
                 let ok = match sender.as_mut() {
-                    Some(sender) => get(sender, &authority, &path, header).await.is_ok(),
+                    Some(sender) => get_ok(sender, &authority, &path, header).await.is_ok(),
                     None => false,
                 };
                 if ok {
@@ -173,7 +154,7 @@ async fn idle(connections: usize, url: &str, seconds: u64) -> Result<(), BoxErro
             let (authority, path) = (authority.clone(), path.clone());
             opening.spawn(async move {
                 let mut sender = connection(&authority).await?;
-                get(&mut sender, &authority, &path, None).await?;
+                get_ok(&mut sender, &authority, &path, None).await?;
                 Ok::<_, BoxError>(sender)
             });
         }
