@@ -82,6 +82,11 @@ pub struct Config {
     /// Open client connections at most; more are answered `503` and closed, and
     /// idle connections are closed to make room.
     pub max_connections: usize,
+    /// Threads serving client connections, each with a single-threaded runtime
+    /// of its own; a connection stays on one for its life (default: one per CPU
+    /// core the process may use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     /// How long a connection may stay open with no request in flight (HTTP/2; an
     /// idle HTTP/1.1 connection is closed after `header_read_timeout_ms`).
     pub idle_timeout_ms: u64,
@@ -510,6 +515,7 @@ impl Default for Config {
             body_idle_timeout_ms: 10_000,
             header_read_timeout_ms: 5_000,
             max_connections: 10_000,
+            workers: None,
             idle_timeout_ms: 60_000,
             max_header_bytes: 16 * 1024,
             websocket_max_connections: 1024,

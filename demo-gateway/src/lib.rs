@@ -26,6 +26,7 @@ mod plan;
 mod routes;
 mod server;
 mod tls;
+mod workers;
 
 pub use config::{Access, Config, ConfigError};
 pub use plan::Plan;

@@ -28,7 +28,9 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     demo_gateway::init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // This thread accepts connections and runs the admin side; the connections
+    // themselves are served on the worker threads `serve` starts.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("demo-gateway: cannot start the runtime: {err}");

@@ -45,6 +45,7 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) workers: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) grace_period: Duration,
     pub(crate) drain_delay: Duration,
@@ -248,6 +249,11 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
         max_connections: match config.max_connections {
             0 => return Err(ConfigError::new("max_connections", "must be at least 1")),
             n => n,
+        },
+        workers: match config.workers {
+            Some(0) => return Err(ConfigError::new("workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         },
         idle_timeout: positive("idle_timeout_ms", config.idle_timeout_ms)?,
         grace_period: Duration::from_millis(config.grace_period_ms),

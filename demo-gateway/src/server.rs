@@ -39,6 +39,7 @@ use tower_http::trace::TraceLayer;
 use crate::idle_body::IdleBody;
 use crate::plan::Plan;
 use crate::routes::{self, RouteName, Routes, Table};
+use crate::workers::Workers;
 
 /// The body of every response the server sends: what the stack answered, or a
 /// JSON error put in place of a bare one.
@@ -435,8 +436,51 @@ where
     S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    /// Serves one connection in its own task, holding `slot` until it ends.
-    fn serve<I>(&self, io: TokioIo<I>, slot: OwnedSemaphorePermit, peer: SocketAddr, scheme: Scheme)
+    /// Serves one accepted connection on a worker, holding `slot` until it ends;
+    /// with `tls`, after its handshake (bounded in time, holding the slot too:
+    /// slow handshakes count against max_connections like any other).
+    fn spawn(
+        &self,
+        workers: &Workers,
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        peer: SocketAddr,
+        tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    ) {
+        // The socket moves to the worker's runtime: out of this one's poller here,
+        // into the worker's there.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => return tracing::debug!(%peer, %err, "an accepted connection could not be handed over"),
+        };
+        let conns = self.clone();
+        workers.spawn(async move {
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(err) => return tracing::debug!(%peer, %err, "an accepted connection could not be served"),
+            };
+            let Some((acceptor, timeout)) = tls else {
+                return conns.run(TokioIo::new(stream), slot, peer, Scheme::HTTP).await;
+            };
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    conns.table.metrics.tls_handshake("ok");
+                    conns.run(TokioIo::new(stream), slot, peer, Scheme::HTTPS).await;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "TLS handshake failed");
+                    conns.table.metrics.tls_handshake("failed");
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    conns.table.metrics.tls_handshake("timed_out");
+                }
+            }
+        });
+    }
+
+    /// Serves one connection until it ends.
+    async fn run<I>(self, io: TokioIo<I>, slot: OwnedSemaphorePermit, peer: SocketAddr, scheme: Scheme)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -453,53 +497,50 @@ where
         };
         // An upgraded connection leaves this task (and its slot) for the proxy's tunnel.
         let conn = self.builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc)).into_owned();
-        let (table, pressure, mut stopping) = (self.table.clone(), self.pressure.clone(), self.stopping.clone());
-        let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
-        tokio::spawn(async move {
-            let _slot = slot;
-            table.metrics.connections().inc();
-            tokio::pin!(conn);
-            // Asked to stop, and whether the connection was told to.
-            let (mut stop_asked, mut stop_sent) = (false, false);
-            loop {
-                // A connection that has not sent its first request is not shut at
-                // once: its request may be on the wire (hyper would close it
-                // unread). It gets until its header timeout, and is told to stop
-                // when that request begins (HTTP/1.1: `Connection: close`).
-                if stop_asked && !stop_sent && activity.started.load(Ordering::Acquire) {
-                    conn.as_mut().graceful_shutdown();
-                    stop_sent = true;
+        let Conns { table, pressure, mut stopping, header_timeout, idle_timeout, .. } = self;
+        let _slot = slot;
+        table.metrics.connections().inc();
+        tokio::pin!(conn);
+        // Asked to stop, and whether the connection was told to.
+        let (mut stop_asked, mut stop_sent) = (false, false);
+        loop {
+            // A connection that has not sent its first request is not shut at
+            // once: its request may be on the wire (hyper would close it
+            // unread). It gets until its header timeout, and is told to stop
+            // when that request begins (HTTP/1.1: `Connection: close`).
+            if stop_asked && !stop_sent && activity.started.load(Ordering::Acquire) {
+                conn.as_mut().graceful_shutdown();
+                stop_sent = true;
+            }
+            // Busy connections are looked at again an idle timeout later.
+            let deadline = match activity.idle_for() {
+                Some(_) => activity.deadline(header_timeout, idle_timeout),
+                None => Instant::now() + idle_timeout,
+            };
+            tokio::select! {
+                ended = &mut conn => {
+                    if let Err(err) = ended {
+                        tracing::debug!(%err, "connection ended with an error");
+                    }
+                    break;
                 }
-                // Busy connections are looked at again an idle timeout later.
-                let deadline = match activity.idle_for() {
-                    Some(_) => activity.deadline(header_timeout, idle_timeout),
-                    None => Instant::now() + idle_timeout,
-                };
-                tokio::select! {
-                    ended = &mut conn => {
-                        if let Err(err) = ended {
-                            tracing::debug!(%err, "connection ended with an error");
-                        }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
+                        table.metrics.connection_closed_idle();
                         break;
                     }
-                    () = tokio::time::sleep_until(deadline.into()) => {
-                        if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
-                            table.metrics.connection_closed_idle();
-                            break;
-                        }
-                    }
-                    () = pressure.notified() => {
-                        if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
-                            table.metrics.connection_closed_idle();
-                            break;
-                        }
-                    }
-                    _ = stopping.changed(), if !stop_asked => stop_asked = true,
-                    () = activity.first_request.notified(), if stop_asked && !stop_sent => {}
                 }
+                () = pressure.notified() => {
+                    if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
+                        table.metrics.connection_closed_idle();
+                        break;
+                    }
+                }
+                _ = stopping.changed(), if !stop_asked => stop_asked = true,
+                () = activity.first_request.notified(), if stop_asked && !stop_sent => {}
             }
-            table.metrics.connections().dec();
-        });
+        }
+        table.metrics.connections().dec();
     }
 }
 
@@ -616,41 +657,10 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
             None
         }
     };
-    let admit = |stream: TcpStream, peer: SocketAddr| {
-        // Full: this one is told so (a non-blocking write into a fresh socket's buffer).
-        let Some(slot) = slot_for(&|| drop(stream.try_write(REFUSED))) else { return };
-        let _ = stream.set_nodelay(true);
-        conns.serve(TokioIo::new(stream), slot, peer, Scheme::HTTP);
-    };
-    // The handshake runs in the connection's own task, bounded in time, holding
-    // its slot: slow handshakes count against max_connections like any other.
     let tls = settings
         .tls
         .as_ref()
         .map(|tls| (tls, tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls.certificate.clone()))));
-    let admit_tls = |stream: TcpStream, peer: SocketAddr| {
-        let Some((tls, acceptor)) = &tls else { return };
-        // A TLS client cannot read a plain 503: it is only closed.
-        let Some(slot) = slot_for(&|| ()) else { return };
-        let _ = stream.set_nodelay(true);
-        let (acceptor, conns, timeout) = (acceptor.clone(), conns.clone(), tls.handshake_timeout);
-        tokio::spawn(async move {
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    conns.table.metrics.tls_handshake("ok");
-                    conns.serve(TokioIo::new(stream), slot, peer, Scheme::HTTPS);
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, %err, "TLS handshake failed");
-                    conns.table.metrics.tls_handshake("failed");
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    conns.table.metrics.tls_handshake("timed_out");
-                }
-            }
-        });
-    };
     let tls_listener = match &tls {
         Some((tls, _)) => {
             let listener = bind(tls.listen)?;
@@ -658,6 +668,20 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
             Some(listener)
         }
         None => None,
+    };
+    let workers = Workers::start(settings.workers)?;
+    let admit = |stream: TcpStream, peer: SocketAddr| {
+        // Full: this one is told so (a non-blocking write into a fresh socket's buffer).
+        let Some(slot) = slot_for(&|| drop(stream.try_write(REFUSED))) else { return };
+        let _ = stream.set_nodelay(true);
+        conns.spawn(&workers, stream, slot, peer, None);
+    };
+    let admit_tls = |stream: TcpStream, peer: SocketAddr| {
+        let Some((tls, acceptor)) = &tls else { return };
+        // A TLS client cannot read a plain 503: it is only closed.
+        let Some(slot) = slot_for(&|| ()) else { return };
+        let _ = stream.set_nodelay(true);
+        conns.spawn(&workers, stream, slot, peer, Some((acceptor.clone(), tls.handshake_timeout)));
     };
     let _redirect = match tls.as_ref().and_then(|(tls, _)| tls.redirect_listen.map(|addr| (addr, tls.listen.port()))) {
         Some((addr, https_port)) => {
@@ -741,5 +765,6 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     if tokio::time::timeout(Duration::from_secs(2), tunnels.closed()).await.is_err() {
         tracing::warn!(websockets = tunnels.active(), "WebSocket connections still closing");
     }
+    workers.stop().await;
     Ok(())
 }

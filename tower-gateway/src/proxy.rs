@@ -1,7 +1,7 @@
 //! The innermost service: forwards a request to the destination in its URI.
 //!
-//! [`Proxy`] sends each request with one pooled hyper-util client to the scheme
-//! and authority of its URI (set by [`RoundRobin`](crate::balance::RoundRobin),
+//! [`Proxy`] sends each request with a pooled hyper-util client (one pool per
+//! thread that uses it) to the scheme and authority of its URI (set by [`RoundRobin`](crate::balance::RoundRobin),
 //! or by you), streaming bodies both ways: a 100 MB upload or download is never
 //! held in memory. On the way it
 //!
@@ -40,6 +40,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
+use thread_local::ThreadLocal;
 use tower_service::Service;
 
 use crate::Body;
@@ -210,11 +212,53 @@ impl Builder {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Proxy { client, forwarded_proto: self.forwarded_proto, tunnels: self.tunnels }
+        let pools = Pools {
+            connector,
+            idle_timeout: self.pool_idle_timeout,
+            per_thread: ThreadLocal::new(),
+            _body: PhantomData,
+        };
+        Proxy { pools: Arc::new(pools), forwarded_proto: self.forwarded_proto, tunnels: self.tunnels }
+    }
+}
+
+type PooledClient<B> = Client<HttpsConnector<HttpConnector>, Pin<Box<B>>>;
+
+/// A proxy's connection pools: one for each thread that sends through it, made
+/// when that thread first does. A connection's task runs on the runtime of the
+/// thread that opened it, so on one single-threaded runtime per core (as
+/// `demo-gateway` runs) a request, its upstream connection and the response
+/// never cross threads; on tokio's multi-thread runtime there is a pool per
+/// worker thread.
+struct Pools<B> {
+    connector: HttpsConnector<HttpConnector>,
+    idle_timeout: Duration,
+    // Each a `PooledClient<B>`, kept as `Any` so that `Proxy<B>` asks nothing
+    // of `B` where it is named, only where it is built and called.
+    per_thread: ThreadLocal<Box<dyn std::any::Any + Send>>,
+    _body: PhantomData<fn(B)>,
+}
+
+impl<B> Pools<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+{
+    fn client(&self) -> &PooledClient<B> {
+        let client = self.per_thread.get_or(|| {
+            let client: PooledClient<B> = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(self.idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .build(self.connector.clone());
+            Box::new(client)
+        });
+        client.downcast_ref().expect("a proxy's pools hold only its own client type")
+    }
+}
+
+impl<B> std::fmt::Debug for Pools<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pools").field("idle_timeout", &self.idle_timeout).finish_non_exhaustive()
     }
 }
 
@@ -224,18 +268,14 @@ impl Builder {
 pub struct Proxy<B> {
     // Bodies are pinned in a box: hyper's client wants `Unpin`, and a request
     // body need not be (tower-http's `TimeoutBody`, for one).
-    client: Client<HttpsConnector<HttpConnector>, Pin<Box<B>>>,
+    pools: Arc<Pools<B>>,
     forwarded_proto: HeaderValue,
     tunnels: Option<Tunnels>,
 }
 
 impl<B> Clone for Proxy<B> {
     fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            forwarded_proto: self.forwarded_proto.clone(),
-            tunnels: self.tunnels.clone(),
-        }
+        Self { pools: self.pools.clone(), forwarded_proto: self.forwarded_proto.clone(), tunnels: self.tunnels.clone() }
     }
 }
 
@@ -348,7 +388,7 @@ where
             }
         };
         future::ResponseFuture {
-            state: future::State::Sending { future: self.client.request(req.map(Box::pin)), upgrade: pending },
+            state: future::State::Sending { future: self.pools.client().request(req.map(Box::pin)), upgrade: pending },
         }
     }
 }

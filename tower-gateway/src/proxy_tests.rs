@@ -27,11 +27,23 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
+    serve_counting(handler).await.0
+}
+
+/// [`serve`], with the count of connections accepted.
+async fn serve_counting<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::Relaxed);
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -43,7 +55,7 @@ where
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 fn to(addr: SocketAddr, path: &str) -> Uri {
@@ -138,6 +150,50 @@ async fn forwards_request_and_relays_response() {
     assert_eq!(seen["custom"], "kept");
     assert_eq!(seen["secret"], serde_json::Value::Null);
     assert_eq!(seen["body"], "payload");
+}
+
+#[tokio::test]
+async fn each_thread_sends_over_connections_of_its_own() {
+    let (upstream, accepted) = serve_counting(|_| async { Response::new(full("ok")) }).await;
+    let proxy: Proxy<TestBody> = Proxy::new();
+    // Three requests from a thread with a runtime of its own, which then stays
+    // alive (its connection idle in the pool) until `leave` is dropped.
+    let on_own_thread = |proxy: Proxy<TestBody>| {
+        let (sent, done) = tokio::sync::oneshot::channel();
+        let (leave, left) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    let req = Request::get(to(upstream, "/")).body(full("")).unwrap();
+                    let response = proxy.clone().oneshot(req).await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
+                }
+            });
+            sent.send(()).unwrap();
+            let _ = left.recv();
+        });
+        (done, leave, thread)
+    };
+    let (first, leave_first, first_thread) = on_own_thread(proxy.clone());
+    first.await.unwrap();
+    assert_eq!(accepted.load(Ordering::Relaxed), 1, "one connection, kept for the thread's three requests");
+    // The first thread's connection is idle and its runtime not running (the
+    // thread is blocked): a second thread opens its own. A connection's task
+    // runs on the runtime that opened it; over the first thread's, these
+    // requests would wait for that thread.
+    let (second, leave_second, second_thread) = on_own_thread(proxy.clone());
+    let sent = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert!(sent.is_ok(), "the second thread's requests waited on the first thread's runtime");
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    drop((leave_first, leave_second));
+    tokio::task::spawn_blocking(move || {
+        first_thread.join().unwrap();
+        second_thread.join().unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
