@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response};
+use tokio::sync::Semaphore;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_gateway::balance::Endpoints;
 use tower_gateway::client_addr::{ClientAddrLayer, ForwardedHeader, TrustedProxies};
 use tower_gateway::rate_limit::key::{ClientIp, Global, Header, JsonField};
 use tower_gateway::rate_limit::{self, KeyExtractor, Limiter, OnStoreError, Quota, RateLimitLayer, ReadJsonLayer};
-use tower_gateway::upgrade::{OnUpgrade, Tunnels};
+use tower_gateway::upgrade::Tunnels;
 use tower_gateway::{Body, Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, StripPrefixLayer, TimeoutLayer};
 use tower_gateway_auth::{Authenticator, Claim, ClaimKey, JwtAuthLayer, MemoryStore, RedisStore, TokenStore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -117,7 +118,8 @@ impl Plan {
         let upstreams = upstreams.into_values().collect();
         let limits = limits.into_values().map(|l| l.limiter).collect();
         let tunnels = settings.tunnels.clone();
-        let table = Table { routes, upstreams, metrics, auth, limits, tunnels, draining: Default::default() };
+        let capacity = Arc::new(Semaphore::new(settings.max_concurrent_requests));
+        let table = Table { routes, upstreams, metrics, auth, limits, tunnels, capacity, draining: Default::default() };
         Ok(Self { config, settings, table: Arc::new(table) })
     }
 
@@ -656,22 +658,6 @@ fn route_of(
     }
     svc = limited(svc, &outside);
     let svc = stacked(StripPrefixLayer::new(strip).layer(svc));
-    // Without `websocket`, the proxy cannot take the client's connection over,
-    // so it forwards an upgrade as a plain GET.
-    let svc = if config.websocket {
-        svc
-    } else {
-        stacked(svc.map_request(|mut req: Request<RouteBody>| {
-            req.extensions_mut().remove::<OnUpgrade>();
-            req
-        }))
-    };
-    // A share of the gateway's capacity per route: a route whose requests are
-    // slow (trickled bodies, a stuck upstream) is refused at its share while
-    // the others are served.
-    let svc = BoxCloneSyncService::new(
-        ServiceBuilder::new().load_shed().concurrency_limit(settings.max_route_concurrent_requests).service(svc),
-    );
     let limits = config.limits.iter().map(|l| Arc::from(l.as_str())).collect();
     Ok(Route {
         metrics: metrics.route(&name, &upstream.name),
@@ -682,6 +668,10 @@ fn route_of(
         limits,
         websocket: config.websocket,
         svc,
+        // A share of the gateway's capacity per route: a route whose requests are
+        // slow (trickled bodies, a stuck upstream) is refused at its share while
+        // the others are served.
+        share: Arc::new(Semaphore::new(settings.max_route_concurrent_requests)),
     })
 }
 

@@ -14,13 +14,15 @@ use std::time::Duration;
 use axum::body::Body as AxumBody;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
 use tower_gateway::balance::{ChosenEndpoint, Endpoints};
-use tower_gateway::error::{BoxError, UpstreamError, json_error};
+use tower_gateway::error::{UpstreamError, json_error};
 use tower_gateway::retry::{Attempts, ReplayBody};
 use tower_gateway::strip_prefix::canonicalize;
+use tower_gateway::upgrade::OnUpgrade;
 use tower_gateway::{Body, Limiter, Proxy, Retry, RoundRobin, Timeout};
 use tower_gateway_auth::{Authenticator, Rejection};
 
@@ -35,10 +37,9 @@ pub(crate) type UpstreamService = Retry<RoundRobin<Timeout<Proxy<ReplayBody<Rout
 /// A piece of a route's stack: answers every request (errors are responses).
 pub(crate) type Stack = BoxCloneSyncService<Request<RouteBody>, Response<Body>, Infallible>;
 
-/// A route's whole stack: its concurrency share, then `StripPrefix → limits →
-/// JwtAuth → limits → upstream`, each part there only if the route has it. The
-/// one error is being over its share.
-pub(crate) type RouteService = BoxCloneSyncService<Request<RouteBody>, Response<Body>, BoxError>;
+/// A route's whole stack: `StripPrefix → limits → JwtAuth → limits → upstream`,
+/// each part there only if the route has it.
+pub(crate) type RouteService = Stack;
 
 /// The name of the route that answered, in the response's extensions (for access logs).
 #[derive(Debug, Clone)]
@@ -89,6 +90,8 @@ pub(crate) struct Route {
     pub(crate) websocket: bool,
     pub(crate) svc: RouteService,
     pub(crate) metrics: RouteMetrics,
+    /// Requests this route may have in flight: its share of the gateway's capacity.
+    pub(crate) share: Arc<Semaphore>,
 }
 
 impl Route {
@@ -126,6 +129,8 @@ pub(crate) struct Table {
     /// The WebSockets every upstream's proxy has open: one cap, one idle
     /// timeout, closed at shutdown.
     pub(crate) tunnels: tower_gateway::upgrade::Tunnels,
+    /// Requests forwarded at once through every route; beyond, `503 overloaded`.
+    pub(crate) capacity: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Table {
@@ -225,7 +230,7 @@ impl Service<Request<RouteBody>> for Routes {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<RouteBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RouteBody>) -> Self::Future {
         let ready = |response| ResponseFuture { state: State::Ready { response: Some(response) } };
         if let Err(message) = check_host(&req) {
             let mut refused = json_error(StatusCode::BAD_REQUEST, "bad_request", message);
@@ -260,12 +265,28 @@ impl Service<Request<RouteBody>> for Routes {
                 return ready(json_error(StatusCode::NOT_FOUND, "no_route", "no service is routed at this path"));
             }
         };
+        // Over the gateway's capacity or the route's share: refused at once
+        // (load shedding), as a queue would only add latency to a backlog.
+        let permits = match self.table.capacity.clone().try_acquire_owned() {
+            Ok(capacity) => route.share.clone().try_acquire_owned().map(|share| (capacity, share)),
+            Err(_) => Err(tokio::sync::TryAcquireError::NoPermits),
+        };
+        let Ok(permits) = permits else {
+            self.table.metrics.overloaded();
+            return ready(overloaded());
+        };
+        // Without `websocket`, the proxy cannot take the client's connection
+        // over, so it forwards an upgrade as a plain GET.
+        if !route.websocket {
+            req.extensions_mut().remove::<OnUpgrade>();
+        }
         ResponseFuture {
             state: State::Routed {
                 future: route.svc.clone().oneshot(req),
                 table: self.table.clone(),
                 route: route.metrics.clone(),
                 started: Instant::now(),
+                _permits: permits,
             },
         }
     }
@@ -288,6 +309,8 @@ pin_project! {
             table: Arc<Table>,
             route: RouteMetrics,
             started: Instant,
+            // Held until the response head is ready, as tower's concurrency limit does.
+            _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
         },
         Ready { response: Option<Response<Body>> },
     }
@@ -298,15 +321,8 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Routed { future, table, route, started } => {
-                let mut response = match std::task::ready!(future.poll(cx)) {
-                    Ok(response) => response,
-                    // The route is at its share of the gateway's capacity.
-                    Err(_) => {
-                        table.metrics.overloaded();
-                        overloaded()
-                    }
-                };
+            StateProj::Routed { future, table, route, started, .. } => {
+                let Ok(mut response) = std::task::ready!(future.poll(cx));
                 let extensions = response.extensions();
                 table.metrics.record(
                     route,

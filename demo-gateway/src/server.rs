@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::routing::get;
 use bytes::Bytes;
 use http::uri::Scheme;
@@ -144,30 +143,64 @@ async fn readyz(table: Arc<Table>) -> (StatusCode, axum::Json<serde_json::Value>
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The gateway's routes: `/healthz`, `/readyz` and `/metrics`, and every other
-/// path through the route table, at most `max_concurrent_requests` at once (more
-/// are answered `503` at once: tower's concurrency limit with load shedding).
-fn router(plan: &Plan) -> Router {
-    let shed_table = plan.table.clone();
-    let routes = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(move |err: BoxError| {
-            if !err.is::<tower::load_shed::error::Overloaded>() {
-                tracing::error!(%err, "unexpected error from the route table");
-            }
-            shed_table.metrics.overloaded();
-            std::future::ready(routes::overloaded())
-        }))
-        .load_shed()
-        .concurrency_limit(plan.settings.max_concurrent_requests)
-        .service(Routes { table: plan.table.clone() });
+/// The paths the gateway answers itself; every other goes through the route table.
+const OPS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// The gateway's own routes, `/healthz`, and `/readyz` and `/metrics` unless
+/// an admin listener serves those.
+fn ops_router(plan: &Plan) -> Router {
     let router = Router::new().route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }));
     // With an admin listener, readiness and metrics live there only.
     let router = if plan.settings.admin_listen.is_some() { router } else { router.merge(admin_router(plan)) };
+    let routes = Routes { table: plan.table.clone() };
     router
         .method_not_allowed_fallback(|| async {
             json_error::<Body>(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes GET")
         })
         .fallback_service(routes)
+}
+
+/// The innermost service: a request for one of [`OPS_PATHS`] goes to the
+/// [`ops_router`], every other straight to the route table (no second router
+/// on the path every proxied request takes).
+#[derive(Clone)]
+struct Front {
+    ops: Router,
+    routes: Routes,
+}
+
+type FrontFuture = futures_util::future::Either<
+    axum::routing::future::RouteFuture<Infallible>,
+    futures_util::future::Map<
+        routes::ResponseFuture,
+        fn(Result<Response<Body>, Infallible>) -> Result<Response<axum::body::Body>, Infallible>,
+    >,
+>;
+
+impl<B> Service<Request<B>> for Front
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = FrontFuture;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        // Both are always ready: the router by axum's contract, the route table
+        // because each request drives its own route's readiness.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        use futures_util::FutureExt;
+        if OPS_PATHS.contains(&req.uri().path()) {
+            return futures_util::future::Either::Left(self.ops.call(req));
+        }
+        let to_axum: fn(Result<Response<Body>, Infallible>) -> Result<Response<axum::body::Body>, Infallible> =
+            |response| response.map(|response| response.map(axum::body::Body::new));
+        futures_util::future::Either::Right(self.routes.call(req.map(axum::body::Body::new)).map(to_axum))
+    }
 }
 
 /// `GET /readyz` (every upstream has an endpoint; the token store answers) and
@@ -182,7 +215,7 @@ fn admin_router(plan: &Plan) -> Router {
 }
 
 /// The whole gateway of `plan` as one service: tower-http's layers around the
-/// [`router`]. This is what [`serve`] runs on each connection.
+/// route table. This is what [`serve`] runs on each connection.
 fn app(
     plan: &Plan,
 ) -> impl Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible, Future: Send>
@@ -229,7 +262,7 @@ fn app(
         .map_request(move |req: Request<_>| req.map(|body| IdleBody::new(idle, body)))
         .map_response(move |res: Response<_>| res.map(|body| axum::body::Body::new(IdleBody::new(idle, body))))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, settings.request_timeout))
-        .service(router(plan))
+        .service(Front { ops: ops_router(plan), routes: Routes { table: plan.table.clone() } })
 }
 
 /// Starts resolving the plan's DNS upstreams: once now, then in the background
