@@ -171,11 +171,10 @@ struct Front {
 
 type FrontFuture = futures_util::future::Either<
     axum::routing::future::RouteFuture<Infallible>,
-    futures_util::future::Map<
-        routes::ResponseFuture,
-        fn(Result<Response<Body>, Infallible>) -> Result<Response<axum::body::Body>, Infallible>,
-    >,
+    futures_util::future::Map<routes::ResponseFuture, ToAxum>,
 >;
+
+type ToAxum = fn(Result<Response<Body>, Infallible>) -> Result<Response<axum::body::Body>, Infallible>;
 
 impl<B> Service<Request<B>> for Front
 where
@@ -197,8 +196,7 @@ where
         if OPS_PATHS.contains(&req.uri().path()) {
             return futures_util::future::Either::Left(self.ops.call(req));
         }
-        let to_axum: fn(Result<Response<Body>, Infallible>) -> Result<Response<axum::body::Body>, Infallible> =
-            |response| response.map(|response| response.map(axum::body::Body::new));
+        let to_axum: ToAxum = |response| response.map(|response| response.map(axum::body::Body::new));
         futures_util::future::Either::Right(self.routes.call(req.map(axum::body::Body::new)).map(to_axum))
     }
 }
