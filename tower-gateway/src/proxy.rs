@@ -118,12 +118,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
+        // `keep-alive` and `close`, the options nearly every `Connection` says,
+        // are skipped when they name nothing the fixed list below leaves (a
+        // `Keep-Alive` header is on it).
+        let has_close = headers.contains_key("close");
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|name| {
+                !name.eq_ignore_ascii_case("keep-alive") && (has_close || !name.eq_ignore_ascii_case("close"))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -332,6 +340,8 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
         headers.remove(&X_FORWARDED_HOST);
     }
     let proto = match req.extensions().get::<ClientScheme>() {
+        Some(ClientScheme(scheme)) if *scheme == http::uri::Scheme::HTTP => HeaderValue::from_static("http"),
+        Some(ClientScheme(scheme)) if *scheme == http::uri::Scheme::HTTPS => HeaderValue::from_static("https"),
         Some(ClientScheme(scheme)) => {
             HeaderValue::from_str(scheme.as_str()).unwrap_or_else(|_| forwarded_proto.clone())
         }
@@ -345,7 +355,7 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
     headers.remove(&X_REAL_IP);
     let forwarded_for = match (req.extensions().get::<ClientAddr>(), PeerAddr::of(req.extensions())) {
         (Some(client), _) => Some(client.forwarded_for()),
-        (None, Some(peer)) => HeaderValue::try_from(peer.ip().to_canonical().to_string()).ok(),
+        (None, Some(peer)) => Some(crate::client_addr::ip_header_value(peer.ip().to_canonical())),
         (None, None) => None,
     };
     let headers = req.headers_mut();

@@ -90,6 +90,15 @@ fn hop_by_hop_headers_and_connection_named_ones_are_removed() {
     remove_hop_by_hop(&mut headers);
     let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
     assert_eq!(left, ["x-kept", "authorization"]);
+
+    // `close` and `keep-alive` are options, and name a header all the same.
+    let mut headers = HeaderMap::new();
+    for (name, value) in [("connection", "Close, keep-alive"), ("close", "1"), ("x-kept", "2")] {
+        headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    remove_hop_by_hop(&mut headers);
+    let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(left, ["x-kept"]);
 }
 
 #[tokio::test]
