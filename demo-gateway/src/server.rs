@@ -517,10 +517,14 @@ where
     {
         let activity = Arc::new(Activity::new(self.table.clone()));
         let hsts = if scheme == Scheme::HTTPS { self.hsts.clone() } else { None };
+        // The upstream proxies send `X-Forwarded-Proto: http` unless told otherwise.
+        let tls = scheme == Scheme::HTTPS;
         let svc = Tracked {
             inner: self.svc.clone().map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
-                req.extensions_mut().insert(ClientScheme(scheme.clone()));
+                if tls {
+                    req.extensions_mut().insert(ClientScheme(Scheme::HTTPS));
+                }
                 req
             }),
             hsts,
