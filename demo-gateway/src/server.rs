@@ -24,20 +24,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::Body;
-use tower_gateway::balance::ChosenEndpoint;
 use tower_gateway::error::{BoxError, json_error};
-use tower_gateway::retry::Attempts;
-use tower_gateway::{ClientAddr, ClientScheme, PeerAddr};
+use tower_gateway::{ClientScheme, PeerAddr};
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
+use crate::access_log::AccessLogLayer;
 use crate::idle_body::IdleBody;
 use crate::plan::Plan;
-use crate::routes::{self, RouteName, Routes, Table};
+use crate::routes::{self, Routes, Table};
 use crate::workers::Workers;
 
 /// The body of every response the server sends: what the stack answered, or a
@@ -234,26 +232,7 @@ fn app(
         .layer(settings.client_addr.clone())
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<Incoming>| {
-                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    let client = req.extensions().get::<ClientAddr>().map(|c| tracing::field::display(c.ip()));
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client)
-                })
-                .on_request(())
-                .on_response(|res: &Response<_>, latency: Duration, _: &tracing::Span| {
-                    let ext = res.extensions();
-                    tracing::info!(
-                        status = res.status().as_u16(),
-                        latency_ms = latency.as_secs_f64() * 1e3,
-                        route = ext.get::<RouteName>().map(|r| &*r.0),
-                        endpoint = ext.get::<ChosenEndpoint>().map(|e| tracing::field::display(&e.0)),
-                        attempts = ext.get::<Attempts>().map_or(1, |a| a.0),
-                        "response"
-                    );
-                }),
-        )
+        .layer(AccessLogLayer)
         .layer(PropagateRequestIdLayer::x_request_id())
         .option_layer(settings.cors.clone())
         .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))

@@ -103,7 +103,13 @@ pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {
             len += 1;
         }
         let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = if octet >= 100 { 0 } else if octet >= 10 { 1 } else { 2 };
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
         for digit in &digits[skip..] {
             text[len] = b'0' + digit;
             len += 1;
