@@ -24,6 +24,7 @@ pub mod config;
 mod idle_body;
 mod metrics;
 mod plan;
+mod request_id;
 mod routes;
 mod server;
 mod tls;

@@ -1,7 +1,8 @@
 //! The HTTP server around the route table: ops routes on an axum `Router`; the
-//! client's address decided once; tower-http's request id, access log, CORS, panic catching, global timeout and
-//! body limit; on hyper-util's auto server (HTTP/1.1 and h2c) with a header read
-//! timeout, a head size cap and a graceful shutdown.
+//! client's address decided once; the request id and the access log; tower-http's
+//! CORS, panic catching, global timeout and body limit; on hyper-util's auto
+//! server (HTTP/1.1 and h2c) with a header read timeout, a head size cap and a
+//! graceful shutdown, its connections served on worker threads.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,12 +30,12 @@ use tower_gateway::{ClientScheme, PeerAddr};
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::access_log::AccessLogLayer;
 use crate::idle_body::IdleBody;
 use crate::plan::Plan;
+use crate::request_id::RequestIdLayer;
 use crate::routes::{self, Routes, Table};
 use crate::workers::Workers;
 
@@ -231,9 +232,8 @@ fn app(
         // X-Forwarded-For all use this answer.
         .layer(settings.client_addr.clone())
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(RequestIdLayer)
         .layer(AccessLogLayer)
-        .layer(PropagateRequestIdLayer::x_request_id())
         .option_layer(settings.cors.clone())
         .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
         .map_request(move |req: Request<_>| req.map(|body| IdleBody::new(idle, body)))
