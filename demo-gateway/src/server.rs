@@ -463,19 +463,24 @@ where
             Ok(stream) => stream,
             Err(err) => return tracing::debug!(%peer, %err, "an accepted connection could not be handed over"),
         };
-        let conns = self.clone();
+        // Boxed: a connection's task is allocated at the size of its largest
+        // state, and a copy of the whole service stack held by value there
+        // would cost every idle connection its size again.
+        let conns = Box::new(self.clone());
         workers.spawn(async move {
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(err) => return tracing::debug!(%peer, %err, "an accepted connection could not be served"),
             };
             let Some((acceptor, timeout)) = tls else {
-                return conns.run(TokioIo::new(stream), slot, peer, Scheme::HTTP).await;
+                return Self::run(conns, TokioIo::new(stream), slot, peer, Scheme::HTTP).await;
             };
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            // Boxed too: the task of a plain connection is not made the size of a TLS one.
+            let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
+            match handshake.await {
                 Ok(Ok(stream)) => {
                     conns.table.metrics.tls_handshake("ok");
-                    conns.run(TokioIo::new(stream), slot, peer, Scheme::HTTPS).await;
+                    Box::pin(Self::run(conns, TokioIo::new(stream), slot, peer, Scheme::HTTPS)).await;
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, %err, "TLS handshake failed");
@@ -490,16 +495,18 @@ where
     }
 
     /// Serves one connection until it ends.
-    async fn run<I>(self, io: TokioIo<I>, slot: OwnedSemaphorePermit, peer: SocketAddr, scheme: Scheme)
+    async fn run<I>(conns: Box<Self>, io: TokioIo<I>, slot: OwnedSemaphorePermit, peer: SocketAddr, scheme: Scheme)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::new(self.table.clone()));
-        let hsts = if scheme == Scheme::HTTPS { self.hsts.clone() } else { None };
+        // Taken apart here: the service moves into the connection, the rest is small.
+        let Conns { builder, svc, table, pressure, mut stopping, header_timeout, idle_timeout, hsts } = *conns;
+        let activity = Arc::new(Activity::new(table.clone()));
+        let hsts = if scheme == Scheme::HTTPS { hsts } else { None };
         // The upstream proxies send `X-Forwarded-Proto: http` unless told otherwise.
         let tls = scheme == Scheme::HTTPS;
         let svc = Tracked {
-            inner: self.svc.clone().map_request(move |mut req: Request<Incoming>| {
+            inner: svc.map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
                 if tls {
                     req.extensions_mut().insert(ClientScheme(Scheme::HTTPS));
@@ -510,8 +517,8 @@ where
             activity: activity.clone(),
         };
         // An upgraded connection leaves this task (and its slot) for the proxy's tunnel.
-        let conn = self.builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc)).into_owned();
-        let Conns { table, pressure, mut stopping, header_timeout, idle_timeout, .. } = self;
+        let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc)).into_owned();
+        drop(builder);
         let _slot = slot;
         table.metrics.connections().inc();
         tokio::pin!(conn);
