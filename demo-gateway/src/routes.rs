@@ -272,8 +272,20 @@ impl Service<Request<RouteBody>> for Routes {
             Err(_) => Err(tokio::sync::TryAcquireError::NoPermits),
         };
         let Ok(permits) = permits else {
+            // Counted against the route like any answer it gives, and named in the access log.
             self.table.metrics.overloaded();
-            return ready(overloaded());
+            let mut response = overloaded();
+            let observed = Observed {
+                status: response.status().as_u16(),
+                latency: Duration::ZERO,
+                attempts: 1,
+                endpoint: None,
+                upstream_error: None,
+                auth_rejection: None,
+            };
+            self.table.metrics.record(&route.metrics, observed);
+            response.extensions_mut().insert(RouteName(route.metrics.name().clone()));
+            return ready(response);
         };
         // Without `websocket`, the proxy cannot take the client's connection
         // over, so it forwards an upgrade as a plain GET.

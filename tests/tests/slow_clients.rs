@@ -103,6 +103,17 @@ async fn a_trickled_upload_holds_only_its_routes_share_and_a_stalled_one_is_cut(
     let reply = client.get(&format!("{}/slow/y", gw.url())).await.unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"]["code"], "overloaded");
+    // Counted as the route's answer, and as a refusal at the limit.
+    let metrics = client.get(&format!("{}/metrics", gw.url())).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let counted = |line: &str| {
+        line.starts_with("gateway_requests_total{")
+            && line.contains("/slow")
+            && line.contains("5xx")
+            && line.ends_with(" 1")
+    };
+    assert!(metrics.lines().any(counted), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "gateway_overloaded_requests_total 1"), "{metrics}");
     for _ in 0..5 {
         assert_eq!(client.get(&format!("{}/fast/y", gw.url())).await.unwrap().status, 200);
     }
