@@ -111,6 +111,7 @@ pub(crate) struct Metrics {
     connections: Gauge,
     connections_refused: Counter,
     connections_closed_idle: Counter,
+    connections_parked: Gauge,
     tls_handshakes: Family<OutcomeLabels, Counter>,
     tls_reloads: Family<OutcomeLabels, Counter>,
     websockets: Gauge,
@@ -157,6 +158,7 @@ impl Metrics {
         let connections = Gauge::default();
         let connections_refused = Counter::default();
         let connections_closed_idle = Counter::default();
+        let connections_parked = Gauge::default();
         let tls_handshakes = Family::<OutcomeLabels, Counter>::default();
         let tls_reloads = Family::<OutcomeLabels, Counter>::default();
         let websockets = Gauge::default();
@@ -196,6 +198,11 @@ impl Metrics {
             "connections_closed_idle",
             "Client connections closed for sending no request in time, or idle under pressure",
             connections_closed_idle.clone(),
+        );
+        registry.register(
+            "connections_parked",
+            "Client connections waiting for their client with no buffer (idle HTTP/1.1, or no request yet)",
+            connections_parked.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -239,6 +246,7 @@ impl Metrics {
             connections,
             connections_refused,
             connections_closed_idle,
+            connections_parked,
             tls_handshakes,
             tls_reloads,
             websockets,
@@ -317,6 +325,16 @@ impl Metrics {
     /// Counts a connection closed for idling.
     pub(crate) fn connection_closed_idle(&self) {
         self.connections_closed_idle.inc();
+    }
+
+    /// Counts a connection parked (holding no buffer while it waits for its
+    /// client), or no longer.
+    pub(crate) fn connection_parked(&self, parked: bool) {
+        if parked {
+            self.connections_parked.inc();
+        } else {
+            self.connections_parked.dec();
+        }
     }
 
     /// Brings the counters of `limits` up to what the limiters counted.

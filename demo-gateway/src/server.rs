@@ -1,14 +1,18 @@
 //! The HTTP server around the route table: ops routes on an axum `Router`; the
 //! client's address decided once; the request id and the access log; tower-http's
-//! CORS, panic catching, global timeout and body limit; on hyper-util's auto
-//! server (HTTP/1.1 and h2c) with a header read timeout, a head size cap and a
-//! graceful shutdown, its connections served on worker threads.
+//! CORS, panic catching, global timeout and body limit; on hyper's HTTP/1.1
+//! server (h2c and TLS: hyper-util's auto server) with a header read timeout, a
+//! head size cap and a graceful shutdown, its connections served on worker
+//! threads. A plain HTTP/1.1 connection waiting for its next request is parked:
+//! hyper lets go of it and its buffers are freed until the client speaks again.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,9 +22,9 @@ use http::uri::Scheme;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -33,6 +37,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::access_log::AccessLogLayer;
+use crate::client_io::{ClientIo, IoState, Speaks, Transport};
 use crate::idle_body::IdleBody;
 use crate::plan::Plan;
 use crate::request_id::RequestIdLayer;
@@ -218,6 +223,7 @@ fn app(
 ) -> impl Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible, Future: Send>
 + Clone
 + Send
++ Sync
 + 'static {
     let settings = &plan.settings;
     let entry = Entry::new(plan);
@@ -278,6 +284,11 @@ struct Activity {
     started: AtomicBool,
     /// Signalled when the first request arrives.
     first_request: Notify,
+    /// Whether a response has ended since the connection's task last looked.
+    answered: AtomicBool,
+    /// Whether the last request came with a body: hyper may still be reading
+    /// it after the response, and the connection is not parked at once.
+    had_body: AtomicBool,
     epoch: Instant,
 }
 
@@ -289,6 +300,8 @@ impl Activity {
             last: AtomicU64::new(0),
             started: AtomicBool::new(false),
             first_request: Notify::new(),
+            answered: AtomicBool::new(false),
+            had_body: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -303,7 +316,17 @@ impl Activity {
     /// timeout after the last request ended.
     fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
         let limit = if self.started.load(Ordering::Relaxed) { idle_timeout } else { header_timeout };
-        self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed)) + limit
+        self.last_busy() + limit
+    }
+
+    /// When a request last began or ended (or the connection was accepted).
+    fn last_busy(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Whether a response has ended since the last call, and none is in flight.
+    fn answered_and_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.answered.swap(false, Ordering::Relaxed)
     }
 
     fn idle_for(&self) -> Option<Duration> {
@@ -316,10 +339,16 @@ impl Activity {
 
 /// Counts a request in flight on its connection until its response body is
 /// done: a long download is activity, not idleness.
-#[derive(Clone)]
 struct Tracked<S> {
-    inner: S,
+    /// The gateway's stack, one for all connections: a copy held by each would
+    /// cost every idle connection its size (~0.5 KB).
+    inner: Arc<S>,
     activity: Arc<Activity>,
+    /// The client's address, given to each request as its `PeerAddr`.
+    peer: SocketAddr,
+    /// Whether the connection is TLS: its requests carry `ClientScheme(https)`
+    /// (the upstream proxies send `X-Forwarded-Proto: http` without one).
+    tls: bool,
     /// `Strict-Transport-Security`, on a TLS connection with HSTS set.
     hsts: Option<HeaderValue>,
 }
@@ -329,31 +358,35 @@ struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.answered.store(true, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
-impl<S, B> Service<Request<Incoming>> for Tracked<S>
+/// hyper's side of a connection's service: each request gets a clone of the
+/// gateway's stack, made ready and called once.
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = TrackedFuture<S::Future>;
+    type Future = TrackedFuture<tower::util::Oneshot<S, Request<Incoming>>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        if self.tls {
+            req.extensions_mut().insert(ClientScheme(Scheme::HTTPS));
+        }
         if !self.activity.started.swap(true, Ordering::AcqRel) {
             self.activity.first_request.notify_one();
         }
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.had_body.store(!http_body::Body::is_end_stream(req.body()), Ordering::Relaxed);
         self.activity.touch();
         let http1 = req.version() <= http::Version::HTTP_11;
         TrackedFuture {
-            future: self.inner.call(req),
+            future: S::clone(&self.inner).oneshot(req),
             in_flight: Some(InFlight(self.activity.clone())),
             http1,
             hsts: self.hsts.clone(),
@@ -430,8 +463,8 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
 /// Serves accepted connections, plain or TLS: what every connection task needs.
 #[derive(Clone)]
 struct Conns<S> {
-    builder: auto::Builder<TokioExecutor>,
-    svc: S,
+    builders: Arc<Builders>,
+    svc: Arc<S>,
     table: Arc<Table>,
     pressure: Arc<Notify>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -441,9 +474,32 @@ struct Conns<S> {
     hsts: Option<HeaderValue>,
 }
 
+/// hyper's servers, set up once.
+struct Builders {
+    /// HTTP/1.1 or HTTP/2, as the client's first bytes or ALPN say.
+    auto: auto::Builder<TokioExecutor>,
+    /// Plain HTTP/1.1, whose connections can be parked. Without hyper's header
+    /// read timeout: the connection's task enforces it, parked or not, and
+    /// hyper's would cost a boxed timer per request.
+    http1: http1::Builder,
+}
+
+/// Whom a connection is with: nobody while parked (waiting for its client with
+/// no buffer), else one of hyper's servers.
+enum Serving<S: hyper::service::HttpService<Incoming>> {
+    Parked(Box<(ClientIo, S)>),
+    Http1(Pin<Box<http1::UpgradeableConnection<TokioIo<ClientIo>, S>>>),
+    Auto(Pin<Box<auto::UpgradeableConnection<'static, TokioIo<ClientIo>, S, TokioExecutor>>>),
+    Gone,
+}
+
 impl<S> Conns<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     /// Serves one accepted connection on a worker, holding `slot` until it ends;
@@ -467,102 +523,327 @@ where
         // state, and a copy of the whole service stack held by value there
         // would cost every idle connection its size again.
         let conns = Box::new(self.clone());
-        workers.spawn(async move {
+        workers.spawn(move || {
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
-                Err(err) => return tracing::debug!(%peer, %err, "an accepted connection could not be served"),
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "an accepted connection could not be served");
+                    return None;
+                }
             };
-            let Some((acceptor, timeout)) = tls else {
-                return Self::run(conns, TokioIo::new(stream), slot, peer, Scheme::HTTP).await;
-            };
-            // Boxed too: the task of a plain connection is not made the size of a TLS one.
-            let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
-            match handshake.await {
-                Ok(Ok(stream)) => {
-                    conns.table.metrics.tls_handshake("ok");
-                    Box::pin(Self::run(conns, TokioIo::new(stream), slot, peer, Scheme::HTTPS)).await;
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, %err, "TLS handshake failed");
-                    conns.table.metrics.tls_handshake("failed");
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    conns.table.metrics.tls_handshake("timed_out");
-                }
-            }
+            Some(match tls {
+                None => futures_util::future::Either::Left(Self::run(conns, Transport::Plain(stream), slot, peer)),
+                // Boxed: the task of a plain connection is not made the size of a TLS one.
+                Some((acceptor, timeout)) => futures_util::future::Either::Right(Box::pin(Self::run_tls(
+                    conns, stream, acceptor, timeout, slot, peer,
+                ))),
+            })
         });
     }
 
-    /// Serves one connection until it ends.
-    async fn run<I>(conns: Box<Self>, io: TokioIo<I>, slot: OwnedSemaphorePermit, peer: SocketAddr, scheme: Scheme)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        // Taken apart here: the service moves into the connection, the rest is small.
-        let Conns { builder, svc, table, pressure, mut stopping, header_timeout, idle_timeout, hsts } = *conns;
-        let activity = Arc::new(Activity::new(table.clone()));
-        let hsts = if scheme == Scheme::HTTPS { hsts } else { None };
-        // The upstream proxies send `X-Forwarded-Proto: http` unless told otherwise.
-        let tls = scheme == Scheme::HTTPS;
-        let svc = Tracked {
-            inner: svc.map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                if tls {
-                    req.extensions_mut().insert(ClientScheme(Scheme::HTTPS));
-                }
-                req
-            }),
-            hsts,
-            activity: activity.clone(),
+    /// Serves a TLS connection after its handshake.
+    async fn run_tls(
+        conns: Box<Self>,
+        stream: TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        timeout: Duration,
+        slot: OwnedSemaphorePermit,
+        peer: SocketAddr,
+    ) {
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                conns.table.metrics.tls_handshake("ok");
+                // Boxed: awaited in place, it would be held twice here.
+                Box::pin(Self::run(conns, Transport::Tls(Box::new(stream)), slot, peer)).await;
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, %err, "TLS handshake failed");
+                conns.table.metrics.tls_handshake("failed");
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                conns.table.metrics.tls_handshake("timed_out");
+            }
+        }
+    }
+
+    /// Serves one connection until it ends. A plain one waits for its first
+    /// bytes holding no buffer, and goes back to that between HTTP/1.1
+    /// requests; a TLS one is hyper's for its whole life.
+    async fn run(conns: Box<Self>, transport: Transport, slot: OwnedSemaphorePermit, peer: SocketAddr) {
+        // Set up in a block of its own: the service stack moves through these
+        // locals into the connection, and locals that lived on past the first
+        // `.await` would be kept in the task, costing every connection the
+        // stack's size again.
+        let (mut serving, activity, io_state, builders, table, pressure, mut stopping, header_timeout, idle_timeout) = {
+            let Conns { builders, svc, table, pressure, stopping, header_timeout, idle_timeout, hsts } = *conns;
+            let activity = Arc::new(Activity::new(table.clone()));
+            let io_state = Arc::new(IoState::default());
+            let io = ClientIo::new(transport, io_state.clone());
+            let tls = !io.is_plain();
+            let svc =
+                Tracked { inner: svc, activity: activity.clone(), peer, tls, hsts: if tls { hsts } else { None } };
+            // An upgraded connection leaves this task (and its slot) for the proxy's tunnel.
+            let serving = if tls {
+                Serving::Auto(Box::pin(
+                    builders.auto.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned(),
+                ))
+            } else {
+                table.metrics.connection_parked(true);
+                Serving::Parked(Box::new((io, svc)))
+            };
+            (serving, activity, io_state, builders, table, pressure, stopping, header_timeout, idle_timeout)
         };
-        // An upgraded connection leaves this task (and its slot) for the proxy's tunnel.
-        let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc)).into_owned();
-        drop(builder);
+        let metrics = &table.metrics;
         let _slot = slot;
-        table.metrics.connections().inc();
-        tokio::pin!(conn);
+        metrics.connections().inc();
         // Asked to stop, and whether the connection was told to.
         let (mut stop_asked, mut stop_sent) = (false, false);
+        // When to try parking again, after a try that found the last response
+        // not yet written out.
+        let mut park_retry: Option<Instant> = None;
+        // One timer for the connection's life, moved only when a deadline comes
+        // sooner than it: deadlines move later with every request, and the
+        // timer is put right when it fires early, not reset per request.
+        let timer = tokio::time::sleep(header_timeout);
+        tokio::pin!(timer);
+        // What the rest of the gateway says, heard through a gate: `Notify`s
+        // shared by every connection lock their list each time they are polled,
+        // and a connection's task wakes for each of its reads and writes.
+        let gate = Gate::new();
+        let stop_changed = stopping.changed();
+        let room = pressure.notified();
+        let first = activity.first_request.notified();
+        tokio::pin!(stop_changed, room, first);
         loop {
+            let started = activity.started.load(Ordering::Acquire);
             // A connection that has not sent its first request is not shut at
             // once: its request may be on the wire (hyper would close it
             // unread). It gets until its header timeout, and is told to stop
             // when that request begins (HTTP/1.1: `Connection: close`).
-            if stop_asked && !stop_sent && activity.started.load(Ordering::Acquire) {
-                conn.as_mut().graceful_shutdown();
+            if stop_asked && !stop_sent && started {
+                match &mut serving {
+                    // Between requests: nothing to finish.
+                    Serving::Parked(_) => break,
+                    Serving::Http1(conn) => conn.as_mut().graceful_shutdown(),
+                    Serving::Auto(conn) => conn.as_mut().graceful_shutdown(),
+                    Serving::Gone => {}
+                }
                 stop_sent = true;
             }
-            // Busy connections are looked at again an idle timeout later.
+            // An idle HTTP/1.1 connection waits for its next request head for the
+            // header timeout; HTTP/2 ones wait the idle timeout.
+            let http1 = matches!(serving, Serving::Parked(_) | Serving::Http1(_));
+            let limit = if http1 { header_timeout.min(idle_timeout) } else { idle_timeout };
+            let parks = matches!(serving, Serving::Http1(_)) && !stop_sent;
+            // Busy connections are looked at again later; idle ones at their
+            // deadline, or when they may try parking again.
             let deadline = match activity.idle_for() {
-                Some(_) => activity.deadline(header_timeout, idle_timeout),
-                None => Instant::now() + idle_timeout,
+                Some(_) => activity.deadline(header_timeout, limit),
+                None => Instant::now() + limit,
             };
+            let deadline = park_retry.map_or(deadline, |retry| deadline.min(retry));
+            if tokio::time::Instant::from_std(deadline) < timer.deadline() {
+                timer.as_mut().reset(deadline.into());
+            }
+            let mut park_now = false;
             tokio::select! {
-                ended = &mut conn => {
-                    if let Err(err) = ended {
-                        tracing::debug!(%err, "connection ended with an error");
+                event = async {
+                    match &mut serving {
+                        Serving::Parked(parked) => Event::Client(std::future::poll_fn(|cx| parked.0.poll_client(cx, !started)).await),
+                        // A connection whose response has just gone out and that
+                        // waits for its next request is parked at once.
+                        Serving::Http1(conn) => std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
+                            Poll::Ready(ended) => Poll::Ready(Event::Ended(ended.map_err(Into::into))),
+                            Poll::Pending if activity.answered_and_idle() => Poll::Ready(Event::Idle),
+                            Poll::Pending => Poll::Pending,
+                        })
+                        .await,
+                        Serving::Auto(conn) => Event::Ended(conn.as_mut().await),
+                        Serving::Gone => Event::Ended(Ok(())),
                     }
+                } => match event {
+                    Event::Ended(ended) => {
+                        if let Err(err) = ended {
+                            tracing::debug!(%err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    // After a request with a body, a second later: hyper may be
+                    // reading the rest of it (a response can end first).
+                    Event::Idle if activity.had_body.load(Ordering::Relaxed) => {
+                        park_retry = Some(Instant::now() + PARK_RETRY);
+                    }
+                    Event::Idle => park_now = parks,
+                    Event::Client(Ok(Some(speaks))) => {
+                        let Serving::Parked(parked) = std::mem::replace(&mut serving, Serving::Gone) else { break };
+                        metrics.connection_parked(false);
+                        park_retry = None;
+                        let (io, svc) = *parked;
+                        serving = match speaks {
+                            Speaks::Http1 => Serving::Http1(Box::pin(builders.http1.serve_connection(TokioIo::new(io), svc).with_upgrades())),
+                            Speaks::Either => Serving::Auto(Box::pin(builders.auto.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned())),
+                        };
+                    }
+                    Event::Client(Ok(None)) => break,
+                    Event::Client(Err(err)) => {
+                        tracing::debug!(%err, "connection ended with an error");
+                        break;
+                    }
+                },
+                () = &mut timer => {
+                    // Put off until something comes due again.
+                    timer.as_mut().reset((Instant::now() + limit).into());
+                    if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, limit) {
+                        metrics.connection_closed_idle();
+                        break;
+                    }
+                    if park_retry.is_some_and(|retry| Instant::now() >= retry) {
+                        park_retry = None;
+                        park_now = parks && activity.idle_for().is_some();
+                    }
+                }
+                signal = std::future::poll_fn(|cx| gate.poll(cx, |cx| {
+                    if !stop_asked && stop_changed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::Stop);
+                    }
+                    if room.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::MakeRoom);
+                    }
+                    if stop_asked && !stop_sent && first.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::FirstRequest);
+                    }
+                    Poll::Pending
+                })) => {
+                    // Every signal is looked at again at the next poll.
+                    gate.open();
+                    match signal {
+                        Signal::Stop => stop_asked = true,
+                        Signal::MakeRoom => {
+                            room.set(pressure.notified());
+                            if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
+                                metrics.connection_closed_idle();
+                                break;
+                            }
+                        }
+                        Signal::FirstRequest => {}
+                    }
+                }
+            }
+            // Parking: hyper closes an idle connection at once when told to shut
+            // down, and finishes one in the middle of a message first. Only the
+            // first is taken back: done at its very next poll, with its "shutdown"
+            // of the socket not passed on. One that is not done was busy after
+            // all, and ends after its message like a connection shut on stop.
+            let Serving::Http1(conn) = &mut serving else { continue };
+            if !park_now {
+                continue;
+            }
+            if io_state.write_pending.load(Ordering::Relaxed) {
+                park_retry = Some(Instant::now() + PARK_RETRY);
+                continue;
+            }
+            io_state.parking.store(true, Ordering::Relaxed);
+            conn.as_mut().graceful_shutdown();
+            let polled = poll_once(conn.as_mut()).await;
+            io_state.parking.store(false, Ordering::Relaxed);
+            match polled {
+                Poll::Pending => stop_sent = true,
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(%err, "connection ended with an error");
                     break;
                 }
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, idle_timeout) {
-                        table.metrics.connection_closed_idle();
-                        break;
-                    }
+                Poll::Ready(Ok(())) => {
+                    let Serving::Http1(conn) = std::mem::replace(&mut serving, Serving::Gone) else { break };
+                    // `None`: upgraded, and the tunnel owns the socket now.
+                    let Some(parts) = Pin::into_inner(conn).into_parts() else { break };
+                    let mut io = parts.io.into_inner();
+                    io.unread(&parts.read_buf);
+                    serving = Serving::Parked(Box::new((io, parts.service)));
+                    metrics.connection_parked(true);
                 }
-                () = pressure.notified() => {
-                    if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
-                        table.metrics.connection_closed_idle();
-                        break;
-                    }
-                }
-                _ = stopping.changed(), if !stop_asked => stop_asked = true,
-                () = activity.first_request.notified(), if stop_asked && !stop_sent => {}
             }
         }
-        table.metrics.connections().dec();
+        if let Serving::Parked(_) = serving {
+            metrics.connection_parked(false);
+        }
+        metrics.connections().dec();
     }
+}
+
+/// What the rest of the gateway tells a connection's task.
+enum Signal {
+    /// The gateway is stopping.
+    Stop,
+    /// A connection was refused at `max_connections`: idle ones make room.
+    MakeRoom,
+    /// The first request arrived (looked for once stopping).
+    FirstRequest,
+}
+
+/// Lets a connection's task poll futures only after they have woken it: its
+/// own wakes (reads, writes, timers) pass them by.
+struct Gate {
+    flag: Arc<GateFlag>,
+    /// Wakes `flag`, and the task through it.
+    waker: std::task::Waker,
+}
+
+struct GateFlag {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for GateFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Gate {
+    fn new() -> Self {
+        let flag = Arc::new(GateFlag { woken: AtomicBool::new(true), task: Default::default() });
+        Self { waker: std::task::Waker::from(flag.clone()), flag }
+    }
+
+    /// Has the next [`Gate::poll`] poll its futures whether woken or not.
+    fn open(&self) {
+        self.flag.woken.store(true, Ordering::Release);
+    }
+
+    /// Runs `poll` (which polls the gated futures with the context it is given)
+    /// if one of them woke the task since the last time, or the gate was opened.
+    fn poll<T>(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        poll: impl FnOnce(&mut std::task::Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        poll(&mut std::task::Context::from_waker(&self.waker))
+    }
+}
+
+/// What a connection's task waits for besides time.
+enum Event {
+    /// hyper is done with the connection.
+    Ended(Result<(), BoxError>),
+    /// A response has gone out and no request is in flight.
+    Idle,
+    /// A parked connection's client sent something, or closed (`None`).
+    Client(std::io::Result<Option<Speaks>>),
+}
+
+/// Polls `future` once.
+async fn poll_once<F: Future + ?Sized>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// A `308` to the same URL over HTTPS on `https_port`; `400` without a usable `Host`.
@@ -608,6 +889,14 @@ async fn accept_maybe(listener: Option<&TcpListener>) -> std::io::Result<(TcpStr
 /// What a connection over `max_connections` is told before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway is at capacity\"}}";
 
+/// A plain HTTP/1.1 connection is parked as soon as its response has gone out
+/// and it waits for the next request: hyper lets go of it, and its buffers are
+/// freed until the client speaks again (nginx frees its buffers between
+/// keep-alive requests the same way). One that could not be parked then (its
+/// response was not all written yet, or its request had a body hyper may still
+/// be reading) is tried again this much later.
+const PARK_RETRY: Duration = Duration::from_secs(1);
+
 /// Under pressure, connections idle at least this long make room.
 const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 
@@ -639,18 +928,19 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let svc = app(&plan);
     let settings = &plan.settings;
     let table = plan.table.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes);
-    builder
-        .http2()
+    auto.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let mut http1 = http1::Builder::new();
+    http1.header_read_timeout(None).max_buf_size(settings.max_header_bytes);
+    let builders = Arc::new(Builders { auto, http1 });
     // Every connection task holds a receiver: `true` asks it to stop, and the
     // sender's `closed()` says every connection has ended.
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -658,8 +948,8 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let pressure = Arc::new(Notify::new());
     let (header_timeout, idle_timeout) = (settings.header_read_timeout, settings.idle_timeout);
     let conns = Conns {
-        builder,
-        svc,
+        builders,
+        svc: Arc::new(svc),
         table: table.clone(),
         pressure: pressure.clone(),
         stopping: stopping.clone(),

@@ -45,14 +45,21 @@ impl Workers {
         Ok(Self { workers })
     }
 
-    /// Runs one connection's `task` on the worker serving the fewest.
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Runs one connection's task on the worker serving the fewest. `make`
+    /// builds it in that worker's runtime context (a socket made there is
+    /// registered with that runtime), and gives none when there is nothing to run.
+    pub(crate) fn spawn<F>(&self, make: impl FnOnce() -> Option<F>)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let worker = self.workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)).expect("at least one worker");
-        let load = Load::take(&worker.load);
-        worker.handle.spawn(async move {
-            let _load = load;
-            task.await;
-        });
+        let task = {
+            let _context = worker.handle.enter();
+            make()
+        };
+        if let Some(task) = task {
+            worker.handle.spawn(Counted { task, _load: Load::take(&worker.load) });
+        }
     }
 
     /// Stops every worker and waits until their runtimes are gone: whatever
@@ -80,6 +87,25 @@ impl Drop for Workers {
         for worker in &mut self.workers {
             drop(worker.stop.take());
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A task that holds its place in its worker's count until it ends. A
+    /// future of its own: an `async` block awaiting the task would hold it
+    /// twice (the captured value and the one being awaited).
+    struct Counted<F> {
+        #[pin]
+        task: F,
+        _load: Load,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        self.project().task.poll(cx)
     }
 }
 
@@ -111,9 +137,11 @@ mod tests {
         for _ in 0..4 {
             let (tx, rx) = oneshot::channel();
             let mut released = released.clone();
-            workers.spawn(async move {
-                let _ = tx.send(std::thread::current().name().map(str::to_owned));
-                let _ = released.wait_for(|r| *r).await;
+            workers.spawn(|| {
+                Some(async move {
+                    let _ = tx.send(std::thread::current().name().map(str::to_owned));
+                    let _ = released.wait_for(|r| *r).await;
+                })
             });
             threads.push(rx.await.unwrap().unwrap());
         }
@@ -136,9 +164,11 @@ mod tests {
         let workers = Workers::start(1).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         // Never ends by itself; its sender is dropped with the runtime.
-        workers.spawn(async move {
-            let _tx = tx;
-            std::future::pending::<()>().await;
+        workers.spawn(|| {
+            Some(async move {
+                let _tx = tx;
+                std::future::pending::<()>().await;
+            })
         });
         workers.stop().await;
         assert!(rx.await.is_err(), "the task was dropped");

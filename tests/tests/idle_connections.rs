@@ -1,0 +1,160 @@
+//! Idle keep-alive connections: once its response has gone out, a plain
+//! HTTP/1.1 connection is parked (the gateway holds its socket and no buffer),
+//! and it is served again as soon as its client speaks, losing no byte of what
+//! it had sent ahead; parked or not, it is closed at the header timeout.
+
+use std::time::{Duration, Instant};
+
+use demo_gateway::config::{RouteConfig, UpstreamConfig};
+use demo_gateway::{Access, Config};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tower_gateway_tests::{Gateway, Server, backend};
+
+fn config(backend: &Server) -> Config {
+    let mut config =
+        Config { listen: "127.0.0.1:0".into(), upstreams: Default::default(), routes: Vec::new(), ..Config::default() };
+    config.upstreams.insert("fast".into(), UpstreamConfig { endpoints: vec![backend.url()], ..Default::default() });
+    config.routes.push(RouteConfig {
+        prefix: Some("/api/fast".into()),
+        upstream: "fast".into(),
+        access: Some(Access::Public),
+        ..RouteConfig::default()
+    });
+    config
+}
+
+/// A gauge or counter of the gateway's `/metrics`, read over a connection of
+/// its own that is closed at once.
+async fn metric(gw: &Gateway, name: &str) -> i64 {
+    let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+}
+
+/// Polls `name` until it reads `want`, for at most `within`.
+async fn wait_for_metric(gw: &Gateway, name: &str, want: i64, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let seen = metric(gw, name).await;
+        if seen == want {
+            return;
+        }
+        assert!(started.elapsed() < within, "{name} still {seen}, not {want}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads one response with a `Content-Length` body: its status and body.
+async fn read_response(reader: &mut BufReader<TcpStream>) -> (u16, String) {
+    tokio::time::timeout(Duration::from_secs(5), read_response_now(reader)).await.expect("a response within 5 s")
+}
+
+async fn read_response_now(reader: &mut BufReader<TcpStream>) -> (u16, String) {
+    let mut status = String::new();
+    reader.read_line(&mut status).await.unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.unwrap();
+    let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, String::from_utf8(body).unwrap())
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_parked_and_served_again_with_what_it_sent_ahead() {
+    let fast = backend("fast").await;
+    let gw = Gateway::start(config(&fast)).await;
+    let parked = "gateway_connections_parked";
+
+    let mut conn = BufReader::new(TcpStream::connect(gw.addr()).await.unwrap());
+    conn.get_mut().write_all(get("/api/fast/one").as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut conn).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"/one\""), "{body}");
+
+    // Idle: parked, and served again on the same socket.
+    wait_for_metric(&gw, parked, 1, Duration::from_secs(5)).await;
+    conn.get_mut().write_all(get("/api/fast/two").as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut conn).await;
+    assert_eq!((status, body.contains("\"/two\"")), (200, true), "{body}");
+
+    // After a request with a body too (a second later: hyper may still be
+    // reading a body when the response ends).
+    let post = "POST /api/fast/posted HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\":\"xyz\"}";
+    conn.get_mut().write_all(post.as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut conn).await;
+    assert_eq!((status, body.contains("xyz")), (200, true), "{body}");
+    wait_for_metric(&gw, parked, 1, Duration::from_secs(5)).await;
+    conn.get_mut().write_all(get("/api/fast/after-post").as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut conn).await;
+    assert_eq!((status, body.contains("\"/after-post\"")), (200, true), "{body}");
+
+    // A request and the first half of the next, sent together: hyper reads
+    // both, answers the first, and the half it holds survives the parking.
+    let third = get("/api/fast/three");
+    let (half, rest) = third.split_at(20);
+    conn.get_mut().write_all(format!("{}{half}", get("/api/fast/ahead")).as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut conn).await;
+    assert_eq!((status, body.contains("\"/ahead\"")), (200, true), "{body}");
+    wait_for_metric(&gw, parked, 1, Duration::from_secs(5)).await;
+    conn.get_mut().write_all(rest.as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut conn).await;
+    assert_eq!((status, body.contains("\"/three\"")), (200, true), "{body}");
+
+    // HTTP/2 with prior knowledge is told from HTTP/1.1 by its first bytes.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let res = h2.get(format!("{}/api/fast/h2", gw.url()).parse().unwrap()).await.unwrap();
+    assert_eq!((res.status().as_u16(), res.version()), (200, http::Version::HTTP_2));
+    drop((res, h2));
+
+    // A client that goes away while parked is let go of.
+    wait_for_metric(&gw, parked, 1, Duration::from_secs(5)).await;
+    drop(conn);
+    wait_for_metric(&gw, parked, 0, Duration::from_secs(5)).await;
+    wait_for_metric(&gw, "gateway_connections", 1, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_closed_at_the_header_timeout() {
+    let fast = backend("fast").await;
+    let mut config = config(&fast);
+    config.header_read_timeout_ms = 2_500;
+    let gw = Gateway::start(config).await;
+
+    let mut conn = BufReader::new(TcpStream::connect(gw.addr()).await.unwrap());
+    conn.get_mut().write_all(get("/api/fast/one").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut conn).await.0, 200);
+    let answered = Instant::now();
+    wait_for_metric(&gw, "gateway_connections_parked", 1, Duration::from_secs(5)).await;
+
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed without another byte: {read:?} {rest:?}");
+    let after = answered.elapsed();
+    assert!(after >= Duration::from_secs(2) && after < Duration::from_secs(5), "closed {after:?} after its answer");
+    assert_eq!(metric(&gw, "gateway_connections_closed_idle_total").await, 1);
+    assert_eq!(metric(&gw, "gateway_connections_parked").await, 0);
+}
