@@ -99,6 +99,14 @@ async fn an_idle_connection_is_parked_and_served_again_with_what_it_sent_ahead()
     let (status, body) = read_response(&mut conn).await;
     assert_eq!((status, body.contains("\"/two\"")), (200, true), "{body}");
 
+    // A client that comes straight back is likely to again: its connection is
+    // parked once idle for a second instead (or at once, on a slow machine).
+    for path in ["/api/fast/quick1", "/api/fast/quick2"] {
+        conn.get_mut().write_all(get(path).as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut conn).await.0, 200);
+    }
+    wait_for_metric(&gw, parked, 1, Duration::from_secs(5)).await;
+
     // After a request with a body too (a second later: hyper may still be
     // reading a body when the response ends).
     let post = "POST /api/fast/posted HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\":\"xyz\"}";
