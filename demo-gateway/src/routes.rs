@@ -275,16 +275,7 @@ impl Service<Request<RouteBody>> for Routes {
             // Counted against the route like any answer it gives, and named in the access log.
             self.table.metrics.overloaded();
             let mut response = overloaded();
-            let observed = Observed {
-                status: response.status().as_u16(),
-                latency: Duration::ZERO,
-                attempts: 1,
-                endpoint: None,
-                upstream_error: None,
-                auth_rejection: None,
-            };
-            self.table.metrics.record(&route.metrics, observed);
-            response.extensions_mut().insert(RouteName(route.metrics.name().clone()));
+            answered(&self.table.metrics, &route.metrics, Duration::ZERO, &mut response);
             return ready(response);
         };
         // Without `websocket`, the proxy cannot take the client's connection
@@ -335,24 +326,30 @@ impl Future for ResponseFuture {
         match self.project().state.project() {
             StateProj::Routed { future, table, route, started, .. } => {
                 let Ok(mut response) = std::task::ready!(future.poll(cx));
-                let extensions = response.extensions();
-                table.metrics.record(
-                    route,
-                    Observed {
-                        status: response.status().as_u16(),
-                        latency: started.elapsed(),
-                        attempts: extensions.get::<Attempts>().map_or(1, |a| a.0),
-                        endpoint: extensions.get::<ChosenEndpoint>().map(|e| &e.0),
-                        upstream_error: extensions.get::<UpstreamError>().map(|e| e.kind().code()),
-                        auth_rejection: extensions.get::<Rejection>().map(|r| r.code()),
-                    },
-                );
-                response.extensions_mut().insert(RouteName(route.name().clone()));
+                answered(&table.metrics, route, started.elapsed(), &mut response);
                 Poll::Ready(Ok(response))
             }
             StateProj::Ready { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
         }
     }
+}
+
+/// Counts `response` as `route`'s answer, from what the layers below left in
+/// its extensions, and names the route in it for the access log.
+fn answered(metrics: &Metrics, route: &RouteMetrics, latency: Duration, response: &mut Response<Body>) {
+    let extensions = response.extensions();
+    metrics.record(
+        route,
+        Observed {
+            status: response.status().as_u16(),
+            latency,
+            attempts: extensions.get::<Attempts>().map_or(1, |a| a.0),
+            endpoint: extensions.get::<ChosenEndpoint>().map(|e| &e.0),
+            upstream_error: extensions.get::<UpstreamError>().map(|e| e.kind().code()),
+            auth_rejection: extensions.get::<Rejection>().map(|r| r.code()),
+        },
+    );
+    response.extensions_mut().insert(RouteName(route.name().clone()));
 }
 
 /// The `503` for a request refused at the concurrency limit.
