@@ -309,9 +309,13 @@ impl Activity {
         }
     }
 
+    /// Milliseconds since `epoch`.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
+        self.last.store(self.now(), Ordering::Relaxed);
     }
 
     /// When the connection may be closed if nothing happens meanwhile: the
@@ -381,14 +385,17 @@ where
         if self.tls {
             req.extensions_mut().insert(ClientScheme(Scheme::HTTPS));
         }
-        if !self.activity.started.swap(true, Ordering::AcqRel) {
-            self.activity.first_request.notify_one();
-        } else if let Some(idle) = self.activity.idle_for() {
-            self.activity.hot.store(idle < HOT_GAP, Ordering::Relaxed);
+        let activity = &self.activity;
+        let now = activity.now();
+        if !activity.started.swap(true, Ordering::AcqRel) {
+            activity.first_request.notify_one();
+        } else if activity.in_flight.load(Ordering::Acquire) == 0 {
+            let idle = Duration::from_millis(now.saturating_sub(activity.last.load(Ordering::Relaxed)));
+            activity.hot.store(idle < HOT_GAP, Ordering::Relaxed);
         }
-        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.activity.had_body.store(!http_body::Body::is_end_stream(req.body()), Ordering::Relaxed);
-        self.activity.touch();
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.had_body.store(!http_body::Body::is_end_stream(req.body()), Ordering::Relaxed);
+        activity.last.store(now, Ordering::Relaxed);
         let http1 = req.version() <= http::Version::HTTP_11;
         TrackedFuture {
             future: S::clone(&self.inner).oneshot(req),
@@ -546,6 +553,17 @@ where
         });
     }
 
+    /// Hands `io` to hyper's server for what its client speaks.
+    fn serve(builders: &Builders, speaks: Speaks, io: ClientIo, svc: Tracked<S>) -> Serving<Tracked<S>> {
+        let io = TokioIo::new(io);
+        match speaks {
+            Speaks::Http1 => Serving::Http1(Box::pin(builders.http1.serve_connection(io, svc).with_upgrades())),
+            Speaks::Either => {
+                Serving::Auto(Box::pin(builders.auto.serve_connection_with_upgrades(io, svc).into_owned()))
+            }
+        }
+    }
+
     /// Serves a TLS connection after its handshake.
     async fn run_tls(
         conns: Box<Self>,
@@ -590,9 +608,7 @@ where
                 Tracked { inner: svc, activity: activity.clone(), peer, tls, hsts: if tls { hsts } else { None } };
             // An upgraded connection leaves this task (and its slot) for the proxy's tunnel.
             let serving = if tls {
-                Serving::Auto(Box::pin(
-                    builders.auto.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned(),
-                ))
+                Self::serve(&builders, Speaks::Either, io, svc)
             } else {
                 table.metrics.connection_parked(true);
                 Serving::Parked(Box::new((io, svc)))
@@ -686,10 +702,7 @@ where
                         metrics.connection_parked(false);
                         park_retry = None;
                         let (io, svc) = *parked;
-                        serving = match speaks {
-                            Speaks::Http1 => Serving::Http1(Box::pin(builders.http1.serve_connection(TokioIo::new(io), svc).with_upgrades())),
-                            Speaks::Either => Serving::Auto(Box::pin(builders.auto.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned())),
-                        };
+                        serving = Self::serve(&builders, speaks, io, svc);
                     }
                     Event::Client(Ok(None)) => break,
                     Event::Client(Err(err)) => {
