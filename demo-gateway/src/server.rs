@@ -906,7 +906,7 @@ async fn accept_maybe(listener: Option<&TcpListener>) -> std::io::Result<(TcpStr
 }
 
 /// What a connection over `max_connections` is told before it is closed.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway is at capacity\"}}";
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 80\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway is at capacity\"}}";
 
 /// A plain HTTP/1.1 connection is parked as soon as its response has gone out
 /// and it waits for the next request: hyper lets go of it, and its buffers are
@@ -1103,4 +1103,23 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     }
     workers.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_at_the_cap_is_a_whole_response_whose_length_is_its_body() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|n| n.parse().ok())
+            .expect("a content-length");
+        assert_eq!(length, body.len(), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "too_many_connections");
+    }
 }
