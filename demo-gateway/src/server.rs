@@ -740,7 +740,12 @@ where
                         Signal::Stop => stop_asked = true,
                         Signal::MakeRoom => {
                             room.set(pressure.notified());
-                            if activity.idle_for().is_some_and(|idle| idle >= IDLE_UNDER_PRESSURE) {
+                            let after = if activity.started.load(Ordering::Relaxed) {
+                                IDLE_UNDER_PRESSURE
+                            } else {
+                                SILENT_UNDER_PRESSURE
+                            };
+                            if activity.idle_for().is_some_and(|idle| idle >= after) {
                                 metrics.connection_closed_idle();
                                 break;
                             }
@@ -922,8 +927,18 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// send another as soon: its connection is not parked at once.
 const HOT_GAP: Duration = Duration::from_millis(100);
 
-/// Under pressure, connections idle at least this long make room.
+/// Under pressure, connections idle at least this long between requests make room.
 const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
+
+/// Under pressure, connections that have sent no request this long after they
+/// were taken on make room first. A client's request comes with its handshake's
+/// last packet (a TLS connection is taken on once its handshake is done), so a
+/// connection this silent at the cap is a flood's, or a browser's speculative
+/// preconnect, which it opens again when it needs one; nginx, out of
+/// connections, closes those waiting for their first request first as well.
+/// Held to the idle ones' second, a flood of fresh connections kept the cap
+/// full and a new client was refused for up to a second at a time.
+const SILENT_UNDER_PRESSURE: Duration = Duration::from_millis(250);
 
 /// Serves `plan` on `listener` until `shutdown` resolves; then stops accepting and
 /// lets requests in flight finish for up to the grace period. The binary, the

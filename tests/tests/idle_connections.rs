@@ -166,3 +166,40 @@ async fn a_parked_connection_is_closed_at_the_header_timeout() {
     assert_eq!(metric(&gw, "gateway_connections_closed_idle_total").await, 1);
     assert_eq!(metric(&gw, "gateway_connections_parked").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_a_connection_that_never_spoke_makes_room_before_a_keep_alive_one() {
+    let fast = backend("fast").await;
+    let mut config = config(&fast);
+    config.max_connections = 2;
+    config.header_read_timeout_ms = 30_000;
+    let gw = Gateway::start(config).await;
+
+    // One connection that says nothing, and, once it has been silent a while, a
+    // keep-alive client served once and now between requests.
+    let mut silent = TcpStream::connect(gw.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut kept = BufReader::new(TcpStream::connect(gw.addr()).await.unwrap());
+    kept.get_mut().write_all(get("/api/fast/one").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut kept).await.0, 200);
+
+    // Both slots are taken: a third client is refused, which asks for room.
+    let mut refused = BufReader::new(TcpStream::connect(gw.addr()).await.unwrap());
+    let (status, body) = read_response(&mut refused).await;
+    assert_eq!((status, body.contains("too_many_connections")), (503, true), "{body}");
+
+    // The silent one is closed; the keep-alive one, idle for much less than a
+    // second, is not, and is served again.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "the silent connection was closed without a byte: {read:?} {rest:?}");
+    kept.get_mut().write_all(get("/api/fast/two").as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut kept).await;
+    assert_eq!((status, body.contains("\"/two\"")), (200, true), "{body}");
+
+    // The refused client, back at once, gets the room made.
+    let mut back = BufReader::new(TcpStream::connect(gw.addr()).await.unwrap());
+    back.get_mut().write_all(get("/api/fast/back").as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut back).await;
+    assert_eq!((status, body.contains("\"/back\"")), (200, true), "{body}");
+}
