@@ -76,6 +76,16 @@ fn rss_mb(pid: u32) -> u64 {
     kib / 1024
 }
 
+/// The CPU time `pid` has used so far (user and system), in clock ticks
+/// (centiseconds here).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's name in parentheses: state, then 10 fields, then utime and stime.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11..13).map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+}
+
 /// One request on a fresh connection; the status code, or 0 if refused or closed.
 async fn probe(addr: std::net::SocketAddr, path: &str) -> u16 {
     let Ok(mut stream) = TcpStream::connect(addr).await else { return 0 };
@@ -125,6 +135,7 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
     }
     let pid = gateway.0.id();
     let before = rss_mb(pid);
+    let cpu_before = cpu_ticks(pid);
 
     // A normal client, every 50 ms, on a fresh connection each time, coming back
     // at once when refused, from before the flood's first connection until
@@ -189,6 +200,7 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
     .expect("the helper process reports how many connections it opened");
     let opened = held.len() + helper_opened;
     flood_done.send_replace(true);
+    let flood_cpu = cpu_ticks(pid) - cpu_before;
     peak = peak.max(rss_mb(pid));
     // Read once the gateway answers: at its cap, the scrape's own connection
     // may be refused like any other.
@@ -250,6 +262,7 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
     .await;
     println!(
         "{opened} connections opened, {refused} refused at the cap of {MAX_CONNECTIONS}; RSS {before} MB -> {peak} MB at peak; \
+         the gateway's CPU while the flood was opening {flood_cpu} cs; \
          {} probes served ({during_flood} while the flood was opening), the median in {median:?}, the slowest in {slowest:?}; \
          {closed_by_gateway}/200 sampled closed by the gateway",
         waits.len()
