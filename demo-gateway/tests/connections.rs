@@ -223,10 +223,9 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
         assert!(closing.elapsed() < Duration::from_secs(10), "idle connections still open:\n{text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (waits, during_flood) = prober.await.unwrap();
-    let mut sorted = waits.clone();
-    sorted.sort();
-    let (median, slowest) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
+    let (mut waits, during_flood) = prober.await.unwrap();
+    waits.sort();
+    let (median, slowest) = (waits[waits.len() / 2], waits[waits.len() - 1]);
     // Every sampled connection ends: the gateway closes each it holds, at once
     // if refused at the cap, else at its header timeout (2 s) after accepting
     // it. Under the flood the kernel also completed handshakes with SYN cookies
