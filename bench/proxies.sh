@@ -110,6 +110,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
 gateway_conf() { # NAME PORT EXTRA_TOP ROUTE_EXTRA ENDPOINTS [TAIL]
   cat > "$work/$1.toml" <<EOF
 listen = "127.0.0.1:$2"
+# wrk and the idle flood come from one address.
+max_connections_per_client = 100000
 $3
 limits = {}
 

@@ -82,6 +82,10 @@ pub struct Config {
     /// Open client connections at most; more are answered `503` and closed, and
     /// idle connections are closed to make room.
     pub max_connections: usize,
+    /// Open connections from one client address at most (an IPv6 client by its
+    /// /64), TLS handshakes included; more are answered `503` and closed. Peers
+    /// in `trusted_proxies` are not capped: many clients share their address.
+    pub max_connections_per_client: usize,
     /// Threads serving client connections, each with a single-threaded runtime
     /// of its own; a connection stays on one for its life (default: one per CPU
     /// core the process may use).
@@ -139,9 +143,15 @@ pub struct TlsConfig {
     pub cert_file: std::path::PathBuf,
     /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key_file: std::path::PathBuf,
-    /// How long a client may take to finish the handshake (default 10 s).
+    /// How long a client may take to finish the handshake (default 3 s).
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Handshakes in progress at most (default 1024), a budget apart from
+    /// `max_connections`: a connection takes its place there once its handshake
+    /// is done, so silent handshakes cannot lock established traffic out. When
+    /// it is full, handshakes going on for 250 ms make room.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
     /// How often the files are looked at for a new certificate (default 2 s).
     #[serde(default = "default_reload_interval_ms")]
     pub reload_interval_ms: u64,
@@ -170,8 +180,34 @@ pub struct SniCertificate {
     pub key_file: std::path::PathBuf,
 }
 
+impl TlsConfig {
+    /// HTTPS on `listen` with the certificate chain and key in these files,
+    /// every other setting at its default.
+    pub fn new(
+        listen: impl Into<String>,
+        cert_file: impl Into<std::path::PathBuf>,
+        key_file: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        Self {
+            listen: listen.into(),
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            max_handshakes: default_max_handshakes(),
+            reload_interval_ms: default_reload_interval_ms(),
+            sni: Vec::new(),
+            hsts_max_age_secs: None,
+            redirect_listen: None,
+        }
+    }
+}
+
 fn default_handshake_timeout_ms() -> u64 {
-    10_000
+    3_000
+}
+
+fn default_max_handshakes() -> usize {
+    1024
 }
 
 fn default_reload_interval_ms() -> u64 {
@@ -515,6 +551,7 @@ impl Default for Config {
             body_idle_timeout_ms: 10_000,
             header_read_timeout_ms: 5_000,
             max_connections: 10_000,
+            max_connections_per_client: 256,
             workers: None,
             idle_timeout_ms: 60_000,
             max_header_bytes: 16 * 1024,

@@ -20,6 +20,7 @@
 //! ```
 
 mod access_log;
+mod admission;
 mod client_io;
 pub mod config;
 mod idle_body;

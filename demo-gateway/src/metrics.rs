@@ -110,6 +110,7 @@ pub(crate) struct Metrics {
     overloaded: Counter,
     connections: Gauge,
     connections_refused: Counter,
+    client_connections_refused: Counter,
     connections_closed_idle: Counter,
     connections_parked: Gauge,
     tls_handshakes: Family<OutcomeLabels, Counter>,
@@ -157,6 +158,7 @@ impl Metrics {
         let overloaded = Counter::default();
         let connections = Gauge::default();
         let connections_refused = Counter::default();
+        let client_connections_refused = Counter::default();
         let connections_closed_idle = Counter::default();
         let connections_parked = Gauge::default();
         let tls_handshakes = Family::<OutcomeLabels, Counter>::default();
@@ -191,8 +193,13 @@ impl Metrics {
         registry.register("connections", "Client connections open", connections.clone());
         registry.register(
             "connections_refused",
-            "Client connections refused at max_connections",
+            "Client connections refused at their listener's cap",
             connections_refused.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "Client connections refused at max_connections_per_client",
+            client_connections_refused.clone(),
         );
         registry.register(
             "connections_closed_idle",
@@ -245,6 +252,7 @@ impl Metrics {
             overloaded,
             connections,
             connections_refused,
+            client_connections_refused,
             connections_closed_idle,
             connections_parked,
             tls_handshakes,
@@ -311,7 +319,13 @@ impl Metrics {
         self.connections_refused.inc();
     }
 
-    /// Counts a TLS handshake: `ok`, `failed` or `timed_out`.
+    /// Counts a connection refused at its client's cap.
+    pub(crate) fn client_connection_refused(&self) {
+        self.client_connections_refused.inc();
+    }
+
+    /// Counts a TLS handshake: `ok`, `failed`, `timed_out` or `evicted` (closed to
+    /// make room in a full handshake budget).
     pub(crate) fn tls_handshake(&self, outcome: &'static str) {
         self.tls_handshakes.get_or_create(&OutcomeLabels { outcome }).inc();
     }

@@ -32,6 +32,7 @@ pub(crate) struct TlsSettings {
     pub(crate) listen: SocketAddr,
     pub(crate) certificate: Arc<crate::tls::Certificates>,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) max_handshakes: usize,
     pub(crate) reload_every: Duration,
     pub(crate) hsts: Option<http::HeaderValue>,
     pub(crate) redirect_listen: Option<SocketAddr>,
@@ -46,6 +47,8 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_client: usize,
+    pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) workers: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) grace_period: Duration,
@@ -237,6 +240,10 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
                 None => None,
             },
             handshake_timeout: positive("tls.handshake_timeout_ms", tls.handshake_timeout_ms)?,
+            max_handshakes: match tls.max_handshakes {
+                0 => return Err(ConfigError::new("tls.max_handshakes", "must be at least 1")),
+                n => n,
+            },
             reload_every: positive("tls.reload_interval_ms", tls.reload_interval_ms)?,
         }),
         None => None,
@@ -244,12 +251,17 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
     Ok(Settings {
         admin_listen,
         tls,
-        client_addr: ClientAddrLayer::new().trusted(trusted).header(header),
+        client_addr: ClientAddrLayer::new().trusted(trusted.clone()).header(header),
+        trusted_proxies: trusted,
         listen,
         request_timeout: positive("request_timeout_ms", config.request_timeout_ms)?,
         header_read_timeout: positive("header_read_timeout_ms", config.header_read_timeout_ms)?,
         max_connections: match config.max_connections {
             0 => return Err(ConfigError::new("max_connections", "must be at least 1")),
+            n => n,
+        },
+        max_connections_per_client: match config.max_connections_per_client {
+            0 => return Err(ConfigError::new("max_connections_per_client", "must be at least 1")),
             n => n,
         },
         workers: match config.workers {

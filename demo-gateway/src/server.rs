@@ -26,7 +26,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::Body;
 use tower_gateway::error::{BoxError, json_error};
@@ -37,6 +37,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::access_log::AccessLogLayer;
+use crate::admission::{Budget, PerClient, Places};
 use crate::client_io::{ClientIo, IoState, Speaks, Transport};
 use crate::idle_body::IdleBody;
 use crate::plan::Plan;
@@ -478,7 +479,9 @@ struct Conns<S> {
     builders: Arc<Builders>,
     svc: Arc<S>,
     table: Arc<Table>,
-    pressure: Arc<Notify>,
+    /// The listener's cap: a TLS connection takes its place there once its
+    /// handshake is done, and idle connections hear its pressure.
+    budget: Budget,
     stopping: tokio::sync::watch::Receiver<bool>,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -514,17 +517,10 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    /// Serves one accepted connection on a worker, holding `slot` until it ends;
-    /// with `tls`, after its handshake (bounded in time, holding the slot too:
-    /// slow handshakes count against max_connections like any other).
-    fn spawn(
-        &self,
-        workers: &Workers,
-        stream: TcpStream,
-        slot: OwnedSemaphorePermit,
-        peer: SocketAddr,
-        tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
-    ) {
+    /// Serves one accepted connection on a worker, holding `places` until it
+    /// ends; with `tls`, after its handshake, which holds a place in the
+    /// handshake budget instead of the listener's.
+    fn spawn(&self, workers: &Workers, stream: TcpStream, places: Places, peer: SocketAddr, tls: Option<Handshake>) {
         // The socket moves to the worker's runtime: out of this one's poller here,
         // into the worker's there.
         let stream = match stream.into_std() {
@@ -544,11 +540,11 @@ where
                 }
             };
             Some(match tls {
-                None => futures_util::future::Either::Left(Self::run(conns, Transport::Plain(stream), slot, peer)),
+                None => futures_util::future::Either::Left(Self::run(conns, Transport::Plain(stream), places, peer)),
                 // Boxed: the task of a plain connection is not made the size of a TLS one.
-                Some((acceptor, timeout)) => futures_util::future::Either::Right(Box::pin(Self::run_tls(
-                    conns, stream, acceptor, timeout, slot, peer,
-                ))),
+                Some(handshake) => {
+                    futures_util::future::Either::Right(Box::pin(Self::run_tls(conns, stream, handshake, places, peer)))
+                }
             })
         });
     }
@@ -564,20 +560,38 @@ where
         }
     }
 
-    /// Serves a TLS connection after its handshake.
-    async fn run_tls(
-        conns: Box<Self>,
-        stream: TcpStream,
-        acceptor: tokio_rustls::TlsAcceptor,
-        timeout: Duration,
-        slot: OwnedSemaphorePermit,
-        peer: SocketAddr,
-    ) {
-        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    /// Serves a TLS connection after its handshake, once it has a place under
+    /// the listener's cap. A handshake that has gone on for
+    /// `SILENT_UNDER_PRESSURE` makes room when the handshake budget is full.
+    async fn run_tls(conns: Box<Self>, stream: TcpStream, handshake: Handshake, places: Places, peer: SocketAddr) {
+        let started = Instant::now();
+        let pressure = handshake.budget.pressure().clone();
+        let evicted = async {
+            loop {
+                pressure.notified().await;
+                if started.elapsed() >= SILENT_UNDER_PRESSURE {
+                    break;
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(handshake.timeout, handshake.acceptor.accept(stream)) => accepted,
+            () = evicted => {
+                tracing::debug!(%peer, "TLS handshake closed to make room");
+                return conns.table.metrics.tls_handshake("evicted");
+            }
+        };
+        match accepted {
             Ok(Ok(stream)) => {
                 conns.table.metrics.tls_handshake("ok");
+                let Places { listener: handshaking, client } = places;
+                drop(handshaking);
+                let Some(listener) = conns.budget.take() else {
+                    conns.table.metrics.connection_refused();
+                    return tracing::debug!(%peer, "TLS connection refused at max_connections");
+                };
                 // Boxed: awaited in place, it would be held twice here.
-                Box::pin(Self::run(conns, Transport::Tls(Box::new(stream)), slot, peer)).await;
+                Box::pin(Self::run(conns, Transport::Tls(Box::new(stream)), Places { listener, client }, peer)).await;
             }
             Ok(Err(err)) => {
                 tracing::debug!(%peer, %err, "TLS handshake failed");
@@ -593,13 +607,14 @@ where
     /// Serves one connection until it ends. A plain one waits for its first
     /// bytes holding no buffer, and goes back to that between HTTP/1.1
     /// requests; a TLS one is hyper's for its whole life.
-    async fn run(conns: Box<Self>, transport: Transport, slot: OwnedSemaphorePermit, peer: SocketAddr) {
+    async fn run(conns: Box<Self>, transport: Transport, places: Places, peer: SocketAddr) {
         // Set up in a block of its own: the service stack moves through these
         // locals into the connection, and locals that lived on past the first
         // `.await` would be kept in the task, costing every connection the
         // stack's size again.
         let (mut serving, activity, io_state, builders, table, pressure, mut stopping, header_timeout, idle_timeout) = {
-            let Conns { builders, svc, table, pressure, stopping, header_timeout, idle_timeout, hsts } = *conns;
+            let Conns { builders, svc, table, budget, stopping, header_timeout, idle_timeout, hsts } = *conns;
+            let pressure = budget.pressure().clone();
             let activity = Arc::new(Activity::new(table.clone()));
             let io_state = Arc::new(IoState::default());
             let io = ClientIo::new(transport, io_state.clone());
@@ -616,7 +631,7 @@ where
             (serving, activity, io_state, builders, table, pressure, stopping, header_timeout, idle_timeout)
         };
         let metrics = &table.metrics;
-        let _slot = slot;
+        let _places = places;
         metrics.connections().inc();
         // Asked to stop, and whether the connection was told to.
         let (mut stop_asked, mut stop_sent) = (false, false);
@@ -910,9 +925,6 @@ async fn accept_maybe(listener: Option<&TcpListener>) -> std::io::Result<(TcpStr
     }
 }
 
-/// What a connection over `max_connections` is told before it is closed.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 80\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway is at capacity\"}}";
-
 /// A plain HTTP/1.1 connection is parked as soon as its response has gone out
 /// and it waits for the next request: hyper lets go of it, and its buffers are
 /// freed until the client speaks again (nginx frees its buffers between
@@ -940,138 +952,211 @@ const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 /// full and a new client was refused for up to a second at a time.
 const SILENT_UNDER_PRESSURE: Duration = Duration::from_millis(250);
 
-/// Serves `plan` on `listener` until `shutdown` resolves; then stops accepting and
-/// lets requests in flight finish for up to the grace period. The binary, the
-/// demo, the tests and the benchmarks all run the gateway through this.
-///
-/// Every connection is bounded: at most `max_connections` are open (more get a
-/// `503` and are closed, and idle ones are asked to make room); one that sends no
-/// request within the header timeout of its accept is closed, whatever protocol
-/// it was going to speak; an HTTP/2 connection with no request in flight for the
-/// idle timeout is closed, and one whose peer stops answering pings too.
-pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    // The admin listener lives as long as this function: its requests are short.
-    let _admin = match plan.settings.admin_listen {
-        Some(addr) => {
-            let admin = TcpListener::bind(addr).await?;
-            tracing::info!(addr = %admin.local_addr()?, "admin listener: /readyz, /metrics");
-            let router = admin_router(&plan);
-            Some(AbortOnDrop(tokio::spawn(async move {
-                if let Err(err) = axum::serve(admin, router).await {
-                    tracing::error!(%err, "admin listener failed");
-                }
-            })))
-        }
-        None => None,
-    };
-    let _dns = watch_dns(&plan).await;
-    let svc = app(&plan);
-    let settings = &plan.settings;
-    let table = plan.table.clone();
+/// Connections the admin listener (`/readyz`, `/metrics`) takes at once: its
+/// clients are a scraper and a health checker.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Connections the redirect listener takes at once: each is answered with one
+/// `308` and goes on to HTTPS.
+const REDIRECT_MAX_CONNECTIONS: usize = 1024;
+
+/// The largest request head the admin and redirect listeners read (hyper's
+/// least): their requests carry no more than a path and a `Host`.
+const SIDE_MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// The service of a listener beside the main ones: an axum router whose
+/// answers take the server's body type.
+type SideService = tower::util::MapResponse<Router, fn(Response<axum::body::Body>) -> Response<ResponseBody>>;
+
+fn side_service(router: Router) -> SideService {
+    use http_body_util::BodyExt;
+    let to_body: fn(Response<axum::body::Body>) -> Response<ResponseBody> =
+        |response| response.map(|body| Either::Left(UnsyncBoxBody::new(body.map_err(BoxError::from))));
+    tower::util::MapResponse::new(router, to_body)
+}
+
+/// hyper's servers for heads of at most `max_header_bytes`.
+fn builders(settings: &crate::plan::Settings, max_header_bytes: usize) -> Arc<Builders> {
     let mut auto = auto::Builder::new(TokioExecutor::new());
     auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes);
+        .max_buf_size(max_header_bytes);
     auto.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     let mut http1 = http1::Builder::new();
-    http1.header_read_timeout(None).max_buf_size(settings.max_header_bytes);
-    let builders = Arc::new(Builders { auto, http1 });
+    http1.header_read_timeout(None).max_buf_size(max_header_bytes);
+    Arc::new(Builders { auto, http1 })
+}
+
+/// A listener beside the main ones, served like them (header timeout, idle
+/// close, drain) under a small cap of its own.
+struct SideListener {
+    listener: TcpListener,
+    conns: Conns<SideService>,
+}
+
+/// Binds a side listener at `addr` for `router`.
+async fn side_listener(
+    addr: SocketAddr,
+    router: Router,
+    cap: usize,
+    template: &Conns<impl Sized>,
+    builders: &Arc<Builders>,
+) -> std::io::Result<SideListener> {
+    let listener = TcpListener::bind(addr).await?;
+    let conns = Conns {
+        builders: builders.clone(),
+        svc: Arc::new(side_service(router)),
+        table: template.table.clone(),
+        budget: Budget::new(cap),
+        stopping: template.stopping.clone(),
+        header_timeout: template.header_timeout,
+        idle_timeout: template.idle_timeout,
+        hsts: None,
+    };
+    Ok(SideListener { listener, conns })
+}
+
+/// Places for a connection from `peer` under `budget` and under its client's
+/// cap, or `None` after `refuse` was handed the refusal to tell a plain client
+/// (a client over its own cap does not make other connections give way).
+fn admit(
+    budget: &Budget,
+    clients: &Arc<PerClient>,
+    peer: SocketAddr,
+    metrics: &crate::metrics::Metrics,
+    refuse: impl FnOnce(&'static [u8]),
+) -> Option<Places> {
+    let Ok(client) = clients.take(peer.ip()) else {
+        refuse(crate::admission::REFUSED_CLIENT);
+        metrics.client_connection_refused();
+        return None;
+    };
+    let Some(listener) = budget.take() else {
+        refuse(crate::admission::REFUSED);
+        metrics.connection_refused();
+        return None;
+    };
+    Some(Places { listener, client })
+}
+
+/// Tells a plain client why it is refused: a non-blocking write into a fresh
+/// socket's buffer.
+fn tell(stream: &TcpStream) -> impl FnOnce(&'static [u8]) + '_ {
+    |refusal| drop(stream.try_write(refusal))
+}
+
+/// A TLS connection's handshake: bounded in time, holding a place in the
+/// handshake budget (not the listener's); under that budget's pressure, one
+/// that has gone on for `SILENT_UNDER_PRESSURE` gives up its place.
+struct Handshake {
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+    budget: Budget,
+}
+
+/// Serves `plan` on `listener` until `shutdown` resolves; then stops accepting and
+/// lets requests in flight finish for up to the grace period. The binary, the
+/// demo, the tests and the benchmarks all run the gateway through this.
+///
+/// Every connection is bounded: at most `max_connections` are open on the main
+/// listeners and `max_connections_per_client` from one client (more get a `503`
+/// and are closed, and idle ones are asked to make room); TLS handshakes have a
+/// budget of their own, so silent ones cannot keep clients out; the admin and
+/// redirect listeners are served the same way under small caps of their own.
+/// One that sends no request within the header timeout of its accept is
+/// closed, whatever protocol it was going to speak; an HTTP/2 connection with
+/// no request in flight for the idle timeout is closed, and one whose peer
+/// stops answering pings too.
+pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let _dns = watch_dns(&plan).await;
+    let svc = app(&plan);
+    let settings = &plan.settings;
+    let table = plan.table.clone();
+    let metrics = &table.metrics;
     // Every connection task holds a receiver: `true` asks it to stop, and the
     // sender's `closed()` says every connection has ended.
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let pressure = Arc::new(Notify::new());
-    let (header_timeout, idle_timeout) = (settings.header_read_timeout, settings.idle_timeout);
+    let budget = Budget::new(settings.max_connections);
+    let clients = PerClient::new(settings.max_connections_per_client, settings.trusted_proxies.clone());
     let conns = Conns {
-        builders,
+        builders: builders(settings, settings.max_header_bytes),
         svc: Arc::new(svc),
         table: table.clone(),
-        pressure: pressure.clone(),
+        budget: budget.clone(),
         stopping: stopping.clone(),
-        header_timeout,
-        idle_timeout,
+        header_timeout: settings.header_read_timeout,
+        idle_timeout: settings.idle_timeout,
         hsts: settings.tls.as_ref().and_then(|tls| tls.hsts.clone()),
     };
-    // A slot, or the connection is refused: `refuse` tells a plain client so.
-    let slot_for = |refuse: &dyn Fn()| match slots.clone().try_acquire_owned() {
-        Ok(slot) => Some(slot),
-        Err(_) => {
-            refuse();
-            table.metrics.connection_refused();
-            // Idle connections make room for the next.
-            pressure.notify_waiters();
-            None
+    let side_builders = builders(settings, SIDE_MAX_HEADER_BYTES);
+    let admin = match settings.admin_listen {
+        Some(addr) => {
+            let admin = side_listener(addr, admin_router(&plan), ADMIN_MAX_CONNECTIONS, &conns, &side_builders).await?;
+            tracing::info!(addr = %admin.listener.local_addr()?, "admin listener: /readyz, /metrics");
+            Some(admin)
         }
+        None => None,
     };
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(|tls| (tls, tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls.certificate.clone()))));
+    let tls = settings.tls.as_ref().map(|tls| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls.certificate.clone()));
+        (tls, acceptor, Budget::new(tls.max_handshakes))
+    });
     let tls_listener = match &tls {
-        Some((tls, _)) => {
+        Some((tls, ..)) => {
             let listener = bind(tls.listen)?;
             tracing::info!(addr = %listener.local_addr()?, "TLS listener: HTTP/2 and HTTP/1.1");
             Some(listener)
         }
         None => None,
     };
-    let workers = Workers::start(settings.workers)?;
-    let admit = |stream: TcpStream, peer: SocketAddr| {
-        // Full: this one is told so (a non-blocking write into a fresh socket's buffer).
-        let Some(slot) = slot_for(&|| drop(stream.try_write(REFUSED))) else { return };
-        let _ = stream.set_nodelay(true);
-        conns.spawn(&workers, stream, slot, peer, None);
-    };
-    let admit_tls = |stream: TcpStream, peer: SocketAddr| {
-        let Some((tls, acceptor)) = &tls else { return };
-        // A TLS client cannot read a plain 503: it is only closed.
-        let Some(slot) = slot_for(&|| ()) else { return };
-        let _ = stream.set_nodelay(true);
-        conns.spawn(&workers, stream, slot, peer, Some((acceptor.clone(), tls.handshake_timeout)));
-    };
-    let _redirect = match tls.as_ref().and_then(|(tls, _)| tls.redirect_listen.map(|addr| (addr, tls.listen.port()))) {
+    let redirect = match tls.as_ref().and_then(|(tls, ..)| tls.redirect_listen.map(|addr| (addr, tls.listen.port()))) {
         Some((addr, https_port)) => {
-            let listener = TcpListener::bind(addr).await?;
-            tracing::info!(addr = %listener.local_addr()?, "redirect listener: 308 to HTTPS");
             let router = Router::new().fallback(move |headers: http::HeaderMap, uri: http::Uri| async move {
                 to_https(&headers, &uri, https_port)
             });
-            Some(AbortOnDrop(tokio::spawn(async move {
-                if let Err(err) = axum::serve(listener, router).await {
-                    tracing::error!(%err, "redirect listener failed");
-                }
-            })))
+            let redirect = side_listener(addr, router, REDIRECT_MAX_CONNECTIONS, &conns, &side_builders).await?;
+            tracing::info!(addr = %redirect.listener.local_addr()?, "redirect listener: 308 to HTTPS");
+            Some(redirect)
         }
         None => None,
     };
-    let _reload = tls.as_ref().map(|(tls, _)| {
+    let workers = Workers::start(settings.workers)?;
+    let admit_plain = |stream: TcpStream, peer: SocketAddr| {
+        let Some(places) = admit(&budget, &clients, peer, metrics, tell(&stream)) else { return };
+        let _ = stream.set_nodelay(true);
+        conns.spawn(&workers, stream, places, peer, None);
+    };
+    let admit_tls = |stream: TcpStream, peer: SocketAddr| {
+        let Some((tls, acceptor, handshakes)) = &tls else { return };
+        // A TLS client cannot read a plain 503: it is only closed.
+        let Some(places) = admit(handshakes, &clients, peer, metrics, drop) else { return };
+        let _ = stream.set_nodelay(true);
+        let handshake =
+            Handshake { acceptor: acceptor.clone(), timeout: tls.handshake_timeout, budget: handshakes.clone() };
+        conns.spawn(&workers, stream, places, peer, Some(handshake));
+    };
+    let admit_side = |side: &SideListener, stream: TcpStream, peer: SocketAddr| {
+        let Some(places) = admit(&side.conns.budget, &clients, peer, metrics, tell(&stream)) else { return };
+        let _ = stream.set_nodelay(true);
+        side.conns.spawn(&workers, stream, places, peer, None);
+    };
+    let _reload = tls.as_ref().map(|(tls, ..)| {
         let (certificate, every, table) = (tls.certificate.clone(), tls.reload_every, table.clone());
         AbortOnDrop(tokio::spawn(certificate.watch(every, move |ok| table.metrics.tls_reload(ok))))
     });
     let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => admit(stream, peer),
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            accepted = accept_maybe(tls_listener.as_ref()) => match accepted {
-                Ok((stream, peer)) => admit_tls(stream, peer),
-                Err(err) => {
-                    tracing::warn!(%err, "TLS accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+        let (accepted, which) = tokio::select! {
+            accepted = listener.accept() => (accepted, Which::Plain),
+            accepted = accept_maybe(tls_listener.as_ref()) => (accepted, Which::Tls),
+            accepted = accept_maybe(admin.as_ref().map(|a| &a.listener)) => (accepted, Which::Admin),
+            accepted = accept_maybe(redirect.as_ref().map(|r| &r.listener)) => (accepted, Which::Redirect),
             () = &mut shutdown, if drain.is_none() => {
                 if settings.drain_delay.is_zero() {
                     break;
@@ -1080,8 +1165,22 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                 table.draining.store(true, Ordering::Relaxed);
                 tracing::info!(drain_delay = ?settings.drain_delay, "draining: /readyz fails, still serving");
                 drain = Some(Box::pin(tokio::time::sleep(settings.drain_delay)));
+                continue;
             }
             () = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => break,
+        };
+        match (accepted, which) {
+            (Ok((stream, peer)), Which::Plain) => admit_plain(stream, peer),
+            (Ok((stream, peer)), Which::Tls) => admit_tls(stream, peer),
+            (Ok((stream, peer)), Which::Admin) => admit_side(admin.as_ref().expect("accepted on it"), stream, peer),
+            (Ok((stream, peer)), Which::Redirect) => {
+                admit_side(redirect.as_ref().expect("accepted on it"), stream, peer);
+            }
+            (Err(err), which) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%err, listener = ?which, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     // Closing a listener resets the connections the kernel has completed but
@@ -1093,7 +1192,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
         while let Ok((stream, peer)) = listener.accept() {
             match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
                 Ok(stream) if tls => admit_tls(stream, peer),
-                Ok(stream) => admit(stream, peer),
+                Ok(stream) => admit_plain(stream, peer),
                 Err(err) => tracing::debug!(%err, "a queued connection could not be served"),
             }
         }
@@ -1102,7 +1201,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let _ = stop.send(true);
     // Every receiver but the connections' own: `closed()` waits for those alone.
     drop(stopping);
-    drop(conns);
+    drop((conns, admin, redirect));
     tokio::select! {
         () = stop.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(settings.grace_period) => tracing::warn!("grace period over; closing the remaining connections"),
@@ -1120,21 +1219,11 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_refusal_at_the_cap_is_a_whole_response_whose_length_is_its_body() {
-        let text = std::str::from_utf8(REFUSED).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let length: usize = head
-            .lines()
-            .find_map(|line| line.strip_prefix("content-length: "))
-            .and_then(|n| n.parse().ok())
-            .expect("a content-length");
-        assert_eq!(length, body.len(), "{head}");
-        let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(json["error"]["code"], "too_many_connections");
-    }
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Plain,
+    Tls,
+    Admin,
+    Redirect,
 }

@@ -119,6 +119,7 @@ async fn a_flood_of_idle_connections_is_bounded_and_a_normal_client_is_served() 
         &config,
         format!(
             "listen = \"127.0.0.1:{port}\"\nheader_read_timeout_ms = 2000\nmax_connections = {MAX_CONNECTIONS}\n\
+             max_connections_per_client = {FLOOD}\n\
              [upstreams.none]\nendpoints = [\"http://127.0.0.1:9\"]\n\
              [[routes]]\nprefix = \"/api\"\nupstream = \"none\"\naccess = \"public\"\n"
         ),

@@ -110,14 +110,8 @@ async fn main() {
     let config = Config {
         listen: "127.0.0.1:0".into(),
         tls: Some(TlsConfig {
-            listen: tls_addr.to_string(),
-            cert_file,
-            key_file,
-            handshake_timeout_ms: 10_000,
             reload_interval_ms: 60_000,
-            sni: Vec::new(),
-            hsts_max_age_secs: None,
-            redirect_listen: None,
+            ..TlsConfig::new(tls_addr.to_string(), cert_file, key_file)
         }),
         upstreams: [("products".to_owned(), UpstreamConfig { endpoints: vec![backend.url()], ..Default::default() })]
             .into(),

@@ -203,3 +203,62 @@ async fn at_the_cap_a_connection_that_never_spoke_makes_room_before_a_keep_alive
     let (status, body) = read_response(&mut back).await;
     assert_eq!((status, body.contains("\"/back\"")), (200, true), "{body}");
 }
+
+/// A connection from `ip` to `addr`.
+async fn connect_from(ip: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection_and_its_own_silent_ones_make_no_room() {
+    let fast = backend("fast").await;
+    let mut config = config(&fast);
+    config.max_connections = 10;
+    config.max_connections_per_client = 3;
+    config.header_read_timeout_ms = 30_000;
+    let gw = Gateway::start(config).await;
+
+    // 127.0.0.2 holds its three, silent: its fourth is refused and says why.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.2", gw.addr()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fourth = BufReader::new(connect_from("127.0.0.2", gw.addr()).await);
+    let (status, body) = read_response(&mut fourth).await;
+    assert_eq!((status, body.contains("too_many_client_connections")), (503, true), "{body}");
+    // That refusal is its own: it asked no connection to make room (the
+    // global cap is not full), so its silent three are still open.
+    for stream in &mut held {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await;
+        assert!(read.is_err(), "a held connection was closed: {read:?}");
+    }
+    assert_eq!(metric(&gw, "gateway_client_connections_refused_total").await, 1);
+
+    // Another client is served beside it.
+    let mut other = BufReader::new(connect_from("127.0.0.3", gw.addr()).await);
+    other.get_mut().write_all(get("/api/fast/other").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut other).await.0, 200);
+
+    // One of its connections ends: it may open one again.
+    held.pop();
+    let started = Instant::now();
+    loop {
+        let mut again = connect_from("127.0.0.2", gw.addr()).await;
+        // A refused try may be reset under the write or the read.
+        let mut answer = String::new();
+        if again.write_all(get("/api/fast/again").as_bytes()).await.is_ok() {
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), again.read(&mut buf)).await.unwrap().unwrap_or(0);
+            answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "still refused after a close: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

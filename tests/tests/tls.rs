@@ -122,6 +122,7 @@ async fn setup() -> Setup {
             cert_file: cert.clone(),
             key_file: key.clone(),
             handshake_timeout_ms: 500,
+            max_handshakes: 1024,
             reload_interval_ms: 100,
             sni: vec![SniCertificate { names: vec!["Other.Test".into()], cert_file: other_cert, key_file: other_key }],
             hsts_max_age_secs: Some(600),
@@ -345,4 +346,113 @@ async fn hsts_the_redirect_listener_and_sni() {
     };
     assert_eq!(named("other.test").await, s.other);
     assert_eq!(named("localhost").await, s.first);
+}
+
+/// Opens `count` connections to `addr` that send nothing, and holds them.
+async fn silent(addr: SocketAddr, count: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    held
+}
+
+/// The status of `GET path` on a fresh connection, if one is answered within 1 s.
+async fn probe(addr: SocketAddr, path: &str) -> Option<u16> {
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        String::from_utf8_lossy(&response).split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask).await.ok().flatten()
+}
+
+/// Asks the plain port for `/healthz` every 50 ms for `over`, each answer due
+/// within 1 s; returns how many were asked.
+async fn plain_port_serves_throughout(gw: &Gateway, over: Duration, during: &str) -> usize {
+    let end = Instant::now() + over;
+    let mut probes = 0;
+    while Instant::now() < end {
+        assert_eq!(probe(gw.addr(), "/healthz").await, Some(200), "probe {probes} of the plain port {during}");
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    probes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_on_the_tls_admin_and_redirect_ports_leave_the_plain_port_serving() {
+    const CAP: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    ca.issue(&cert, &key);
+    let (tls, redirect, admin) = (closed_port(), closed_port(), closed_port());
+    let config = Config {
+        max_connections: CAP,
+        // The floods below come from one address: this test is of each
+        // listener's cap, not of the client's.
+        max_connections_per_client: 100_000,
+        admin_listen: Some(admin.to_string()),
+        tls: Some(TlsConfig {
+            max_handshakes: CAP,
+            redirect_listen: Some(redirect.to_string()),
+            ..TlsConfig::new(tls.to_string(), &cert, &key)
+        }),
+        upstreams: [(
+            "none".to_owned(),
+            UpstreamConfig { endpoints: vec![format!("http://{}", closed_port())], ..Default::default() },
+        )]
+        .into(),
+        routes: vec![RouteConfig {
+            prefix: Some("/api".into()),
+            upstream: "none".into(),
+            access: Some(Access::Public),
+            ..RouteConfig::default()
+        }],
+        limits: Default::default(),
+        ..Config::default()
+    };
+    let gw = Gateway::start(config).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect(&ca, tls, &[b"http/1.1"]).await.is_err() {
+        assert!(Instant::now() < deadline, "the TLS listener never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Twice the cap of silent handshakes: the plain port does not notice, and
+    // a real TLS client still gets in (silent handshakes make room).
+    let held = silent(tls, 2 * CAP).await;
+    let probes = plain_port_serves_throughout(&gw, Duration::from_secs(2), "under a TLS handshake flood").await;
+    let started = Instant::now();
+    let stream = loop {
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(1), connect(&ca, tls, &[b"http/1.1"])).await {
+            break stream;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "no TLS client got in during the flood");
+    };
+    assert!(started.elapsed() < Duration::from_secs(2), "a TLS client waited {:?}", started.elapsed());
+    assert_eq!(get(stream, "/healthz").await.0, 200);
+    drop(held);
+
+    // The admin and redirect listeners filled past their caps (64 and 1024).
+    let held_admin = silent(admin, 64 + 16).await;
+    let held_redirect = silent(redirect, 1024 + 16).await;
+    let more = plain_port_serves_throughout(&gw, Duration::from_secs(2), "under admin and redirect floods").await;
+    // Each of them still answers a real client once the silent ones make room.
+    for (addr, path, status) in [(admin, "/metrics", 200), (redirect, "/anything", 308)] {
+        let started = Instant::now();
+        loop {
+            let answered = probe(addr, path).await;
+            if answered == Some(status) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(3), "{addr} answered {answered:?} during its flood");
+        }
+    }
+    drop((held_admin, held_redirect));
+    println!("plain port: {probes} probes under the TLS flood, {more} under the admin and redirect floods");
 }

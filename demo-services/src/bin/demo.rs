@@ -122,16 +122,7 @@ async fn run() -> Result<(), String> {
     // HTTPS on 8443 beside plain 8080, with a certificate made for this run.
     let ca_file = if config.tls.is_none() && env("DEMO_TLS").as_deref() != Some("off") {
         let (ca_file, cert_file, key_file) = demo_tls(&data_dir)?;
-        config.tls = Some(demo_gateway::config::TlsConfig {
-            listen: "127.0.0.1:8443".into(),
-            cert_file,
-            key_file,
-            handshake_timeout_ms: 10_000,
-            reload_interval_ms: 2_000,
-            sni: Vec::new(),
-            hsts_max_age_secs: None,
-            redirect_listen: None,
-        });
+        config.tls = Some(demo_gateway::config::TlsConfig::new("127.0.0.1:8443", cert_file, key_file));
         Some(ca_file)
     } else {
         None
