@@ -102,11 +102,11 @@ impl Entry {
     fn clean<B>(&self, req: &mut Request<B>) {
         // A WebSocket upgrade keeps the two headers that ask for it: the route
         // decides whether it happens.
-        let upgrade = tower_gateway::upgrade::websocket_upgrade(req).cloned();
+        let upgrade = tower_gateway::upgrade::websocket_upgrade(req).is_some();
         let headers = req.headers_mut();
         tower_gateway::proxy::remove_hop_by_hop(headers);
-        if let Some(upgrade) = upgrade {
-            tower_gateway::upgrade::restore(headers, upgrade);
+        if upgrade {
+            tower_gateway::upgrade::restore(headers);
         }
         for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
             headers.remove(name);

@@ -36,13 +36,17 @@ pub enum UpstreamErrorKind {
     /// The TLS handshake with an `https://` upstream failed: a certificate not
     /// trusted or not for that name, no protocol in common. Nothing was sent.
     Tls,
+    /// The upstream answered `101 Switching Protocols` to something other than
+    /// the WebSocket handshake it was sent (another protocol, a wrong
+    /// `Sec-WebSocket-Accept`, or no upgrade asked): nothing is spliced.
+    Upgrade,
 }
 
 impl UpstreamErrorKind {
     /// The status a client sees for this kind of failure.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::Connect | Self::Reset | Self::NoDestination | Self::Tls => StatusCode::BAD_GATEWAY,
+            Self::Connect | Self::Reset | Self::NoDestination | Self::Tls | Self::Upgrade => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestBody => StatusCode::BAD_REQUEST,
@@ -59,6 +63,7 @@ impl UpstreamErrorKind {
             Self::NoDestination => "no_destination",
             Self::RequestBody => "bad_request_body",
             Self::Tls => "upstream_tls_failed",
+            Self::Upgrade => "upstream_bad_upgrade",
         }
     }
 
@@ -71,6 +76,7 @@ impl UpstreamErrorKind {
             Self::NoDestination => "the request has no upstream destination",
             Self::RequestBody => "the request body could not be read",
             Self::Tls => "the upstream's TLS certificate or handshake was refused",
+            Self::Upgrade => "the upstream switched to a protocol that was not asked for",
         }
     }
 }

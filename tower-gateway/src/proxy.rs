@@ -387,18 +387,18 @@ where
         // A WebSocket upgrade the server can hand over: a place for it, the
         // client's side of it, and its headers kept through `prepare`.
         let upgrade = match (&self.tunnels, req.extensions().get::<OnUpgrade>()) {
-            (Some(tunnels), Some(_)) => upgrade::websocket_upgrade(&req).cloned().map(|proto| (tunnels, proto)),
+            (Some(tunnels), Some(_)) => upgrade::websocket_upgrade(&req).cloned().map(|key| (tunnels, key)),
             _ => None,
         };
         let pending = match upgrade {
-            Some((tunnels, proto)) => {
+            Some((tunnels, key)) => {
                 let Some(place) = tunnels.place_for(&req) else {
                     return future::ResponseFuture::answered(upgrade::TooManyUpgrades.into_response());
                 };
                 let client = hyper::upgrade::on(&mut req);
                 prepare(&mut req, &self.forwarded_proto);
-                upgrade::restore(req.headers_mut(), proto);
-                Some((place, client))
+                upgrade::restore(req.headers_mut());
+                Some(Pending { place, client, key })
             }
             None => {
                 prepare(&mut req, &self.forwarded_proto);
@@ -409,6 +409,15 @@ where
             state: future::State::Sending { future: self.pools.client().request(req.map(Box::pin)), upgrade: pending },
         }
     }
+}
+
+/// A WebSocket upgrade on its way upstream: its place among the tunnels, the
+/// client's side of the connection, and the key the upstream must answer.
+#[derive(Debug)]
+struct Pending {
+    place: Place,
+    client: OnUpgrade,
+    key: HeaderValue,
 }
 
 pub mod future {
@@ -433,9 +442,9 @@ pub mod future {
             Sending {
                 #[pin]
                 future: hyper_util::client::legacy::ResponseFuture,
-                // A WebSocket upgrade's place and the client's side, until the
-                // upstream answers.
-                upgrade: Option<(Place, OnUpgrade)>,
+                // A WebSocket upgrade's place, the client's side and its key,
+                // until the upstream answers.
+                upgrade: Option<Pending>,
             },
             Failed { kind: UpstreamErrorKind },
             Answered { response: Option<Response<Body>> },
@@ -463,18 +472,22 @@ pub mod future {
                 }
                 StateProj::Sending { future, upgrade } => match std::task::ready!(future.poll(cx)) {
                     Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                        let Some((place, client)) = upgrade.take() else {
+                        let Some(Pending { place, client, key }) = upgrade.take() else {
                             // Nothing asked for it: the connection is not the client's to have.
                             tracing::debug!("the upstream switched protocols unasked");
-                            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Reset).into_response()));
+                            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response()));
                         };
+                        // Only the WebSocket asked for, accepted for this key: any
+                        // other protocol would hand the client a tunnel past
+                        // everything in front of the proxy.
+                        if !upgrade::accepts(response.headers(), &key) {
+                            tracing::debug!("the upstream switched protocols without accepting the WebSocket");
+                            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response()));
+                        }
                         let upstream = hyper::upgrade::on(&mut response);
-                        let proto = response.headers().get(header::UPGRADE).cloned();
                         let (mut parts, _) = response.into_parts();
                         remove_hop_by_hop(&mut parts.headers);
-                        if let Some(proto) = proto {
-                            upgrade::restore(&mut parts.headers, proto);
-                        }
+                        upgrade::restore(&mut parts.headers);
                         tokio::spawn(upgrade::splice(place, client, upstream));
                         return Poll::Ready(Ok(Response::from_parts(parts, Body::empty())));
                     }

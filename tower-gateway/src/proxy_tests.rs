@@ -356,13 +356,15 @@ async fn chunked_wins_over_a_content_length_from_upstream() {
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello world");
 }
 
-/// An upstream that, asked to upgrade, answers `101` and echoes raw bytes; a
-/// plain request gets `200` with the `Upgrade` it saw (or `none`).
+/// An upstream that, asked to upgrade, answers `101` for the protocol asked
+/// (accepting a WebSocket's key) and echoes raw bytes; a plain request gets
+/// `200` with the `Upgrade` it saw (or `none`).
 async fn upgrading_upstream() -> SocketAddr {
     serve(|mut req: Request<Incoming>| async move {
         let Some(proto) = req.headers().get(header::UPGRADE).cloned() else {
             return Response::new(full("none"));
         };
+        let accept = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|key| crate::upgrade::accept_key(key.as_bytes()));
         let upgraded = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let io = TokioIo::new(upgraded.await.unwrap());
@@ -373,6 +375,32 @@ async fn upgrading_upstream() -> SocketAddr {
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         res.headers_mut().insert(header::UPGRADE, proto);
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(accept) = accept {
+            res.headers_mut().insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::try_from(accept).unwrap());
+        }
+        res
+    })
+    .await
+}
+
+/// An upstream that answers every request `101` with these `Upgrade` and
+/// `Sec-WebSocket-Accept` headers, whatever was asked.
+async fn switching_upstream(upgrade: &'static str, accept: Option<&'static str>) -> SocketAddr {
+    serve(move |mut req: Request<Incoming>| async move {
+        let upgraded = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = upgraded.await {
+                let (mut rx, mut tx) = tokio::io::split(TokioIo::new(io));
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+            }
+        });
+        let mut res = Response::new(full(""));
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(accept) = accept {
+            res.headers_mut().insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static(accept));
+        }
         res
     })
     .await
@@ -405,8 +433,8 @@ async fn raw_head(stream: &mut tokio::net::TcpStream, head: &str) -> String {
     String::from_utf8(got).unwrap()
 }
 
-const UPGRADE_HEAD: &str =
-    "GET /chat HTTP/1.1\r\nhost: gw\r\nconnection: keep-alive, Upgrade\r\nupgrade: websocket\r\n\r\n";
+const UPGRADE_HEAD: &str = "GET /chat HTTP/1.1\r\nhost: gw\r\nconnection: keep-alive, Upgrade\r\nupgrade: websocket\r\n\
+    sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
 #[tokio::test]
 async fn a_websocket_upgrade_is_spliced_and_counted_until_it_closes() {
@@ -440,4 +468,40 @@ async fn without_upgrades_an_upgrade_is_a_plain_request() {
     let mut seen = [0u8; 4];
     tokio::io::AsyncReadExt::read_exact(&mut stream, &mut seen).await.unwrap();
     assert_eq!(&seen, b"none", "the upstream saw an Upgrade header");
+}
+
+#[tokio::test]
+async fn an_upgrade_listing_h2c_beside_websocket_reaches_the_upstream_as_a_websocket_alone() {
+    let tunnels = Tunnels::new(8, Duration::from_secs(30));
+    let proxy = Proxy::builder().tunnels(tunnels.clone()).build();
+    let addr = serve_proxy(proxy, upgrading_upstream().await).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = raw_head(&mut stream, &UPGRADE_HEAD.replace("upgrade: websocket", "upgrade: websocket, h2c")).await;
+    let head = head.to_ascii_lowercase();
+    // The upstream answers for the protocol it was asked: websocket alone.
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+}
+
+#[tokio::test]
+async fn a_switch_to_another_protocol_or_an_accept_for_another_key_is_502_and_nothing_is_spliced() {
+    use tokio::io::AsyncReadExt;
+    for (upgrade, accept) in [
+        ("h2c", Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")),
+        ("websocket", Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")),
+        ("websocket", None),
+    ] {
+        let tunnels = Tunnels::new(8, Duration::from_secs(30));
+        let proxy = Proxy::builder().tunnels(tunnels.clone()).build();
+        let addr = serve_proxy(proxy, switching_upstream(upgrade, accept).await).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = raw_head(&mut stream, UPGRADE_HEAD).await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{upgrade} {accept:?}: {head}");
+        let mut body = vec![0u8; 256];
+        let n = stream.read(&mut body).await.unwrap();
+        assert_eq!(error_code(&body[..n]), "upstream_bad_upgrade");
+        tokio::time::timeout(Duration::from_secs(5), tunnels.closed()).await.expect("no tunnel stays open");
+        assert_eq!(tunnels.active(), 0);
+    }
 }

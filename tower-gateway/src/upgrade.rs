@@ -217,15 +217,26 @@ impl Drop for Place {
     }
 }
 
-/// The protocol a request asks to upgrade to, if it is a WebSocket upgrade the
-/// proxy can carry: HTTP/1.1, `GET`, `Connection: upgrade` and `Upgrade: websocket`.
+/// The `Sec-WebSocket-Key` of a request that opens a WebSocket the proxy can
+/// carry (RFC 6455 §4.1): HTTP/1.1, `GET`, `Connection: upgrade`, `Upgrade`
+/// listing `websocket`, `Sec-WebSocket-Version: 13` and a key of 16 bytes in
+/// base64. Anything else is no upgrade: a proxy forwards it as a plain request,
+/// its upgrade headers dropped.
 pub fn websocket_upgrade<B>(req: &Request<B>) -> Option<&HeaderValue> {
     if req.version() != Version::HTTP_11 || req.method() != Method::GET {
         return None;
     }
     let headers = req.headers();
-    let upgrade = headers.get(header::UPGRADE).filter(|v| has_token(v, "websocket"))?;
-    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade")).then_some(upgrade)
+    if !headers.get(header::UPGRADE).is_some_and(|v| has_token(v, "websocket"))
+        || !headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade"))
+        || headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13")
+    {
+        return None;
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = keys.next().filter(|_| keys.next().is_none())?;
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key.as_bytes());
+    decoded.is_ok_and(|nonce| nonce.len() == 16).then_some(key)
 }
 
 /// Whether a comma-separated header value lists `token`, in any case.
@@ -233,12 +244,39 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// Puts back the headers of a WebSocket upgrade (`upgrade`, as
-/// [`websocket_upgrade`] found it) that
-/// [`remove_hop_by_hop`](crate::proxy::remove_hop_by_hop) took out.
-pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
+/// Puts back the headers of a WebSocket upgrade that
+/// [`remove_hop_by_hop`](crate::proxy::remove_hop_by_hop) took out: exactly
+/// `Connection: upgrade` and `Upgrade: websocket`, whatever else the client
+/// listed, so that no upstream is asked to switch to another protocol.
+pub fn restore(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, upgrade);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2): the base64
+/// of the SHA-1 of the key and the protocol's GUID.
+///
+/// ```
+/// // The example of RFC 6455 §1.3.
+/// let accept = tower_gateway::upgrade::accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+/// assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+/// ```
+pub fn accept_key(key: &[u8]) -> String {
+    use sha1::Digest;
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sha1.finalize())
+}
+
+/// Whether a `101` with `headers` accepts the WebSocket opening handshake sent
+/// with `key`: `Upgrade: websocket` and the `Sec-WebSocket-Accept` the key
+/// calls for. Anything else is an upstream switching to a protocol nobody
+/// asked for, and is not to be spliced to the client.
+pub fn accepts(headers: &HeaderMap, key: &HeaderValue) -> bool {
+    let websocket = headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let accept = headers.get(header::SEC_WEBSOCKET_ACCEPT);
+    websocket && accept.is_some_and(|accept| accept.as_bytes() == accept_key(key.as_bytes()).as_bytes())
 }
 
 /// Waits for both sides to switch protocols, then copies bytes both ways until
@@ -358,11 +396,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 mod tests {
     use super::*;
 
+    /// The key of RFC 6455's example.
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
     fn upgrade_request(version: Version, connection: &str, upgrade: &str) -> Request<()> {
         Request::builder()
             .version(version)
             .header(header::CONNECTION, connection)
             .header(header::UPGRADE, upgrade)
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .header(header::SEC_WEBSOCKET_KEY, KEY)
             .body(())
             .unwrap()
     }
@@ -370,13 +413,60 @@ mod tests {
     #[test]
     fn only_http1_websocket_upgrades_are_carried() {
         let yes = upgrade_request(Version::HTTP_11, "keep-alive, Upgrade", "WebSocket");
-        assert_eq!(websocket_upgrade(&yes).unwrap(), "WebSocket");
+        assert_eq!(websocket_upgrade(&yes).unwrap(), KEY);
+        let listed = upgrade_request(Version::HTTP_11, "upgrade", "websocket, h2c");
+        assert_eq!(websocket_upgrade(&listed).unwrap(), KEY, "carried, as a WebSocket alone");
         assert!(websocket_upgrade(&upgrade_request(Version::HTTP_11, "keep-alive", "websocket")).is_none());
         assert!(websocket_upgrade(&upgrade_request(Version::HTTP_11, "upgrade", "h2c")).is_none());
         assert!(websocket_upgrade(&upgrade_request(Version::HTTP_10, "upgrade", "websocket")).is_none());
         let mut post = upgrade_request(Version::HTTP_11, "upgrade", "websocket");
         *post.method_mut() = Method::POST;
         assert!(websocket_upgrade(&post).is_none());
+    }
+
+    #[test]
+    fn an_upgrade_without_a_version_13_handshake_key_is_no_upgrade() {
+        let with = |name: header::HeaderName, value: Option<&str>| {
+            let mut req = upgrade_request(Version::HTTP_11, "upgrade", "websocket");
+            match value {
+                Some(value) => req.headers_mut().insert(name, HeaderValue::from_str(value).unwrap()),
+                None => req.headers_mut().remove(name),
+            };
+            websocket_upgrade(&req).is_some()
+        };
+        assert!(!with(header::SEC_WEBSOCKET_KEY, None));
+        assert!(!with(header::SEC_WEBSOCKET_KEY, Some("not base64!")));
+        assert!(!with(header::SEC_WEBSOCKET_KEY, Some("AAAA")), "a key of 3 bytes, not 16");
+        assert!(!with(header::SEC_WEBSOCKET_VERSION, None));
+        assert!(!with(header::SEC_WEBSOCKET_VERSION, Some("8")));
+        let mut two = upgrade_request(Version::HTTP_11, "upgrade", "websocket");
+        two.headers_mut().append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static(KEY));
+        assert!(websocket_upgrade(&two).is_none(), "two keys");
+    }
+
+    #[test]
+    fn restore_asks_for_a_websocket_and_nothing_else() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket, h2c"));
+        restore(&mut headers);
+        assert_eq!(headers[header::UPGRADE], "websocket");
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn only_a_websocket_accepted_for_the_key_sent_is_accepted() {
+        let key = HeaderValue::from_static(KEY);
+        let answer = |upgrade: &'static str, accept: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static(accept));
+            accepts(&headers, &key)
+        };
+        assert!(answer("websocket", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(answer("WebSocket", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(!answer("h2c", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "another protocol");
+        assert!(!answer("websocket", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="), "an accept for another key");
+        assert!(!accepts(&HeaderMap::new(), &key), "no headers at all");
     }
 
     #[test]
