@@ -231,13 +231,15 @@ fn app(
     let idle = settings.body_idle_timeout;
     ServiceBuilder::new()
         .map_response(json_errors)
+        // Who the client is, decided once and before any header is removed
+        // (the entry takes `Forwarded` out, and a `Connection` naming
+        // `X-Forwarded-For` would take that): the access log, the rate limits
+        // and X-Forwarded-For all use this answer.
+        .layer(settings.client_addr.clone())
         .map_request(move |mut req: Request<Incoming>| {
             entry.clean(&mut req);
             req
         })
-        // Who the client is, decided once: the access log, the rate limits and
-        // X-Forwarded-For all use this answer.
-        .layer(settings.client_addr.clone())
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(RequestIdLayer)
         .layer(AccessLogLayer)

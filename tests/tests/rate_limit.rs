@@ -254,3 +254,33 @@ async fn a_limit_named_by_several_routes_is_one_quota() {
     }
     assert_eq!(statuses, [200, 200, 429, 429, 200], "/a and /b share one quota, /c has its own");
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_header_kind_names_the_client_whatever_the_entry_removes() {
+    let backend = backend("b").await;
+    let once = limit(1, "minute", 1, "client_ip");
+    let client = Client::new();
+    for (kind, header, first, second) in [
+        ("forwarded", "forwarded", "for=198.51.100.1;proto=https", "for=\"198.51.100.2\""),
+        ("x-forwarded-for", "x-forwarded-for", "198.51.100.1", "198.51.100.2"),
+    ] {
+        let mut trusting = config(&backend, vec![("/api", "addr", once.clone())], None);
+        trusting.trusted_proxies = vec!["127.0.0.1/32".into()];
+        trusting.forwarded_header = kind.into();
+        let gw = Gateway::start(trusting).await;
+        let url = format!("{}/api/x", gw.url());
+        // The proxy names the header hop-by-hop too: it is still read first.
+        let send = async |value: &str| get(&client, &url, &[(header, value), ("connection", header)]).await;
+        let one = send(first).await;
+        assert_eq!(one.status, StatusCode::OK, "{kind}");
+        assert_eq!(one.json()["headers"]["x-forwarded-for"], "198.51.100.1, 127.0.0.1", "{kind}");
+        let two = send(second).await;
+        assert_eq!(two.status, StatusCode::OK, "{kind}: another client behind the proxy has a quota of its own");
+        assert_eq!(two.json()["headers"]["x-forwarded-for"], "198.51.100.2, 127.0.0.1", "{kind}");
+        assert_eq!(send(first).await.status, StatusCode::TOO_MANY_REQUESTS, "{kind}: the first client again");
+        // The header itself never reaches the backend.
+        if kind == "forwarded" {
+            assert!(one.json()["headers"].get("forwarded").is_none(), "{}", one.json());
+        }
+    }
+}
