@@ -6,7 +6,7 @@
 //! | `GET /?limit=&offset=` | admin | list |
 //! | `POST /` `{name, email, password?}` | admin | create: `201` |
 //! | `GET /{id}` | that user or admin | one user |
-//! | `PUT /{id}` `{name, email, password?, roles?}` | that user or admin; `roles` admin only | replace |
+//! | `PUT /{id}` `{name, email, password?, roles?, current_password?}` | that user or admin; `roles` admin only; a user changing their own email or password gives `current_password` | replace |
 //! | `DELETE /{id}` | that user or admin | delete: `204` |
 //! | `POST /signup` `{name, email, password}` | anyone | `201` the user |
 //! | `POST /login` `{email, password}` | anyone | `200 {"token"}` with the user's `roles`; wrong credentials `401`, never saying which part |
@@ -71,28 +71,72 @@ fn split_roles(roles: &str) -> Vec<String> {
     roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect()
 }
 
-/// Hashes and checks passwords with Argon2id, off the async threads.
+/// Hashes and checks passwords with Argon2id, off the async threads. Logins
+/// have hashing slots of their own, apart from everything else that hashes
+/// (sign-ups, password changes, the current-password check), so that no amount
+/// of those keeps a user from logging in.
 #[derive(Clone)]
 pub struct Passwords {
     params: argon2::Params,
     /// The hash of a password nobody has, to check against when the user does not
     /// exist, so that a login for an unknown email takes as long as a wrong password.
     decoy: Arc<str>,
-    /// One permit per hash that may run at once.
-    permits: Arc<Semaphore>,
-    /// Argon2's working memory, one buffer per permit, made once and reused: a
+    /// The slots of logins.
+    login: Lane,
+    /// The slots of everything else.
+    changes: Lane,
+    /// Argon2's working memory, one buffer per slot, made once and reused: a
     /// fresh 19 MiB per hash, freed into the allocator, fragments its heap until
     /// the process holds hundreds of MB after a flood.
     memory: Arc<Mutex<Vec<Vec<argon2::Block>>>>,
-    /// How many permits there are: hashes that may run at once.
+}
+
+/// Hashing slots: one permit per hash that may run at once, and the requests
+/// waiting for one, at most four per slot (more are refused).
+#[derive(Clone)]
+struct Lane {
+    permits: Arc<Semaphore>,
     slots: usize,
-    /// Requests waiting for a permit, at most four per slot; more are refused.
     waiting: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    fn new(slots: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(slots)), slots, waiting: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// A slot, waiting up to `HASH_WAIT` behind at most four per slot.
+    async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let busy = || ApiError::unavailable("too many password checks at once; try again");
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.slots * 4 {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(busy());
+        }
+        let acquired = tokio::time::timeout(HASH_WAIT, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match acquired {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(busy()),
+        }
+    }
+}
+
+/// What a hash is for: the slots it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Login,
+    Change,
 }
 
 impl std::fmt::Debug for Passwords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Passwords").field("permits", &self.permits.available_permits()).finish_non_exhaustive()
+        f.debug_struct("Passwords")
+            .field("login_permits", &self.login.permits.available_permits())
+            .field("change_permits", &self.changes.permits.available_permits())
+            .finish_non_exhaustive()
     }
 }
 
@@ -169,22 +213,24 @@ impl Passwords {
     }
 
     /// Argon2id with `params`, running only as many hashes at once as fit in
-    /// `budget` bytes (at least one), each in memory made once and reused. A
-    /// request that finds them all busy waits up to 2 s behind at most four times
-    /// as many others; past that it is answered `503` with `Retry-After` rather
-    /// than queued without bound.
+    /// `budget` bytes, each in memory made once and reused: a third of them
+    /// (at least one) for sign-ups and changes, the rest (at least one) for
+    /// logins. A request that finds its slots all busy waits up to 2 s behind
+    /// at most four times as many others; past that it is answered `503` with
+    /// `Retry-After` rather than queued without bound.
     pub fn with_memory_budget(params: argon2::Params, budget: usize) -> Self {
         let per_hash = params.block_count().saturating_mul(std::mem::size_of::<argon2::Block>()).max(1);
-        let permits = (budget / per_hash).max(1);
+        let fit = budget / per_hash;
+        let changes = (fit / 3).max(1);
+        let login = fit.saturating_sub(changes).max(1);
         let mut memory = Vec::new();
         let decoy = new_hash(&params, b"a password nobody has", &mut memory).expect("valid Argon2 parameters");
         Self {
             params,
             decoy: decoy.into(),
-            permits: Arc::new(Semaphore::new(permits)),
+            login: Lane::new(login),
+            changes: Lane::new(changes),
             memory: Arc::new(Mutex::new(vec![memory])),
-            slots: permits,
-            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -193,31 +239,20 @@ impl Passwords {
         Self::new(argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None).expect("valid parameters"))
     }
 
-    /// How many hashes may run at once.
-    pub fn concurrency(&self) -> usize {
-        self.slots
+    /// How many hashes may run at once: logins, and everything else.
+    pub fn concurrency(&self) -> (usize, usize) {
+        (self.login.slots, self.changes.slots)
     }
 
-    /// Runs `work` on a blocking thread, with a hashing slot and its memory.
+    /// Runs `work` on a blocking thread, with a hashing slot for `used` and its memory.
     async fn run<T: Send + 'static>(
         &self,
+        used: Use,
         work: impl FnOnce(&mut Vec<argon2::Block>) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let busy = || ApiError::unavailable("too many password checks at once; try again");
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.slots * 4 {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(busy());
-                }
-                let acquired = tokio::time::timeout(HASH_WAIT, self.permits.clone().acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                match acquired {
-                    Ok(Ok(permit)) => permit,
-                    _ => return Err(busy()),
-                }
-            }
+        let permit = match used {
+            Use::Login => self.login.acquire().await?,
+            Use::Change => self.changes.acquire().await?,
         };
         let pool = self.memory.clone();
         tokio::task::spawn_blocking(move || {
@@ -235,15 +270,17 @@ impl Passwords {
 
     async fn hash(&self, password: String) -> Result<String, ApiError> {
         let params = self.params.clone();
-        self.run(move |memory| new_hash(&params, password.as_bytes(), memory)).await?
+        self.run(Use::Change, move |memory| new_hash(&params, password.as_bytes(), memory)).await?
     }
 
-    async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+    /// Whether `password` is the one `hash` was made from (never, without a
+    /// hash, after as long a check), on the slots of `used`.
+    async fn verify(&self, used: Use, password: String, hash: Option<String>) -> Result<bool, ApiError> {
         let (hash, real) = match hash {
             Some(hash) => (hash, true),
             None => (self.decoy.to_string(), false),
         };
-        let matched = self.run(move |memory| matches(&hash, password.as_bytes(), memory)).await?;
+        let matched = self.run(used, move |memory| matches(&hash, password.as_bytes(), memory)).await?;
         Ok(matched? && real)
     }
 }
@@ -286,9 +323,11 @@ pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
     db::connect(url, &MIGRATOR).await
 }
 
-/// Makes `email` an admin with `password`: created if new, promoted and given
-/// that password if not. Idempotent, for start-up. Tokens issued before are revoked
-/// if anything changed.
+/// Makes `email` an admin, for start-up: created with `password` if new; an
+/// existing user who is not an admin is promoted and given `password` (whoever
+/// signed up with that email first does not keep a password of their own); an
+/// existing admin is left as they are, so a password they changed since stays
+/// changed. Tokens issued before are revoked if anything changed.
 pub async fn ensure_admin(s: &UsersState, email: &str, password: String) -> Result<User, ApiError> {
     let email = valid_email(email)?;
     valid_password(&password)?;
@@ -301,9 +340,8 @@ pub async fn ensure_admin(s: &UsersState, email: &str, password: String) -> Resu
         return insert(s, "Admin".into(), email, Some(password), &[ADMIN.to_owned()]).await;
     };
     let mut roles = split_roles(&roles);
-    let is_admin = roles.iter().any(|r| r == ADMIN);
-    if !(is_admin && s.passwords.verify(password.clone(), hash).await?) {
-        if !is_admin {
+    if !roles.iter().any(|r| r == ADMIN) || hash.is_none() {
+        if !roles.iter().any(|r| r == ADMIN) {
             roles.push(ADMIN.to_owned());
         }
         let hash = s.passwords.hash(password).await?;
@@ -346,6 +384,10 @@ struct UpdateUser {
     /// New roles (admins only); kept without it.
     #[serde(default)]
     roles: Option<Vec<String>>,
+    /// The password now: a user changing their own email or password proves it
+    /// (an admin does not).
+    #[serde(default)]
+    current_password: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -502,6 +544,34 @@ async fn replace(
     }
     let before = fetch(&s, id).await?.ok_or_else(|| ApiError::not_found("user"))?;
     let roles = roles.unwrap_or_else(|| before.roles.clone());
+    // Everything that can be refused without hashing is, before any hash runs.
+    let new_email = email != before.email;
+    if new_email {
+        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE email = ? AND id != ?")
+            .bind(&email)
+            .bind(id)
+            .fetch_optional(&s.db)
+            .await?;
+        if taken.is_some() {
+            return Err(ApiError::conflict("a user with this email already exists"));
+        }
+    }
+    // A token alone does not take an account over: its owner proves the
+    // password before changing what logs them in.
+    if (new_email || update.password.is_some()) && !who.has_role(ADMIN) {
+        let Some(current) = update.current_password else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "current_password_required",
+                "changing your email or password needs your current password",
+            ));
+        };
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?").bind(id).fetch_optional(&s.db).await?;
+        if !s.passwords.verify(Use::Change, current, stored.flatten()).await? {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is not right"));
+        }
+    }
     let hash = match update.password {
         Some(password) => Some(s.passwords.hash(password).await?),
         None => None,
@@ -558,7 +628,7 @@ async fn login(State(s): State<UsersState>, ApiJson(login): ApiJson<Login>) -> R
         Some((id, hash, roles)) => (Some(id), hash, split_roles(&roles)),
         None => (None, None, Vec::new()),
     };
-    let verified = s.passwords.verify(login.password, hash).await?;
+    let verified = s.passwords.verify(Use::Login, login.password, hash).await?;
     let Some(id) = id.filter(|_| verified) else {
         return Err(ApiError::unauthorized("invalid_credentials", "wrong email or password"));
     };
@@ -610,16 +680,39 @@ mod tests {
         assert!(matches("not a hash", b"x", &mut memory).is_err());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn sign_ups_and_changes_cannot_take_the_slots_of_logins() {
+        let passwords = Passwords::with_memory_budget(cheap(), 1);
+        let hash = passwords.hash("correct horse".into()).await.unwrap();
+        // Every slot of changes is held, and its queue is full.
+        let slots = u32::try_from(passwords.changes.slots).unwrap();
+        let _held = passwords.changes.permits.clone().acquire_many_owned(slots).await.unwrap();
+        passwords.changes.waiting.store(passwords.changes.slots * 4, Ordering::Relaxed);
+        let refused = passwords.hash("another password".into()).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        // A login still hashes at once.
+        assert_eq!(passwords.verify(Use::Login, "correct horse".into(), Some(hash)).await, Ok(true));
+    }
+
+    #[test]
+    fn a_memory_budget_gives_logins_two_thirds_of_the_slots() {
+        let params = argon2::Params::default();
+        let per_hash = params.block_count() * std::mem::size_of::<argon2::Block>();
+        assert_eq!(Passwords::with_memory_budget(params.clone(), 3 * per_hash).concurrency(), (2, 1));
+        assert_eq!(Passwords::with_memory_budget(params.clone(), 6 * per_hash).concurrency(), (4, 2));
+        assert_eq!(Passwords::with_memory_budget(params, 1).concurrency(), (1, 1), "at least one each");
+    }
+
     #[tokio::test]
     async fn a_flood_is_told_to_come_back_instead_of_queueing() {
         // One slot; four may wait; the rest are 503 at once.
         let passwords = Passwords::with_memory_budget(cheap(), 1);
-        assert_eq!(passwords.concurrency(), 1);
+        assert_eq!(passwords.concurrency(), (1, 1), "one slot for logins, one for the rest");
         let hash = passwords.hash("correct horse".into()).await.unwrap();
         let mut checks = tokio::task::JoinSet::new();
         for _ in 0..50 {
             let (passwords, hash) = (passwords.clone(), hash.clone());
-            checks.spawn(async move { passwords.verify("correct horse".into(), Some(hash)).await });
+            checks.spawn(async move { passwords.verify(Use::Login, "correct horse".into(), Some(hash)).await });
         }
         let (mut ok, mut busy) = (0, 0);
         while let Some(done) = checks.join_next().await {

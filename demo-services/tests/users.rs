@@ -269,3 +269,86 @@ async fn ensure_admin_creates_or_promotes_once() {
     let alice = users::ensure_admin(&state, "alice@example.com", "alice's new password".into()).await.unwrap();
     assert_eq!((alice.id, alice.roles.as_slice()), (1, ["admin".to_owned()].as_slice()));
 }
+
+#[tokio::test]
+async fn a_token_alone_cannot_change_its_owners_email_or_password() {
+    let (_dir, url) = temp_db("users.db");
+    let state = state(&url).await;
+    let app = users::app(state.clone());
+    let (kim, token) = signup_and_login(&app, "kim@example.com").await;
+    let (_, other) = signup_and_login(&app, "lee@example.com").await;
+    let auth = format!("Bearer {token}");
+    let as_kim = [("authorization", auth.as_str())];
+    let path = format!("/{kim}");
+    let put = async |body: serde_json::Value| call(&app, Method::PUT, &path, Some(body), &as_kim).await;
+
+    for change in [
+        json!({"name": "Kim", "email": "thief@example.com"}),
+        json!({"name": "Kim", "email": "kim@example.com", "password": "stolen account"}),
+    ] {
+        let mut with = change.clone();
+        assert_error(&put(change).await, StatusCode::FORBIDDEN, "current_password_required");
+        with["current_password"] = json!("a wrong guess");
+        assert_error(&put(with).await, StatusCode::FORBIDDEN, "wrong_password");
+    }
+    // Nothing changed, nothing revoked: the token still works.
+    assert!(state.auth.authenticate(&token).await.is_ok());
+    // The name alone needs no password.
+    assert_eq!(put(json!({"name": "Kimberly", "email": "kim@example.com"})).await.0, StatusCode::OK);
+    // An email someone has is refused before any password is checked.
+    let taken = json!({"name": "Kim", "email": "lee@example.com", "current_password": "a wrong guess"});
+    assert_error(&put(taken).await, StatusCode::CONFLICT, "conflict");
+
+    // With the current password the change is made, and every older token goes.
+    let right = json!({"name": "Kim", "email": "kim@example.com", "password": "a new password",
+                       "current_password": "correct horse"});
+    assert_eq!(put(right).await.0, StatusCode::OK);
+    assert_eq!(state.auth.authenticate(&token).await.unwrap_err(), tower_gateway_auth::Rejection::Revoked);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/login",
+        Some(json!({"email": "kim@example.com", "password": "a new password"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // An admin changes anyone's without it.
+    let admin = admin(&state);
+    let reset = json!({"name": "Lee", "email": "lee@example.com", "password": "reset by admin"});
+    let lee = state.auth.authenticate(&other).await.unwrap().sub.clone();
+    let (status, body) =
+        call(&app, Method::PUT, &format!("/{lee}"), Some(reset), &[("authorization", admin.as_str())]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn ensure_admin_leaves_an_admins_changed_password_alone() {
+    let (_dir, url) = temp_db("users.db");
+    let state = state(&url).await;
+    let app = users::app(state.clone());
+    let root = users::ensure_admin(&state, "root@example.com", "first password".into()).await.unwrap();
+    let (_, login) = call(
+        &app,
+        Method::POST,
+        "/login",
+        Some(json!({"email": "root@example.com", "password": "first password"})),
+        &[],
+    )
+    .await;
+    let auth = format!("Bearer {}", login["token"].as_str().unwrap());
+    let change = json!({"name": "Admin", "email": "root@example.com", "password": "changed password"});
+    let (status, body) =
+        call(&app, Method::PUT, &format!("/{}", root.id), Some(change), &[("authorization", auth.as_str())]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The next start names the secret file's password again: the change stays.
+    users::ensure_admin(&state, "root@example.com", "first password".into()).await.unwrap();
+    let login = async |password: &str| {
+        call(&app, Method::POST, "/login", Some(json!({"email": "root@example.com", "password": password})), &[])
+            .await
+            .0
+    };
+    assert_eq!(login("changed password").await, StatusCode::OK);
+    assert_eq!(login("first password").await, StatusCode::UNAUTHORIZED);
+}

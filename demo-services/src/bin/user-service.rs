@@ -42,7 +42,8 @@ async fn main() -> ExitCode {
         Some(_) => return server::fail(NAME, "PASSWORD_HASH_MEMORY_MB: a positive number of MiB"),
     };
     let passwords = Passwords::with_memory_budget(argon2::Params::default(), budget);
-    tracing::info!(concurrent_hashes = passwords.concurrency(), "password hashing bounded");
+    let (logins, changes) = passwords.concurrency();
+    tracing::info!(logins, changes, "password hashing bounded: hashes at once");
     let state = UsersState { db, tokens: Arc::new(tokens), auth, passwords };
     if let Some(email) = env("ADMIN_EMAIL") {
         let Some(path) = env("ADMIN_PASSWORD_FILE") else {
