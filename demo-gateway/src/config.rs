@@ -497,9 +497,11 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
             ..limited(route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)), &[])
         },
         limited(route("/api/products", &[], "products", admin()), &[]),
-        limited(users_post("/api/users/signup"), &["login-address", "login-account"]),
+        limited(users_post("/api/users/signup"), &["signup-address"]),
         limited(users_post("/api/users/login"), &["login-address", "login-account"]),
         limited(users_path("/api/users", admin()), &[]),
+        // A change of a user's record may hash two passwords: counted per user.
+        limited(route("/api/users", &["PUT"], "users", Some(Access::Token)), &["account-change"]),
         limited(route("/api/users", &[], "users", Some(Access::Token)), &[]),
         limited(route("/api/checkout", &[], "checkout", Some(Access::Token)), &["checkout-user"]),
     ]
@@ -510,22 +512,34 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
 /// | limit | key | rate | burst |
 /// |---|---|---|---|
 /// | `per-address` | client address, every route | 100 / s | 200 |
-/// | `login-address` | client address, login and signup | 30 / min | 10 |
-/// | `login-account` | the `email` of the body, login and signup | 10 / min | 5 |
+/// | `login-address` | client address, login | 30 / min | 10 |
+/// | `login-account` | client address and the `email` of the body, login | 10 / min | 5 |
+/// | `signup-address` | client address, signup | 20 / hour | 10 |
+/// | `account-change` | the token's subject, `PUT /api/users/{id}` | 10 / min | 5 |
 /// | `checkout-user` | the token's subject, checkout | 120 / min | 30 |
+///
+/// An account's login attempts are counted per address: nobody elsewhere can
+/// spend its owner's quota (a quota per account alone let anyone lock a chosen
+/// user out with a request every 6 s), and sign-ups, which name an email too,
+/// count against a limit of their own.
 pub fn shipped_limits() -> BTreeMap<String, LimitConfig> {
     let limit = |rate, per: &str, burst, key: &str| LimitConfig {
         rate,
         per: per.into(),
         burst: Some(burst),
-        key: LimitKey::One(key.into()),
+        key: match key.split_once(' ') {
+            Some((a, b)) => LimitKey::Many(vec![a.into(), b.into()]),
+            None => LimitKey::One(key.into()),
+        },
         store: None,
         on_store_error: open(),
     };
     BTreeMap::from([
         ("per-address".into(), limit(100, "second", 200, "client_ip")),
         ("login-address".into(), limit(30, "minute", 10, "client_ip")),
-        ("login-account".into(), limit(10, "minute", 5, "json:email")),
+        ("login-account".into(), limit(10, "minute", 5, "client_ip json:email")),
+        ("signup-address".into(), limit(20, "hour", 10, "client_ip")),
+        ("account-change".into(), limit(10, "minute", 5, "subject")),
         ("checkout-user".into(), limit(120, "minute", 30, "subject")),
     ])
 }

@@ -722,6 +722,8 @@ mod tests {
             ("POST", "/api/users", "/api/users", admin.clone()),
             ("GET", "/api/users/2", "/api/users/*", Access::Token),
             ("DELETE", "/api/users/2", "/api/users/*", Access::Token),
+            ("PUT", "/api/users/2", "/api/users/* PUT", Access::Token),
+            ("PUT", "/api/users", "/api/users", admin.clone()),
             ("GET", "/api/checkout", "/api/checkout/*", Access::Token),
             ("POST", "/api/checkout/", "/api/checkout/*", Access::Token),
         ];

@@ -635,9 +635,13 @@ async fn shipped_policy(services: &Services, gw: &Gateway) {
     assert_eq!(send(&client, "PUT", &other, Some(rename), Some(&user)).await.status, StatusCode::FORBIDDEN);
     assert_eq!(send(&client, "DELETE", &other, None, Some(&user)).await.status, StatusCode::FORBIDDEN);
 
-    // A changed password revokes her token at the gateway within the bound.
+    // Her token alone cannot change her password; with the current one it
+    // can, and that revokes the token at the gateway within the bound.
     let change = json!({"name": "Ada", "email": "ada@example.com", "password": "another horse"});
-    assert_eq!(send(&client, "PUT", &own, Some(change), Some(&user)).await.status, StatusCode::OK);
+    assert_eq!(send(&client, "PUT", &own, Some(change.clone()), Some(&user)).await.status, StatusCode::FORBIDDEN);
+    let mut proven = change;
+    proven["current_password"] = json!("correct horse");
+    assert_eq!(send(&client, "PUT", &own, Some(proven), Some(&user)).await.status, StatusCode::OK);
     refused_within_the_bound(&client, &format!("{base}/api/checkout"), &user).await;
 
     // A deleted user's token too.
@@ -674,27 +678,46 @@ async fn the_shipped_limits_slow_password_guessing_and_spare_other_clients() {
     let attempt = async |client: &Client, email: &str, password: &str| {
         post(client, &format!("{base}/api/users/login"), json!({"email": email, "password": password}), &[]).await
     };
+    let signup = async |client: &Client, email: &str| {
+        let body = json!({"name": "Ann", "email": email, "password": "correct horse"});
+        post(client, &format!("{base}/api/users/signup"), body, &[]).await.status
+    };
     let (guesser, owner, flooder) = (
         Client::from_address("127.0.0.2".parse().unwrap()),
         Client::from_address("127.0.0.3".parse().unwrap()),
         Client::from_address("127.0.0.4".parse().unwrap()),
     );
-    let body = json!({"name": "Ann", "email": "ann@example.com", "password": "correct horse"});
-    assert_eq!(post(&owner, &format!("{base}/api/users/signup"), body, &[]).await.status, StatusCode::CREATED);
+    assert_eq!(signup(&owner, "ann@example.com").await, StatusCode::CREATED);
 
-    // Per account (5 at once, then 10 a minute, the signup counted): four wrong
-    // guesses reach user-service, then the account is refused, in any spelling.
+    // Per account and address (5 at once, then 10 a minute): five wrong
+    // guesses reach user-service, then the guesser is refused, in any spelling.
     let mut statuses = Vec::new();
-    for email in ["ann@example.com", "ann@example.com", "ANN@example.com", " ann@example.com", "ann@example.com"] {
+    for email in [
+        "ann@example.com",
+        "ann@example.com",
+        "ANN@example.com",
+        " ann@example.com",
+        "ann@example.com",
+        "Ann@Example.com",
+    ] {
         statuses.push(attempt(&guesser, email, "guess").await.status.as_u16());
     }
-    assert_eq!(statuses, [401, 401, 401, 401, 429]);
-    let refused = attempt(&owner, "ann@example.com", "correct horse").await;
-    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "the account is shielded from every address");
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    let refused = attempt(&guesser, "ann@example.com", "correct horse").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "the guesser stays refused");
     assert_eq!(refused.headers["retry-after"], "6", "one more attempt every 6 s");
     assert_eq!(refused.json()["error"]["code"], "rate_limited");
     let fields: Vec<&str> = refused.headers.get_all("ratelimit").iter().map(|v| v.to_str().unwrap()).collect();
     assert!(fields.contains(&r#""login-account";r=0;t=30"#), "{fields:?}");
+    // The guesses spent nothing of the owner's: she logs in from her address.
+    let served = attempt(&owner, "ann@example.com", "correct horse").await;
+    assert_eq!(served.status, StatusCode::OK, "{}", String::from_utf8_lossy(&served.body));
+
+    // Sign-ups naming her account (each 409) count against sign-ups alone.
+    for _ in 0..5 {
+        assert_eq!(signup(&flooder, " ANN@Example.com ").await, StatusCode::CONFLICT);
+    }
+    assert_eq!(attempt(&owner, "ann@example.com", "correct horse").await.status, StatusCode::OK);
 
     // Per address (10 at once, then 30 a minute): a flood of accounts from one
     // address is cut off, while another address logs in.
@@ -705,10 +728,18 @@ async fn the_shipped_limits_slow_password_guessing_and_spare_other_clients() {
         }
     }
     assert_eq!(limited_at, Some(10), "the 11th attempt from the flooding address");
-    let body = json!({"name": "Bea", "email": "bea@example.com", "password": "correct horse"});
-    assert_eq!(post(&owner, &format!("{base}/api/users/signup"), body, &[]).await.status, StatusCode::CREATED);
+    assert_eq!(signup(&owner, "bea@example.com").await, StatusCode::CREATED);
     let served = attempt(&owner, "bea@example.com", "correct horse").await;
     assert_eq!(served.status, StatusCode::OK, "{}", String::from_utf8_lossy(&served.body));
+
+    // Sign-ups from one address (10 at once, then 20 an hour).
+    let mut limited_at = None;
+    for i in 0..12 {
+        if signup(&guesser, &format!("new{i}@example.com")).await == StatusCode::TOO_MANY_REQUESTS {
+            limited_at.get_or_insert(i);
+        }
+    }
+    assert_eq!(limited_at, Some(10), "the 11th sign-up from one address");
 }
 
 #[tokio::test]
