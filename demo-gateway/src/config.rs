@@ -73,6 +73,11 @@ pub struct Config {
     /// Requests one route may have in flight at once (default: half of
     /// `max_concurrent_requests`), so that no route can starve the others.
     pub max_route_concurrent_requests: Option<usize>,
+    /// Requests all public routes together may have in flight at once
+    /// (default: three quarters of `max_concurrent_requests`), so that
+    /// anonymous clients can never take the capacity of clients with a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_anonymous_concurrent_requests: Option<usize>,
     /// How long a request body may go without a byte arriving, and a response
     /// body without one being sent on (the slow-body bound).
     pub body_idle_timeout_ms: u64,
@@ -562,6 +567,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
             max_route_concurrent_requests: None,
+            max_anonymous_concurrent_requests: None,
             body_idle_timeout_ms: 10_000,
             header_read_timeout_ms: 5_000,
             max_connections: 10_000,

@@ -57,6 +57,7 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_concurrent_requests: usize,
     pub(crate) max_route_concurrent_requests: usize,
+    pub(crate) max_anonymous_concurrent_requests: usize,
     pub(crate) body_idle_timeout: Duration,
     pub(crate) tunnels: Tunnels,
     pub(crate) cors: Option<CorsLayer>,
@@ -122,7 +123,18 @@ impl Plan {
         let limits = limits.into_values().map(|l| l.limiter).collect();
         let tunnels = settings.tunnels.clone();
         let capacity = Arc::new(Semaphore::new(settings.max_concurrent_requests));
-        let table = Table { routes, upstreams, metrics, auth, limits, tunnels, capacity, draining: Default::default() };
+        let anonymous = Arc::new(Semaphore::new(settings.max_anonymous_concurrent_requests));
+        let table = Table {
+            routes,
+            upstreams,
+            metrics,
+            auth,
+            limits,
+            tunnels,
+            capacity,
+            anonymous,
+            draining: Default::default(),
+        };
         Ok(Self { config, settings, table: Arc::new(table) })
     }
 
@@ -279,6 +291,11 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
             Some(0) => return Err(ConfigError::new("max_route_concurrent_requests", "must be at least 1")),
             Some(n) => n,
             None => (config.max_concurrent_requests / 2).max(1),
+        },
+        max_anonymous_concurrent_requests: match config.max_anonymous_concurrent_requests {
+            Some(0) => return Err(ConfigError::new("max_anonymous_concurrent_requests", "must be at least 1")),
+            Some(n) => n,
+            None => (config.max_concurrent_requests * 3 / 4).max(1),
         },
         body_idle_timeout: positive("body_idle_timeout_ms", config.body_idle_timeout_ms)?,
         tunnels: Tunnels::new(

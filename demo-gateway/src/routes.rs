@@ -131,6 +131,9 @@ pub(crate) struct Table {
     pub(crate) tunnels: tower_gateway::upgrade::Tunnels,
     /// Requests forwarded at once through every route; beyond, `503 overloaded`.
     pub(crate) capacity: Arc<Semaphore>,
+    /// Of those, what public routes may hold together: the rest is kept for
+    /// requests with a token.
+    pub(crate) anonymous: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Table {
@@ -220,6 +223,23 @@ pub(crate) struct Routes {
     pub(crate) table: Arc<Table>,
 }
 
+impl Routes {
+    /// The places a request on `route` holds while it is forwarded, if all are free.
+    fn permits(&self, route: &Route) -> Option<Permits> {
+        let capacity = self.table.capacity.clone().try_acquire_owned().ok()?;
+        let share = route.share.clone().try_acquire_owned().ok()?;
+        let anonymous = match route.access {
+            Access::Public => Some(self.table.anonymous.clone().try_acquire_owned().ok()?),
+            Access::Token | Access::Roles(_) => None,
+        };
+        Some((capacity, share, anonymous))
+    }
+}
+
+/// A request's places: in the gateway's capacity, its route's share and, on a
+/// public route, the anonymous share.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
 impl Service<Request<RouteBody>> for Routes {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -265,13 +285,16 @@ impl Service<Request<RouteBody>> for Routes {
                 return ready(json_error(StatusCode::NOT_FOUND, "no_route", "no service is routed at this path"));
             }
         };
-        // Over the gateway's capacity or the route's share: refused at once
-        // (load shedding), as a queue would only add latency to a backlog.
-        let permits = match self.table.capacity.clone().try_acquire_owned() {
-            Ok(capacity) => route.share.clone().try_acquire_owned().map(|share| (capacity, share)),
-            Err(_) => Err(tokio::sync::TryAcquireError::NoPermits),
-        };
-        let Ok(permits) = permits else {
+        // A body on GET or HEAD means nothing (RFC 9110 §9.3.1) but lets a
+        // client hold a place in flight for as long as it trickles one.
+        if matches!(*req.method(), Method::GET | Method::HEAD) && !http_body::Body::is_end_stream(req.body()) {
+            let message = "a GET or HEAD request carries no body";
+            return ready(json_error(StatusCode::BAD_REQUEST, "body_not_allowed", message));
+        }
+        // Over the gateway's capacity, the route's share or, for a public
+        // route, the anonymous share: refused at once (load shedding), as a
+        // queue would only add latency to a backlog.
+        let Some(permits) = self.permits(route) else {
             // Counted against the route like any answer it gives, and named in the access log.
             self.table.metrics.overloaded();
             let mut response = overloaded();
@@ -313,7 +336,7 @@ pin_project! {
             route: RouteMetrics,
             started: Instant,
             // Held until the response head is ready, as tower's concurrency limit does.
-            _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+            _permits: Permits,
         },
         Ready { response: Option<Response<Body>> },
     }

@@ -178,10 +178,23 @@ async fn hostile_requests_are_refused_before_the_backend() {
         ),
         ("a HEAD", b"HEAD /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(), 200, true),
         (
-            "a GET with a body",
-            b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            "a chunked body on HEAD",
+            b"HEAD /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+            false,
+        ),
+        (
+            "a GET saying its body is empty",
+            b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".to_vec(),
             200,
             true,
+        ),
+        (
+            "a GET with a body (it could hold a place in flight for as long as it trickled)",
+            b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            400,
+            false,
         ),
     ];
     let mut failures = Vec::new();

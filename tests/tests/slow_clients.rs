@@ -171,3 +171,65 @@ async fn a_slow_but_steady_download_outlives_the_connection_idle_timeouts() {
     let body = res.into_body().collect().await.expect("the whole body").to_bytes();
     assert_eq!(body, (0..8).map(|i| format!("chunk {i};")).collect::<String>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_cannot_take_the_capacity_of_clients_with_a_token() {
+    use tower_gateway_auth::{Algorithm, TokenIssuer};
+    const SECRET: &str = "a slow clients test secret of 32+ bytes";
+    let (login, products, checkout) = (backend("login").await, backend("products").await, backend("checkout").await);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let mut config = config(&[("/login", &login), ("/products", &products), ("/checkout", &checkout)]);
+    config.routes[2].access = Some(Access::Token);
+    config.jwt = tower_gateway_auth::KeyConfig { secret_file: Some(secret), ..Default::default() };
+    let gw = Gateway::start(config).await;
+    let client = tower_gateway_tests::Client::new();
+
+    // A body on GET holds no place: refused before it is read.
+    let mut get_with_body = TcpStream::connect(gw.addr()).await.unwrap();
+    get_with_body
+        .write_all(b"GET /products/1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&mut get_with_body, Duration::from_secs(3)).await, Some(400));
+
+    // Four trickled uploads on each of two public routes (each route's whole
+    // share of 4; the gateway's capacity is 8).
+    let mut trickling = Vec::new();
+    for path in ["/login/x", "/products/x"] {
+        for _ in 0..4 {
+            let mut stream = start_upload(gw.addr(), path, 1_000).await;
+            // A refused upload is answered and closed: the write may fail.
+            let _ = stream.write_all(b"a").await;
+            trickling.push(stream);
+        }
+    }
+    let feeder = tokio::spawn(async move {
+        for _ in 0..10 {
+            for stream in &mut trickling {
+                let _ = stream.write_all(b"a").await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        trickling
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Anonymous requests hold at most 6 of the 8 places: a client with a token
+    // is still served, and an anonymous one is told the gateway is busy.
+    let token = TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap().issue("7", None, &[]).unwrap();
+    for _ in 0..3 {
+        let request = http::Request::get(format!("{}/checkout/orders", gw.url()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(client.send(request).await.unwrap().status, 200);
+    }
+    let refused = client.get(&format!("{}/products/1", gw.url())).await.unwrap();
+    assert_eq!((refused.status.as_u16(), refused.json()["error"]["code"].as_str()), (503, Some("overloaded")));
+    let mut trickling = feeder.await.unwrap();
+    for stream in &mut trickling {
+        let _ = status_of(stream, Duration::from_secs(3)).await;
+    }
+}
