@@ -9,11 +9,11 @@
 //! connection's task ends, whatever ends it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tower_gateway::client_addr::TrustedProxies;
+use tower_gateway::client_addr::{TrustedProxies, client_block};
 
 /// What a plain connection over its listener's cap is told before it is closed.
 pub(crate) const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 80\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway is at capacity\"}}";
@@ -71,7 +71,7 @@ impl PerClient {
         if self.exempt.contains(peer) {
             return Ok(None);
         }
-        let key = client_key(peer);
+        let key = client_block(peer);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(key).or_insert(0);
         if *count >= self.limit {
@@ -85,22 +85,13 @@ impl PerClient {
     #[cfg(test)]
     fn open(&self, peer: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get(&client_key(peer.to_canonical())).copied().unwrap_or(0)
+        open.get(&client_block(peer)).copied().unwrap_or(0)
     }
 }
 
 /// A client already has as many connections as it may.
 #[derive(Debug)]
 pub(crate) struct TooMany;
-
-/// The key a client's connections are counted under: its IPv4 address, or its
-/// IPv6 address's /64.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
-    }
-}
 
 /// One connection's place under its client's cap, given back when dropped.
 #[derive(Debug)]

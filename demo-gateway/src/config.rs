@@ -106,6 +106,12 @@ pub struct Config {
     pub websocket_max_connections: usize,
     /// How long a WebSocket may carry no byte either way before it is closed.
     pub websocket_idle_timeout_ms: u64,
+    /// WebSocket connections one client may have open (an IPv6 client by its
+    /// /64); more upgrades are answered `503`.
+    pub websocket_max_connections_per_client: usize,
+    /// The longest a WebSocket stays open, busy or not (one opened with a
+    /// token is closed when the token expires, if that is sooner).
+    pub websocket_max_lifetime_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub grace_period_ms: u64,
     /// After SIGTERM, how long the gateway keeps accepting and serving with
@@ -577,6 +583,8 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             websocket_max_connections: 1024,
             websocket_idle_timeout_ms: 60_000,
+            websocket_max_connections_per_client: 16,
+            websocket_max_lifetime_ms: 3_600_000,
             grace_period_ms: 10_000,
             drain_delay_ms: 0,
             cors_origins: vec!["*".into()],

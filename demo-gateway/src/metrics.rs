@@ -118,6 +118,7 @@ pub(crate) struct Metrics {
     websockets: Gauge,
     websocket_upgrades: Family<OutcomeLabels, Counter>,
     websockets_closed_idle: Counter,
+    websockets_closed_at_deadline: Counter,
     limit_decisions: Family<DecisionLabels, Counter>,
     limit_store_errors: Family<LimitLabels, Counter>,
     /// Scrapes bring the limiters' own counts over one at a time.
@@ -166,6 +167,7 @@ impl Metrics {
         let websockets = Gauge::default();
         let websocket_upgrades = Family::<OutcomeLabels, Counter>::default();
         let websockets_closed_idle = Counter::default();
+        let websockets_closed_at_deadline = Counter::default();
         let limit_decisions = Family::<DecisionLabels, Counter>::default();
         let limit_store_errors = Family::<LimitLabels, Counter>::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
@@ -220,13 +222,18 @@ impl Metrics {
         registry.register("websockets", "WebSocket connections open through the gateway", websockets.clone());
         registry.register(
             "websocket_upgrades",
-            "WebSocket upgrades by outcome (opened: sent upstream; refused: at websocket_max_connections)",
+            "WebSocket upgrades by outcome (opened: sent upstream; refused: at websocket_max_connections or its client's cap)",
             websocket_upgrades.clone(),
         );
         registry.register(
             "websockets_closed_idle",
             "WebSocket connections closed for carrying no byte within websocket_idle_timeout_ms",
             websockets_closed_idle.clone(),
+        );
+        registry.register(
+            "websockets_closed_at_deadline",
+            "WebSocket connections closed at websocket_max_lifetime_ms or when the token that opened them expired",
+            websockets_closed_at_deadline.clone(),
         );
         registry.register(
             "rate_limit_decisions",
@@ -260,6 +267,7 @@ impl Metrics {
             websockets,
             websocket_upgrades,
             websockets_closed_idle,
+            websockets_closed_at_deadline,
             limit_decisions,
             limit_store_errors,
             scrape: std::sync::Mutex::new(()),
@@ -385,6 +393,7 @@ impl Metrics {
             catch_up(&self.websocket_upgrades.get_or_create(&OutcomeLabels { outcome: "opened" }), stats.opened);
             catch_up(&self.websocket_upgrades.get_or_create(&OutcomeLabels { outcome: "refused" }), stats.refused);
             catch_up(&self.websockets_closed_idle, stats.closed_idle);
+            catch_up(&self.websockets_closed_at_deadline, stats.closed_at_deadline);
             self.websockets.set(i64::try_from(tunnels.active()).unwrap_or(i64::MAX));
         }
         for (upstream, endpoints) in upstreams {

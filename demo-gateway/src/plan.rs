@@ -298,10 +298,16 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
             None => (config.max_concurrent_requests * 3 / 4).max(1),
         },
         body_idle_timeout: positive("body_idle_timeout_ms", config.body_idle_timeout_ms)?,
-        tunnels: Tunnels::new(
+        tunnels: Tunnels::builder(
             config.websocket_max_connections,
             positive("websocket_idle_timeout_ms", config.websocket_idle_timeout_ms)?,
-        ),
+        )
+        .max_per_client(match config.websocket_max_connections_per_client {
+            0 => return Err(ConfigError::new("websocket_max_connections_per_client", "must be at least 1")),
+            n => n,
+        })
+        .max_lifetime(positive("websocket_max_lifetime_ms", config.websocket_max_lifetime_ms)?)
+        .build(),
         cors,
     })
 }
@@ -528,7 +534,8 @@ where
 
 /// Takes a WebSocket upgrade's place among the tunnels before the upstream's
 /// retries and balancer: a full set is answered `503` once, neither retried nor
-/// counted against an endpoint.
+/// counted against an endpoint. Behind the auth layer: the tunnel of a request
+/// with a token is closed when the token expires.
 #[derive(Clone)]
 struct ReserveUpgrade {
     inner: Stack,
@@ -548,6 +555,11 @@ impl Service<Request<RouteBody>> for ReserveUpgrade {
     }
 
     fn call(&mut self, mut req: Request<RouteBody>) -> Self::Future {
+        // A tunnel opened with a token ends when the token does.
+        if let Some(exp) = req.extensions().get::<tower_gateway_auth::Authenticated>().map(|who| who.exp) {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(exp);
+            req.extensions_mut().insert(tower_gateway::upgrade::CloseAt(at));
+        }
         match self.tunnels.reserve(&mut req) {
             Ok(()) => futures_util::future::Either::Right(self.inner.call(req)),
             Err(refused) => futures_util::future::Either::Left(std::future::ready(Ok(refused.into_response()))),

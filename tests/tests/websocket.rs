@@ -252,3 +252,47 @@ async fn shutdown_closes_open_websockets_after_the_drain() {
         Some(Ok(msg)) => assert!(matches!(msg, Message::Close(_)), "expected the end, got {msg:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_its_share_of_websockets() {
+    let backend = ws_backend().await;
+    let (gw, _dir) = gateway(&backend, |c| c.websocket_max_connections_per_client = 2).await;
+    let first = connect(&ws_url(&gw, "/open/echo"), None).await.unwrap();
+    let _second = connect(&ws_url(&gw, "/open/echo"), None).await.unwrap();
+    let (status, body) = refused(connect(&ws_url(&gw, "/open/echo"), None).await.unwrap_err());
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("too_many_upgrades")), "{body}");
+    assert_eq!(backend.upgrades.load(Ordering::SeqCst), 2, "the refused upgrade was not sent upstream");
+    // One of its own closes: it may open another.
+    drop(first);
+    eventually("the closed tunnel's place comes back", async || metric(&gw, "gateway_websockets ").await == 1.0).await;
+    let mut again = connect(&ws_url(&gw, "/open/echo"), None).await.unwrap();
+    again.send(Message::text("again")).await.unwrap();
+    assert_eq!(next(&mut again).await, Message::text("again"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_ends_when_the_token_that_opened_it_expires_busy_or_not() {
+    let backend = ws_backend().await;
+    let (gw, _dir) = gateway(&backend, |_| {}).await;
+    // A token for two seconds (whole seconds: it expires 1 to 2 s from now).
+    let issuer = TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap().ttl(Duration::from_secs(2));
+    let token = issuer.issue("7", None, &[]).unwrap();
+    let mut socket = connect(&ws_url(&gw, "/locked/echo"), Some(&token)).await.unwrap();
+    let opened = Instant::now();
+    // Traffic both ways every 100 ms does not keep it open past the token.
+    let ended = loop {
+        assert!(opened.elapsed() < Duration::from_secs(5), "the tunnel outlived its token by 3 s");
+        if socket.send(Message::text("still here")).await.is_err() {
+            break opened.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => break opened.elapsed(),
+        }
+    };
+    assert!(ended >= Duration::from_millis(900), "closed after {ended:?}, before its token expired");
+    eventually("the close is counted", async || {
+        metric(&gw, "gateway_websockets_closed_at_deadline_total ").await == 1.0
+    })
+    .await;
+}

@@ -89,6 +89,23 @@ impl ClientAddr {
     }
 }
 
+/// The address a client is counted by when its connections or tunnels are
+/// capped: an IPv4 address itself, an IPv6 address by its /64 (the block one
+/// host is usually given, so that one host cannot take a fresh address for
+/// each place).
+///
+/// ```
+/// use tower_gateway::client_addr::client_block;
+/// assert_eq!(client_block("2001:db8:1:2::7".parse().unwrap()), "2001:db8:1:2::".parse::<std::net::IpAddr>().unwrap());
+/// assert_eq!(client_block("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<std::net::IpAddr>().unwrap());
+/// ```
+pub fn client_block(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
 /// `ip` as a header value; an IPv4 address is written without the formatting
 /// machinery (this runs for every proxied request).
 pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {

@@ -42,6 +42,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Version};
 pub use hyper::upgrade::OnUpgrade;
@@ -49,6 +52,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+
+use crate::PeerAddr;
+use crate::client_addr::{ClientAddr, client_block};
 
 /// The WebSocket connections a [`Proxy`](crate::Proxy) has spliced: a cap on
 /// how many are open, an idle timeout, counters, and a way to close them all.
@@ -62,10 +68,17 @@ pub struct Tunnels {
 struct Shared {
     max: usize,
     idle_timeout: Duration,
+    /// Tunnels one client may have open (by its [`client_block`]).
+    max_per_client: usize,
+    /// The longest a tunnel stays open.
+    max_lifetime: Option<Duration>,
+    /// Tunnels open per client, for those that have any.
+    per_client: std::sync::Mutex<HashMap<IpAddr, usize>>,
     active: AtomicUsize,
     opened: AtomicU64,
     refused: AtomicU64,
     closed_idle: AtomicU64,
+    closed_at_deadline: AtomicU64,
     /// `true` asks every tunnel to close.
     close: watch::Sender<bool>,
     /// Signalled whenever a tunnel ends.
@@ -82,6 +95,64 @@ pub struct TunnelStats {
     pub refused: u64,
     /// Tunnels closed because neither side sent a byte for the idle timeout.
     pub closed_idle: u64,
+    /// Tunnels closed at the end of their lifetime or at their request's
+    /// [`CloseAt`] (the token that opened them expired).
+    pub closed_at_deadline: u64,
+}
+
+/// When the tunnel a request opens is to be closed, in its extensions: a layer
+/// that authenticated the request puts its token's expiry here, so that no
+/// tunnel outlives the token that opened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseAt(pub std::time::SystemTime);
+
+/// How [`Tunnels`] are bounded beyond their number and idle timeout. See
+/// [`Tunnels::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct TunnelsBuilder {
+    max: usize,
+    idle_timeout: Duration,
+    max_per_client: usize,
+    max_lifetime: Option<Duration>,
+}
+
+impl TunnelsBuilder {
+    /// At most `max` tunnels open from one client: its
+    /// [`ClientAddr`](crate::client_addr::ClientAddr) when a
+    /// [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer) decided it, else
+    /// its [`PeerAddr`](crate::PeerAddr), an IPv6 client by its /64. A request
+    /// with neither is not capped per client.
+    pub fn max_per_client(mut self, max: usize) -> Self {
+        self.max_per_client = max;
+        self
+    }
+
+    /// Every tunnel is closed after `lifetime`, busy or not: a client that
+    /// needs one for longer opens it again.
+    pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// The set.
+    pub fn build(self) -> Tunnels {
+        let shared = Shared {
+            max: self.max,
+            idle_timeout: self.idle_timeout,
+            max_per_client: self.max_per_client,
+            max_lifetime: self.max_lifetime,
+            per_client: std::sync::Mutex::new(HashMap::new()),
+            active: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            closed_idle: AtomicU64::new(0),
+            closed_at_deadline: AtomicU64::new(0),
+            close: watch::channel(false).0,
+            ended: Notify::new(),
+        };
+        Tunnels { shared: Arc::new(shared) }
+    }
 }
 
 impl Default for Tunnels {
@@ -95,17 +166,24 @@ impl Tunnels {
     /// At most `max` tunnels open at once, each closed when neither side has
     /// sent a byte for `idle_timeout`.
     pub fn new(max: usize, idle_timeout: Duration) -> Self {
-        let shared = Shared {
-            max,
-            idle_timeout,
-            active: AtomicUsize::new(0),
-            opened: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            closed_idle: AtomicU64::new(0),
-            close: watch::channel(false).0,
-            ended: Notify::new(),
-        };
-        Self { shared: Arc::new(shared) }
+        Self::builder(max, idle_timeout).build()
+    }
+
+    /// Like [`new`](Self::new), with a cap per client and a lifetime to set.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_gateway::upgrade::Tunnels;
+    ///
+    /// // 500 at most, 10 from one client, each for an hour at most.
+    /// let tunnels = Tunnels::builder(500, Duration::from_secs(300))
+    ///     .max_per_client(10)
+    ///     .max_lifetime(Duration::from_secs(3600))
+    ///     .build();
+    /// # let _ = tunnels;
+    /// ```
+    pub fn builder(max: usize, idle_timeout: Duration) -> TunnelsBuilder {
+        TunnelsBuilder { max, idle_timeout, max_per_client: usize::MAX, max_lifetime: None }
     }
 
     /// How many are open now (upgrades on their way upstream included).
@@ -120,6 +198,7 @@ impl Tunnels {
             opened: s.opened.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
             closed_idle: s.closed_idle.load(Ordering::Relaxed),
+            closed_at_deadline: s.closed_at_deadline.load(Ordering::Relaxed),
         }
     }
 
@@ -149,7 +228,7 @@ impl Tunnels {
         if req.extensions().get::<OnUpgrade>().is_none() || websocket_upgrade(req).is_none() {
             return Ok(());
         }
-        let place = self.try_open().ok_or(TooManyUpgrades)?;
+        let place = self.try_open(req).ok_or(TooManyUpgrades)?;
         req.extensions_mut().insert(Reserved(Arc::new(std::sync::Mutex::new(Some(place)))));
         Ok(())
     }
@@ -160,21 +239,54 @@ impl Tunnels {
         let reserved = req.extensions().get::<Reserved>();
         reserved
             .and_then(|Reserved(place)| place.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
-            .or_else(|| self.try_open())
+            .or_else(|| self.try_open(req))
     }
 
-    /// A place for one more tunnel, unless all are taken or they are closing.
-    fn try_open(&self) -> Option<Place> {
+    /// A place for the tunnel `req` opens, unless all are taken, its client has
+    /// all it may, or they are closing.
+    fn try_open<B>(&self, req: &Request<B>) -> Option<Place> {
+        let extensions = req.extensions();
+        let client =
+            extensions.get::<ClientAddr>().map(ClientAddr::ip).or_else(|| PeerAddr::of(extensions).map(|p| p.ip()));
+        let now = Instant::now();
+        let lifetime = self.shared.max_lifetime.map(|lifetime| now + lifetime);
+        let expiry = extensions
+            .get::<CloseAt>()
+            .map(|CloseAt(at)| now + at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
+        let close_at = match (lifetime, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.open(client.map(client_block), close_at)
+    }
+
+    /// A place for one more tunnel from `client`, closed at `close_at`.
+    fn open(&self, client: Option<IpAddr>, close_at: Option<Instant>) -> Option<Place> {
         let s = &self.shared;
         let taken = !*s.close.borrow()
             && s.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < s.max).then_some(n + 1)).is_ok();
-        if taken {
-            s.opened.fetch_add(1, Ordering::Relaxed);
-            Some(Place(self.clone()))
-        } else {
+        if !taken {
             s.refused.fetch_add(1, Ordering::Relaxed);
-            None
+            return None;
         }
+        // From here the place is ours: dropped, it gives everything back.
+        let mut place = Place { tunnels: self.clone(), client: None, close_at };
+        if let Some(client) = client {
+            let mut open = s.per_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = open.entry(client).or_insert(0);
+            if *count >= s.max_per_client {
+                if *count == 0 {
+                    open.remove(&client);
+                }
+                drop(open);
+                s.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            *count += 1;
+            place.client = Some(client);
+        }
+        s.opened.fetch_add(1, Ordering::Relaxed);
+        Some(place)
     }
 }
 
@@ -206,14 +318,29 @@ impl std::error::Error for TooManyUpgrades {}
 #[derive(Debug, Clone)]
 struct Reserved(Arc<std::sync::Mutex<Option<Place>>>);
 
-/// One tunnel's place among [`Tunnels`], given back when dropped.
+/// One tunnel's place among [`Tunnels`] and among its client's, given back
+/// when dropped; and when the tunnel is to be closed.
 #[derive(Debug)]
-pub(crate) struct Place(Tunnels);
+pub(crate) struct Place {
+    tunnels: Tunnels,
+    client: Option<IpAddr>,
+    close_at: Option<Instant>,
+}
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.shared.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.shared.ended.notify_waiters();
+        let shared = &self.tunnels.shared;
+        if let Some(client) = self.client {
+            let mut open = shared.per_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(count) = open.get_mut(&client) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&client);
+                }
+            }
+        }
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        shared.ended.notify_waiters();
     }
 }
 
@@ -289,7 +416,8 @@ pub(crate) async fn splice(place: Place, client: OnUpgrade, upstream: OnUpgrade)
             return;
         }
     };
-    let shared = place.0.shared.clone();
+    let shared = place.tunnels.shared.clone();
+    let close_at = place.close_at;
     let last = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let (mut client_rx, mut client_tx) =
@@ -314,6 +442,15 @@ pub(crate) async fn splice(place: Place, client: OnUpgrade, upstream: OnUpgrade)
         () = idle(&last, epoch, shared.idle_timeout) => {
             shared.closed_idle.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(idle_timeout = ?shared.idle_timeout, "tunnel closed: idle");
+        }
+        () = async {
+            match close_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        } => {
+            shared.closed_at_deadline.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("tunnel closed: its lifetime or its token ended");
         }
         () = async { drop(close.wait_for(|close| *close).await) } => {
             tracing::debug!("tunnel closed: shutting down");
@@ -472,16 +609,56 @@ mod tests {
     #[test]
     fn places_are_bounded_and_given_back() {
         let tunnels = Tunnels::new(2, Duration::from_secs(1));
-        let a = tunnels.try_open().unwrap();
-        let _b = tunnels.try_open().unwrap();
-        assert!(tunnels.try_open().is_none());
+        let a = tunnels.open(None, None).unwrap();
+        let _b = tunnels.open(None, None).unwrap();
+        assert!(tunnels.open(None, None).is_none());
         assert_eq!(tunnels.active(), 2);
         drop(a);
         assert_eq!(tunnels.active(), 1);
-        assert!(tunnels.try_open().is_some());
+        assert!(tunnels.open(None, None).is_some());
         tunnels.close_all();
-        assert!(tunnels.try_open().is_none(), "closing refuses new upgrades");
-        assert_eq!(tunnels.stats(), TunnelStats { opened: 3, refused: 2, closed_idle: 0 });
+        assert!(tunnels.open(None, None).is_none(), "closing refuses new upgrades");
+        assert_eq!(tunnels.stats(), TunnelStats { opened: 3, refused: 2, ..TunnelStats::default() });
+    }
+
+    #[test]
+    fn one_client_gets_its_share_of_places_and_others_theirs() {
+        let tunnels = Tunnels::builder(10, Duration::from_secs(1)).max_per_client(2).build();
+        let from = |ip: &str, ext: bool| {
+            let mut req = Request::new(());
+            let ip: IpAddr = ip.parse().unwrap();
+            if ext {
+                req.extensions_mut().insert(ClientAddr::new(ip));
+            } else {
+                req.extensions_mut().insert(PeerAddr((ip, 4000).into()));
+            }
+            req
+        };
+        let a = tunnels.try_open(&from("192.0.2.1", true)).unwrap();
+        let _b = tunnels.try_open(&from("192.0.2.1", false)).unwrap();
+        assert!(tunnels.try_open(&from("192.0.2.1", true)).is_none(), "a third from one client");
+        let _other = tunnels.try_open(&from("2001:db8::1", true)).expect("another client");
+        let _c = tunnels.try_open(&from("2001:db8::2", true)).unwrap();
+        assert!(tunnels.try_open(&from("2001:db8::ffff", false)).is_none(), "the same /64");
+        drop(a);
+        assert!(tunnels.try_open(&from("192.0.2.1", true)).is_some(), "its place came back");
+        assert!(tunnels.try_open(&Request::new(())).is_some(), "no address: not capped per client");
+        assert_eq!(tunnels.stats().refused, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_is_closed_at_its_lifetime_or_its_token_whichever_comes_first() {
+        let tunnels = Tunnels::builder(10, Duration::from_secs(60)).max_lifetime(Duration::from_secs(3600)).build();
+        let now = Instant::now();
+        let place = tunnels.try_open(&Request::new(())).unwrap();
+        assert_eq!(place.close_at, Some(now + Duration::from_secs(3600)));
+        let mut req = Request::new(());
+        req.extensions_mut().insert(CloseAt(std::time::SystemTime::now() + Duration::from_secs(900)));
+        let place = tunnels.try_open(&req).unwrap();
+        let close_at = place.close_at.unwrap() - now;
+        assert!(close_at <= Duration::from_secs(900) && close_at > Duration::from_secs(899), "{close_at:?}");
+        let unbounded = Tunnels::new(1, Duration::from_secs(60));
+        assert_eq!(unbounded.try_open(&Request::new(())).unwrap().close_at, None);
     }
 
     /// An upgrade request as a server that can hand over its connection gives it.
@@ -540,7 +717,7 @@ mod tests {
     #[tokio::test]
     async fn closed_waits_for_every_place() {
         let tunnels = Tunnels::new(4, Duration::from_secs(1));
-        let place = tunnels.try_open().unwrap();
+        let place = tunnels.open(None, None).unwrap();
         let waiting = tokio::spawn({
             let tunnels = tunnels.clone();
             async move { tunnels.closed().await }
