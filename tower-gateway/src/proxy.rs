@@ -15,6 +15,8 @@
 //!   `Forwarded` and `X-Real-IP`, are never passed on (with neither extension no
 //!   `X-Forwarded-For` is sent);
 //! - sends the upstream its own authority as `Host`, over HTTP/1.1;
+//! - drops the request's trailers (headers that would pass every check made
+//!   on the head);
 //! - carries WebSocket upgrades, counted among its [`Tunnels`] (see [`crate::upgrade`]).
 //!
 //! Failures are answered, never returned as errors (`Error = Infallible`, as axum
@@ -238,7 +240,36 @@ impl Builder {
     }
 }
 
-type PooledClient<B> = Client<HttpsConnector<HttpConnector>, Pin<Box<B>>>;
+type PooledClient<B> = Client<HttpsConnector<HttpConnector>, Outgoing<B>>;
+
+/// A request body on its way upstream, its trailers dropped: they are headers
+/// nothing in front of the proxy looked at (an `x-user-id` among them would
+/// reach the upstream however carefully the headers were filtered).
+struct Outgoing<B>(Pin<Box<B>>);
+
+impl<B: HttpBody> HttpBody for Outgoing<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        match std::task::ready!(self.0.as_mut().poll_frame(cx)) {
+            // Trailers end a body: so does dropping them.
+            Some(Ok(frame)) if frame.is_trailers() => Poll::Ready(None),
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
 
 /// A proxy's connection pools: one for each thread that sends through it, made
 /// when that thread first does. A connection's task runs on the runtime of the
@@ -406,7 +437,10 @@ where
             }
         };
         future::ResponseFuture {
-            state: future::State::Sending { future: self.pools.client().request(req.map(Box::pin)), upgrade: pending },
+            state: future::State::Sending {
+                future: self.pools.client().request(req.map(|body| Outgoing(Box::pin(body)))),
+                upgrade: pending,
+            },
         }
     }
 }

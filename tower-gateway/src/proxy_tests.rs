@@ -505,3 +505,29 @@ async fn a_switch_to_another_protocol_or_an_accept_for_another_key_is_502_and_no
         assert_eq!(tunnels.active(), 0);
     }
 }
+
+#[tokio::test]
+async fn a_clients_request_trailers_never_reach_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The upstream reads the whole body and answers with what it found after it.
+    let upstream = serve(|req: Request<Incoming>| async move {
+        let collected = req.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().map(|t| format!("{t:?}")).unwrap_or_else(|| "none".into());
+        let body = collected.to_bytes();
+        Response::new(full(format!("{} {trailers}", String::from_utf8_lossy(&body))))
+    })
+    .await;
+    let addr = serve_proxy(Proxy::builder().build(), upstream).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /x HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\ntrailer: x-user-id\r\nconnection: close\r\n\r\n\
+              5\r\nhello\r\n0\r\nx-user-id: 1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("hello none"), "the body arrived, its trailers did not: {response}");
+}
