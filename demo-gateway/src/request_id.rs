@@ -1,6 +1,9 @@
-//! `X-Request-Id`: kept when the client sent a sane one (the entry drops any
-//! other), else a new UUID v4; sent upstream with the request and back to the
-//! client with the response (unless the upstream answered with its own).
+//! `X-Request-Id`: the gateway's own, a new UUID v4 for every request, sent
+//! upstream with the request and back to the client with the response (unless
+//! the upstream answered with its own). A client's id is not taken for the
+//! gateway's (a client could otherwise make its requests share an id with
+//! someone else's in every log): a sane one (the entry drops any other) goes
+//! upstream beside it as `X-Client-Request-Id`.
 //!
 //! tower-http's `SetRequestId` and `PropagateRequestId` do the same in two
 //! layers, with the id in the request's and the response's extensions and the
@@ -15,6 +18,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
 
 /// Sets and returns `X-Request-Id` (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,14 +57,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = match req.headers().get(&X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
-                let id = new_id();
-                req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-                id
-            }
-        };
+        let headers = req.headers_mut();
+        let client = headers.remove(&X_REQUEST_ID);
+        // Only this layer writes it: a client's own copy never passes.
+        headers.remove(&X_CLIENT_REQUEST_ID);
+        if let Some(client) = client {
+            headers.insert(X_CLIENT_REQUEST_ID.clone(), client);
+        }
+        let id = new_id();
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
         ResponseFuture { future: self.inner.call(req), id: Some(id) }
     }
 }
@@ -95,10 +100,14 @@ mod tests {
 
     use super::*;
 
-    /// Answers with the id it was sent, and with `answer` as its own when given.
+    /// Answers with the id it was sent (and the client's, after a space), and
+    /// with `answer` as its own when given.
     async fn through(sent: Option<&str>, answer: Option<&'static str>) -> (String, Option<String>) {
         let svc = RequestIdLayer.layer(tower::service_fn(move |req: Request<()>| async move {
-            let seen = req.headers()[&X_REQUEST_ID].to_str().unwrap().to_owned();
+            let mut seen = req.headers()[&X_REQUEST_ID].to_str().unwrap().to_owned();
+            if let Some(client) = req.headers().get(&X_CLIENT_REQUEST_ID) {
+                seen = format!("{seen} {}", client.to_str().unwrap());
+            }
             let mut response = Response::new(seen);
             if let Some(own) = answer {
                 response.headers_mut().insert(X_REQUEST_ID.clone(), HeaderValue::from_static(own));
@@ -126,8 +135,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_clients_id_is_kept_and_an_upstreams_own_wins_on_the_way_back() {
-        assert_eq!(through(Some("trace-1"), None).await, ("trace-1".to_owned(), Some("trace-1".to_owned())));
-        assert_eq!(through(Some("trace-1"), Some("up-9")).await, ("trace-1".to_owned(), Some("up-9".to_owned())));
+    async fn a_clients_id_goes_beside_the_gateways_own_and_an_upstreams_own_wins_on_the_way_back() {
+        let (upstream_saw, client_got) = through(Some("trace-1"), None).await;
+        let (own, client) = upstream_saw.split_once(' ').expect("both ids");
+        assert!(uuid::Uuid::parse_str(own).is_ok(), "the gateway's own id: {own}");
+        assert_eq!(client, "trace-1");
+        assert_eq!(client_got.as_deref(), Some(own), "the client is told the gateway's id");
+        let (upstream_saw, client_got) = through(Some("trace-1"), Some("up-9")).await;
+        assert!(upstream_saw.ends_with(" trace-1"));
+        assert_eq!(client_got.as_deref(), Some("up-9"));
     }
 }

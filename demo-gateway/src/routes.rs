@@ -95,7 +95,7 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    fn allows(&self, method: &Method) -> bool {
+    pub(crate) fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|methods| methods.contains(method))
     }
 
@@ -208,8 +208,15 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
     if host.is_some_and(invalid) {
         return Err("the Host header is not a host[:port]");
     }
+    // Userinfo has no place in a request's authority (RFC 9110 §4.2.4), absolute
+    // form or HTTP/2's `:authority`; passed on, it would reach the upstream in
+    // `X-Forwarded-Host`.
+    if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("the request target's authority has userinfo");
+    }
     match (host, req.uri().authority()) {
-        (None, None) if req.version() == Version::HTTP_11 => Err("HTTP/1.1 requests need a Host header"),
+        // RFC 9112 §3.2: an absolute-form target does not excuse a missing Host.
+        (None, _) if req.version() == Version::HTTP_11 => Err("HTTP/1.1 requests need a Host header"),
         (Some(host), Some(authority)) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
             Err("the Host header names another authority than the request target")
         }

@@ -102,6 +102,18 @@ async fn hostile_requests_are_refused_before_the_backend() {
         ("two Host headers", get("Host: evil\r\n"), 400, false),
         ("no Host on HTTP/1.1", b"GET /api/x HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), 400, false),
         (
+            "absolute form without Host on HTTP/1.1",
+            b"GET http://gw/api/x HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            false,
+        ),
+        (
+            "userinfo in the absolute form",
+            b"GET http://user:pw@gw/api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            false,
+        ),
+        (
             "absolute form, same authority",
             b"GET http://gw/api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(),
             200,
@@ -250,5 +262,7 @@ async fn what_a_client_says_about_itself_never_reaches_the_backend() {
 
     let raw = "GET /api/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: trace-123.abc_DEF:9\r\n\r\n";
     assert_eq!(send_raw(gw.addr(), raw.as_bytes()).await, 200);
-    assert_eq!(seen.lock().unwrap().last().unwrap().2["x-request-id"], "trace-123.abc_DEF:9", "a sane id is kept");
+    let last = seen.lock().unwrap().last().unwrap().2.clone();
+    assert_ne!(last["x-request-id"], "trace-123.abc_DEF:9", "the gateway's own id, not the client's");
+    assert_eq!(last["x-client-request-id"], "trace-123.abc_DEF:9", "a sane client id goes beside it");
 }
