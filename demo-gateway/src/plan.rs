@@ -118,6 +118,9 @@ impl Plan {
         }
         // The most specific first: the longest path, an exact path over a prefix of
         // the same length, then a route naming methods over one taking any.
+        let mut order: Vec<(usize, &Route)> = routes.iter().enumerate().collect();
+        order.sort_by_key(|(_, r)| r.specificity());
+        check_fallthrough(&order)?;
         routes.sort_by_key(|r| r.specificity());
         let upstreams = upstreams.into_values().collect();
         let limits = limits.into_values().map(|l| l.limiter).collect();
@@ -482,6 +485,20 @@ fn upstream_of(name: &str, config: &UpstreamConfig, tunnels: &Tunnels) -> Result
             if !ok {
                 return Err(ConfigError::new(format!("{at}.dns"), format!("{dns:?} is not host:port")));
             }
+            // DNS answers are reached as http://ADDRESS:PORT: TLS settings would
+            // silently go unused, and the traffic they were meant to protect
+            // would cross the network in the clear.
+            for (field, set) in [
+                ("ca_file", config.ca_file.is_some()),
+                ("client_cert_file", config.client_cert_file.is_some()),
+                ("client_key_file", config.client_key_file.is_some()),
+            ] {
+                if set {
+                    let why =
+                        "a dns upstream is reached over plain HTTP, so this would not be used; list https:// endpoints";
+                    return Err(ConfigError::new(format!("{at}.{field}"), why));
+                }
+            }
             let every = positive(&format!("{at}.dns_refresh_ms"), config.dns_refresh_ms)?;
             let endpoints = Endpoints::new(Vec::<String>::new()).map_err(|e| ConfigError::new(&at, e))?;
             (endpoints, Some((dns.clone(), every)))
@@ -605,7 +622,51 @@ fn methods_of(at: &str, methods: &[String]) -> Result<Option<Box<[Method]>>, Con
         }
         parsed.push(method);
     }
+    // HEAD is a GET without the body (RFC 9110 §9.3.2): it goes where GET goes,
+    // not to whatever broader route takes the other methods.
+    if parsed.contains(&Method::GET) && !parsed.contains(&Method::HEAD) {
+        parsed.push(Method::HEAD);
+    }
     Ok(Some(parsed.into()))
+}
+
+/// How much a policy asks of a request: a route's other methods may fall
+/// through only to a route that asks at least as much.
+fn strictness(access: &Access) -> u8 {
+    match access {
+        Access::Public => 0,
+        Access::Token => 1,
+        Access::Roles(_) => 2,
+    }
+}
+
+/// Refuses a route naming methods whose path, asked with another method, is
+/// taken by a route with a weaker policy: a method-restricted route must not
+/// open its path to a more lenient route by omission. `routes` are in matching
+/// order, each with its index in the configuration.
+fn check_fallthrough(routes: &[(usize, &Route)]) -> Result<(), ConfigError> {
+    const METHODS: [Method; 7] =
+        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
+    for (at, route) in routes {
+        let Some(methods) = &route.methods else { continue };
+        let path = route.matcher.path();
+        for method in METHODS.iter().filter(|m| !methods.contains(m)) {
+            let taker = routes.iter().find(|(_, r)| r.matcher.matches(path) && r.allows(method));
+            if let Some((other, taker)) = taker
+                && strictness(&taker.access) < strictness(&route.access)
+            {
+                return Err(ConfigError::new(
+                    format!("routes[{at}].methods"),
+                    format!(
+                        "{method} {path} falls through to routes[{other}] ({}), more open than this route ({}): \
+                         give the other methods a route of their own",
+                        taker.access, route.access
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn route_of(
@@ -777,6 +838,23 @@ mod tests {
     }
 
     #[test]
+    fn head_goes_where_get_goes_and_other_methods_only_to_a_route_as_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[upstreams.u]\nendpoints = [\"http://a:1\"]\n\
+                    [[routes]]\nprefix = \"/a\"\nmethods = [\"GET\"]\nupstream = \"u\"\naccess = \"public\"\n\
+                    [[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"token\"";
+        let config: Config = toml::from_str(text).unwrap();
+        let plan = Plan::compile(keyed_unless_jwt(config, &dir, text)).unwrap();
+        let table = &plan.table;
+        let access = |method: Method| match table.recognize(&method, "/a/1") {
+            Recognized::Route(i) => table.routes[i].access.clone(),
+            other => panic!("{method}: {other:?}"),
+        };
+        assert_eq!(access(Method::HEAD), Access::Public, "HEAD with GET");
+        assert_eq!(access(Method::POST), Access::Token, "a public GET route may leave POST to a token route");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let up = "[upstreams.u]\nendpoints = [\"http://a:1\"]\n";
@@ -785,6 +863,11 @@ mod tests {
             ("max_concurrent_requests = 0".into(), "max_concurrent_requests"),
             ("[upstreams.u]\nendpoints = [\"ftp://a:1\"]".into(), "upstreams.u.endpoints[0]"),
             ("[upstreams.u]\ndns = \"tasks.a\"".into(), "upstreams.u.dns"),
+            ("[upstreams.u]\ndns = \"tasks.a:1\"\nca_file = \"/ca.pem\"".into(), "upstreams.u.ca_file"),
+            (
+                "[upstreams.u]\ndns = \"tasks.a:1\"\nclient_cert_file = \"/c.pem\"".into(),
+                "upstreams.u.client_cert_file",
+            ),
             ("[upstreams.u]\n".into(), "upstreams.u.endpoints"),
             (format!("{up}retry = {{ attempts = 0 }}"), "upstreams.u.retry.attempts"),
             (format!("{up}[[routes]]\nupstream = \"u\"\naccess = \"public\""), "routes[0].prefix"),
@@ -868,6 +951,13 @@ mod tests {
             (limited(&lim(ok), "[\"m\"]", public), "routes[0].limits[0]"),
             (limited(&lim(ok), "[\"l\", \"l\"]", public), "routes[0].limits[1]"),
             (limited(&lim("rate = 1\nper = \"second\"\nkey = \"subject\""), "[\"l\"]", public), "routes[0].limits[0]"),
+            (
+                format!(
+                    "{up}[[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"public\"\n\
+                     [[routes]]\nprefix = \"/a/admin\"\nmethods = [\"POST\"]\nupstream = \"u\"\naccess = {{ roles = [\"admin\"] }}"
+                ),
+                "routes[1].methods",
+            ),
         ]);
         for (text, field) in cases {
             let config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
