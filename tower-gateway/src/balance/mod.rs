@@ -12,13 +12,17 @@
 //! consecutive-failure count goes up; at [`eject_after`](RoundRobinLayer::eject_after)
 //! failures (default 1) it is skipped for [`cool_down`](RoundRobinLayer::cool_down)
 //! (default 10 s) and then comes back by itself. An endpoint that accepts
-//! connections but fails otherwise — a timeout, a reset, a `502`/`503`/`504` —
-//! is ejected the same way after [`eject_after_gateway_failures`](RoundRobinLayer::eject_after_gateway_failures)
+//! connections but fails otherwise — a timeout, a reset (any [`UpstreamError`]),
+//! or a `502`/`504` of its own — is ejected the same way after [`eject_after_gateway_failures`](RoundRobinLayer::eject_after_gateway_failures)
 //! in a row (default 5, Envoy's `consecutive_gateway_failure`), but never so
 //! many that more than [`max_ejected_percent`](RoundRobinLayer::max_ejected_percent)
 //! (default 50) of the set is out. If every endpoint is ejected,
 //! requests are still sent round robin over all of them: a gateway must never need
 //! a restart to recover.
+//!
+//! A `503` the endpoint answers itself is the application's word (busy, a
+//! dependency down for this request), not the endpoint's failure: it is not
+//! counted, so a client that can make a replica answer `503` cannot eject it.
 //!
 //! An empty set answers `503` with the code `no_endpoint`. If the request has no
 //! `Host` header but its URI has an authority (HTTP/2), that authority is kept as
@@ -103,7 +107,7 @@ impl RoundRobinLayer {
         self
     }
 
-    /// Consecutive gateway failures (timeouts, resets, `502`/`503`/`504`) before
+    /// Consecutive gateway failures (timeouts, resets, `502`/`504`) before
     /// an endpoint is ejected (at least 1; default 5).
     pub fn eject_after_gateway_failures(mut self, failures: u32) -> Self {
         self.health.eject_after_gateway_failures = failures.max(1);
@@ -248,10 +252,8 @@ pub mod future {
                     let mut result = std::task::ready!(future.poll(cx));
                     if let Ok(response) = &mut result {
                         let kind = response.extensions().get::<UpstreamError>().map(UpstreamError::kind);
-                        let gateway_failure = matches!(
-                            response.status(),
-                            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-                        );
+                        let gateway_failure = kind.is_some()
+                            || matches!(response.status(), StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT);
                         if kind == Some(UpstreamErrorKind::Connect) {
                             if endpoints.record_failure(endpoint, health.eject_after, health.cool_down) {
                                 tracing::warn!(endpoint = %endpoint, cool_down = ?health.cool_down, "endpoint ejected");
@@ -393,7 +395,7 @@ mod tests {
     }
 
     /// Answers like an endpoint that accepts connections but fails: `slow` ones
-    /// time out (504), `broken` ones answer 503 themselves.
+    /// time out (504), `broken` ones answer 502 themselves.
     fn failing(
         slow: &'static [&'static str],
         broken: &'static [&'static str],
@@ -405,7 +407,7 @@ mod tests {
             }
             let mut res = Response::new(Bytes::from(authority.clone()));
             if broken.contains(&authority.as_str()) {
-                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                *res.status_mut() = StatusCode::BAD_GATEWAY;
             }
             Ok::<_, Infallible>(res)
         })
@@ -443,6 +445,24 @@ mod tests {
             .service(failing(&[], &[]));
         futures_collect(&mut svc, 20).await;
         assert_eq!(endpoints.ejected(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_answering_its_own_503_is_not_ejected() {
+        let endpoints = Endpoints::new(["http://a:1", "http://busy:1"]).unwrap();
+        let busy = tower::service_fn(|req: Request<()>| async move {
+            let mut res = Response::new(Bytes::new());
+            if req.uri().authority().unwrap().as_str() == "busy:1" {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, Infallible>(res)
+        });
+        let mut svc = ServiceBuilder::new()
+            .layer(RoundRobinLayer::new(endpoints.clone()).eject_after_gateway_failures(2))
+            .service(busy);
+        let tried = futures_collect(&mut svc, 20).await;
+        assert_eq!(endpoints.ejected(), 0, "{tried:?}");
+        assert_eq!(tried.iter().filter(|a| *a == "busy:1").count(), 10, "still in the rotation");
     }
 
     #[tokio::test]
