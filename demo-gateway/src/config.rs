@@ -119,8 +119,9 @@ pub struct Config {
     /// After SIGTERM, how long the gateway keeps accepting and serving with
     /// `/readyz` failing, so that a load balancer stops sending first (default 0).
     pub drain_delay_ms: u64,
-    /// Origins allowed by CORS; `["*"]` for any, `[]` for no CORS headers
-    /// (`GATEWAY_CORS_ORIGINS`, comma-separated).
+    /// Origins allowed by CORS; `["*"]` for any, `[]` (the default) for no
+    /// CORS headers: no browser page elsewhere may call the API until an
+    /// operator names it (`GATEWAY_CORS_ORIGINS`, comma-separated).
     pub cors_origins: Vec<String>,
     /// The token store for revocations and the store of rate limits
     /// (`REDIS_URL`); in memory without it.
@@ -589,7 +590,7 @@ impl Default for Config {
             websocket_max_lifetime_ms: 3_600_000,
             grace_period_ms: 10_000,
             drain_delay_ms: 0,
-            cors_origins: vec!["*".into()],
+            cors_origins: Vec::new(),
             redis_url: None,
             trusted_proxies: Vec::new(),
             forwarded_header: "x-forwarded-for".into(),

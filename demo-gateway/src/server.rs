@@ -172,6 +172,31 @@ fn ops_router(plan: &Plan) -> Router {
 struct Front {
     ops: Router,
     routes: Routes,
+    /// `/readyz` and `/metrics` are served here (no admin listener), to
+    /// clients on this machine only: a gateway listening on `0.0.0.0` with no
+    /// other setting does not show its internals to the world.
+    local_ops: bool,
+}
+
+impl Front {
+    fn new(plan: &Plan) -> Self {
+        Self {
+            ops: ops_router(plan),
+            routes: Routes { table: plan.table.clone() },
+            local_ops: plan.settings.admin_listen.is_none(),
+        }
+    }
+
+    /// Whether the gateway answers `req` itself.
+    fn is_ops<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        if !OPS_PATHS.contains(&path) {
+            return false;
+        }
+        path == "/healthz"
+            || !self.local_ops
+            || tower_gateway::PeerAddr::of(req.extensions()).is_some_and(|peer| peer.ip().to_canonical().is_loopback())
+    }
 }
 
 type FrontFuture = futures_util::future::Either<
@@ -198,7 +223,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use futures_util::FutureExt;
-        if OPS_PATHS.contains(&req.uri().path()) {
+        if self.is_ops(&req) {
             return futures_util::future::Either::Left(self.ops.call(req));
         }
         let to_axum: ToAxum = |response| response.map(|response| response.map(axum::body::Body::new));
@@ -248,7 +273,7 @@ fn app(
         .map_request(move |req: Request<_>| req.map(|body| IdleBody::new(idle, body)))
         .map_response(move |res: Response<_>| res.map(|body| axum::body::Body::new(IdleBody::new(idle, body))))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, settings.request_timeout))
-        .service(Front { ops: ops_router(plan), routes: Routes { table: plan.table.clone() } })
+        .service(Front::new(plan))
 }
 
 /// Starts resolving the plan's DNS upstreams: once now, then in the background
@@ -1228,4 +1253,34 @@ enum Which {
     Tls,
     Admin,
     Redirect,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_an_admin_listener_readiness_and_metrics_answer_this_machine_only() {
+        let config: crate::Config = toml::from_str(
+            "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+             [[routes]]\nprefix = \"/api\"\nupstream = \"u\"\naccess = \"public\"",
+        )
+        .unwrap();
+        let plan = Plan::compile(config).unwrap();
+        let status = async |path: &str, peer: &str| {
+            let mut req = Request::get(path).header(header::HOST, "gw").body(Full::<Bytes>::default()).unwrap();
+            req.extensions_mut().insert(tower_gateway::PeerAddr(peer.parse().unwrap()));
+            let Ok(response) = Front::new(&plan).call(req).await;
+            response.status().as_u16()
+        };
+        for local in ["127.0.0.1:4000", "[::1]:4000", "[::ffff:127.0.0.1]:4000"] {
+            assert_eq!(status("/metrics", local).await, 200, "{local}");
+            assert_eq!(status("/readyz", local).await, 200, "{local}");
+        }
+        for remote in ["192.0.2.7:4000", "[2001:db8::7]:4000"] {
+            assert_eq!(status("/metrics", remote).await, 404, "{remote}");
+            assert_eq!(status("/readyz", remote).await, 404, "{remote}");
+            assert_eq!(status("/healthz", remote).await, 200, "{remote}: liveness stays public");
+        }
+    }
 }

@@ -463,6 +463,7 @@ async fn hostile_clients_get_json_errors_and_bounded_waits() {
     cfg.request_timeout_ms = 300;
     cfg.max_body_bytes = 1024;
     cfg.header_read_timeout_ms = 300;
+    cfg.cors_origins = vec!["https://app.example".into()];
     let gw = start_gateway_with(cfg).await;
     let client = Client::new();
 
@@ -508,7 +509,35 @@ async fn hostile_clients_get_json_errors_and_bounded_waits() {
         )
         .await
         .unwrap();
-    assert_eq!(preflight.headers["access-control-allow-origin"], "*");
+    assert_eq!(preflight.headers["access-control-allow-origin"], "https://app.example");
+    let other = client
+        .send(
+            Request::options(format!("{}/api/fast/x", gw.url()))
+                .header("origin", "https://evil.example")
+                .header("access-control-request-method", "POST")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(!other.headers.contains_key("access-control-allow-origin"), "another origin is not allowed");
+}
+
+#[tokio::test]
+async fn without_cors_origins_no_origin_is_allowed() {
+    let fast = backend("fast").await;
+    let gw = start_gateway(vec![route("/api/fast", &[fast.url()], Access::Public)], None).await;
+    let reply = Client::new()
+        .send(
+            Request::get(format!("{}/api/fast/x", gw.url()))
+                .header("origin", "https://app.example")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(!reply.headers.contains_key("access-control-allow-origin"), "{:?}", reply.headers);
 }
 
 #[tokio::test]
