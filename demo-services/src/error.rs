@@ -116,8 +116,18 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send JSON with Content-Type: application/json",
         ),
-        _ => ApiError::bad_request(rejection.body_text()),
+        _ => ApiError::bad_request(without_schema(&rejection.body_text())),
     }
+}
+
+/// A deserializer's complaint without the list of what it expected: serde
+/// names every field a type has after the one it refused (`unknown field
+/// `x`, expected one of `name`, `email`, `roles``), which tells a client of
+/// fields it was never meant to know of. The refusal and its place stay.
+fn without_schema(text: &str) -> String {
+    let Some(at) = text.find(", expected") else { return text.to_owned() };
+    let place = text[at..].find(" at line").map_or("", |i| &text[at + i..]);
+    format!("{}{place}", &text[..at])
 }
 
 /// Path parameters; ones that do not parse are `400`.
@@ -131,7 +141,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Self(value))
-            .map_err(|rejection: PathRejection| ApiError::bad_request(rejection.body_text()))
+            .map_err(|rejection: PathRejection| ApiError::bad_request(without_schema(&rejection.body_text())))
     }
 }
 
@@ -146,7 +156,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Self(value))
-            .map_err(|rejection: QueryRejection| ApiError::bad_request(rejection.body_text()))
+            .map_err(|rejection: QueryRejection| ApiError::bad_request(without_schema(&rejection.body_text())))
     }
 }
 

@@ -352,3 +352,15 @@ async fn ensure_admin_leaves_an_admins_changed_password_alone() {
     assert_eq!(login("changed password").await, StatusCode::OK);
     assert_eq!(login("first password").await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_refused_body_does_not_list_the_fields_the_service_knows() {
+    let (_dir, url) = temp_db("users.db");
+    let app = users::app(state(&url).await);
+    let body = json!({"name": "A", "email": "a@b.c", "password": "12345678", "roles": ["admin"]});
+    let (status, error) = call(&app, Method::POST, "/signup", Some(body), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("unknown field `roles`"), "the refusal is named: {message}");
+    assert!(!message.contains("expected") && !message.contains("`password`"), "no schema: {message}");
+}
