@@ -60,4 +60,4 @@ if [ -z "$redis_server" ]; then
   echo "redis-server is not installed (Debian: apt-get install redis-server)" >&2
   exit 1
 fi
-image redis redis-server "$redis_server" "$(command -v redis-cli)"
+image redis redis-server "$redis_server" "$(command -v redis-cli)" "$bin/probe"
