@@ -9,16 +9,24 @@
 //! | `PUT /{id}` `{name, price}` | replace |
 //! | `DELETE /{id}` | delete: `204` |
 //! | `GET /feed` (WebSocket) | the price feed: `{"type":"prices","products":[...]}` at once and every 5 s; a text message is answered `{"type":"echo","data":...}` |
+//!
+//! Reading is open. Deployed, the service verifies the writers itself
+//! ([`ProductsState::auth`]): `POST`, `PUT` and `DELETE` need a token with the
+//! `admin` role, as at the gateway, so a request that reaches the service
+//! around the gateway (another container on the network, a local process)
+//! cannot change the catalogue.
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
+
+use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
@@ -70,22 +78,39 @@ impl NewProduct {
 pub struct ProductsState {
     /// The products database.
     pub db: SqlitePool,
+    /// Verifies the token of every write, which needs the `admin` role. `None`
+    /// lets anyone write: for tests of the service alone, never deployed.
+    pub auth: Option<Authenticator>,
 }
 
 impl ProductsState {
-    /// Opens the database at `url` and migrates it.
+    /// Opens the database at `url` and migrates it; writes are open until
+    /// [`with_auth`](Self::with_auth).
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
-        Ok(Self { db: db::connect(url, &MIGRATOR).await? })
+        Ok(Self { db: db::connect(url, &MIGRATOR).await?, auth: None })
+    }
+
+    /// Writes need a token `auth` accepts, with the `admin` role.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = Some(auth);
+        self
     }
 }
 
 /// The service's routes.
 pub fn app(state: ProductsState) -> Router {
     let db = state.db.clone();
+    let (mut create, mut change) = (post(create), put(replace).delete(remove));
+    if let Some(auth) = &state.auth {
+        let admin = JwtAuthLayer::new(auth.clone()).any_role([crate::users::ADMIN]);
+        create = create.route_layer(admin.clone());
+        change = change.route_layer(admin);
+    }
     let routes = Router::new()
-        .route("/", get(list).post(create))
+        .route("/", get(list).merge(create))
         .route("/feed", get(feed))
-        .route("/{id}", get(one).put(replace).delete(remove));
+        .route("/{id}", get(one).merge(change));
     crate::server::with_common(routes, state, crate::server::Readiness::db(db))
 }
 

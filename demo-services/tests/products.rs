@@ -134,3 +134,28 @@ async fn restart_keeps_data_and_does_not_reseed() {
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["Smartphone", "Headphones", "Keyboard", "Kept"], "the deleted seed row stays deleted");
 }
+
+#[tokio::test]
+async fn with_a_key_only_an_admin_writes_and_anyone_reads() {
+    use tower_gateway_auth::{Algorithm, Authenticator, Key, TokenIssuer};
+    const SECRET: &[u8] = b"a products test secret of 32+ bytes";
+    let (_dir, url) = temp_db("products.db");
+    let auth = Authenticator::builder(Key::hs256(SECRET).unwrap()).build().unwrap();
+    let app = products::app(ProductsState::connect(&url).await.unwrap().with_auth(auth));
+    let issuer = TokenIssuer::hmac(Algorithm::HS256, SECRET).unwrap();
+    let bearer = |roles: &[String]| format!("Bearer {}", issuer.issue("7", None, roles).unwrap());
+    let (user, admin) = (bearer(&[]), bearer(&["admin".to_owned()]));
+    let body = || Some(json!({"name": "Pen", "price": 1.5}));
+    for (method, path) in [(Method::POST, "/"), (Method::PUT, "/1"), (Method::DELETE, "/2")] {
+        let (status, _) = call(&app, method.clone(), path, body(), &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
+        let forged = [("x-user-id", "1"), ("authorization", user.as_str())];
+        let (status, _) = call(&app, method.clone(), path, body(), &forged).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path} with a user's token");
+    }
+    assert_eq!(call(&app, Method::GET, "/1", None, &[]).await.0, StatusCode::OK, "reading is open");
+    let as_admin = [("authorization", admin.as_str())];
+    assert_eq!(call(&app, Method::POST, "/", body(), &as_admin).await.0, StatusCode::CREATED);
+    assert_eq!(call(&app, Method::PUT, "/1", body(), &as_admin).await.0, StatusCode::OK);
+    assert_eq!(call(&app, Method::DELETE, "/2", None, &as_admin).await.0, StatusCode::NO_CONTENT);
+}

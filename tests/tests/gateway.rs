@@ -96,12 +96,13 @@ impl Services {
 async fn start_services_with(store: Arc<dyn TokenStore>) -> Services {
     let data = tempfile::tempdir().unwrap();
     let db = |file: &str| format!("sqlite://{}", data.path().join(file).display());
-    let mut products = Vec::new();
-    for _ in 0..2 {
-        products.push(serve(products::app(ProductsState::connect(&db("products.db")).await.unwrap())).await);
-    }
     let tokens = Arc::new(TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap());
     let auth = Authenticator::builder(Key::hs256(SECRET.as_bytes()).unwrap()).store(store).build().unwrap();
+    let mut products = Vec::new();
+    for _ in 0..2 {
+        let state = ProductsState::connect(&db("products.db")).await.unwrap().with_auth(auth.clone());
+        products.push(serve(products::app(state)).await);
+    }
     let mut user_instances = Vec::new();
     let mut users_state = None;
     for _ in 0..2 {

@@ -149,6 +149,7 @@ async fn run() -> Result<(), String> {
     for port in [3001, 3003] {
         let listener = bind("product-service", local(port)).await?;
         let state = ProductsState::connect(&db("products.db")).await.map_err(|e| format!("products.db: {e}"))?;
+        let state = state.with_auth(auth.clone());
         tasks.spawn(demo_services::server::serve(listener, products::app(state), stopped()));
         table.push(("product-service", port));
     }
