@@ -1,7 +1,10 @@
 //! TLS termination: rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1` on one
 //! listener, the certificate chain and key from PEM files, reloaded when the
 //! files change without touching open connections (a bad new pair is refused
-//! with a log line and the old one keeps serving).
+//! with a log line and the old one keeps serving). A certificate is served
+//! only while it is valid and for the names it must cover: an SNI entry's
+//! names, and for the default one every name the certificate it replaces
+//! covered.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,18 +32,66 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, St
     Ok(certified)
 }
 
+/// What a certificate to serve must be: valid now, and for each of `names`.
+/// Its DNS names, for what a replacement must cover.
+fn check_served(certified: &CertifiedKey, names: &[String]) -> Result<Vec<String>, String> {
+    let leaf = certified.end_entity_cert().map_err(|e| e.to_string())?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| format!("the certificate: {e}"))?;
+    let validity = parsed.validity();
+    if !validity.is_valid() {
+        return Err(format!(
+            "the certificate is valid from {} to {}, not now",
+            validity.not_before, validity.not_after
+        ));
+    }
+    let end_entity = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("the certificate: {e}"))?;
+    for name in names {
+        let server_name = rustls::pki_types::ServerName::try_from(name.as_str()).map_err(|e| format!("{name}: {e}"))?;
+        if end_entity.verify_is_valid_for_subject_name(&server_name).is_err() {
+            return Err(format!("the certificate does not cover {name}"));
+        }
+    }
+    let dns_names = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(name) => Some((*name).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(dns_names)
+}
+
 /// The certificate in use, swapped whole when the files change.
 #[derive(Debug)]
 pub(crate) struct Certificate {
     current: ArcSwap<CertifiedKey>,
     cert_file: PathBuf,
     key_file: PathBuf,
+    /// The names a new certificate must cover: its SNI names, or those of
+    /// the certificate first loaded.
+    names: Vec<String>,
 }
 
 impl Certificate {
-    fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Arc<Self>, String> {
-        let current = ArcSwap::from_pointee(load(&cert_file, &key_file)?);
-        Ok(Arc::new(Self { current, cert_file, key_file }))
+    /// Loads the pair, which must cover `names`; with none given, a new pair
+    /// must go on covering the DNS names of this one.
+    fn new(cert_file: PathBuf, key_file: PathBuf, names: &[String]) -> Result<Arc<Self>, String> {
+        let certified = load(&cert_file, &key_file)?;
+        let covered = check_served(&certified, names)?;
+        let names = if names.is_empty() { covered } else { names.to_vec() };
+        Ok(Arc::new(Self { current: ArcSwap::from_pointee(certified), cert_file, key_file, names }))
+    }
+
+    /// The pair in the files, if it may be served in this one's place.
+    fn reload(&self) -> Result<CertifiedKey, String> {
+        let certified = load(&self.cert_file, &self.key_file)?;
+        check_served(&certified, &self.names)?;
+        Ok(certified)
     }
 
     fn modified(&self) -> Option<(SystemTime, SystemTime)> {
@@ -76,7 +127,7 @@ impl Certificate {
                     seen = self.modified();
                 }
             }
-            match load(&self.cert_file, &self.key_file) {
+            match self.reload() {
                 Ok(certified) => {
                     self.current.store(Arc::new(certified));
                     tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
@@ -102,15 +153,15 @@ pub(crate) struct Certificates {
 impl Certificates {
     /// Loads them all; an error names the field.
     pub(crate) fn new(tls: &crate::config::TlsConfig) -> Result<Arc<Self>, (String, String)> {
-        let default = Certificate::new(tls.cert_file.clone(), tls.key_file.clone())
+        let default = Certificate::new(tls.cert_file.clone(), tls.key_file.clone(), &[])
             .map_err(|e| ("tls.cert_file".to_owned(), e))?;
         let mut by_name = Vec::new();
         for (i, sni) in tls.sni.iter().enumerate() {
-            let certificate = Certificate::new(sni.cert_file.clone(), sni.key_file.clone())
-                .map_err(|e| (format!("tls.sni[{i}].cert_file"), e))?;
             if sni.names.is_empty() {
                 return Err((format!("tls.sni[{i}].names"), "name at least one server name".into()));
             }
+            let certificate = Certificate::new(sni.cert_file.clone(), sni.key_file.clone(), &sni.names)
+                .map_err(|e| (format!("tls.sni[{i}].cert_file"), e))?;
             by_name.extend(sni.names.iter().map(|name| (name.to_ascii_lowercase(), certificate.clone())));
         }
         Ok(Arc::new(Self { default, by_name }))

@@ -456,3 +456,48 @@ async fn silent_connections_on_the_tls_admin_and_redirect_ports_leave_the_plain_
     drop((held_admin, held_redirect));
     println!("plain port: {probes} probes under the TLS flood, {more} under the admin and redirect floods");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_an_expired_certificate_and_one_for_other_names() {
+    let s = setup().await;
+    let leaf = |stream: &TlsStream<tokio::net::TcpStream>| stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let refused = || async {
+        let reply = tower_gateway_tests::Client::new().get(&format!("{}/metrics", s.gw.url())).await.unwrap();
+        String::from_utf8_lossy(&reply.body)
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_tls_reloads_total{outcome=\"refused\"} "))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    let expired = |cert: &Path, key: &Path| {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = params.signed_by(&leaf_key, &s.ca.issuer).unwrap();
+        std::fs::write(cert, leaf.pem()).unwrap();
+        std::fs::write(key, leaf_key.serialize_pem()).unwrap();
+    };
+    for (what, write) in [
+        ("an expired certificate", Box::new(expired) as Box<dyn Fn(&Path, &Path)>),
+        (
+            "a certificate for other names",
+            Box::new(|cert: &Path, key: &Path| drop(s.ca.issue_for(&["elsewhere.example"], cert, key))),
+        ),
+    ] {
+        let before = refused().await;
+        write(&s.cert, &s.key);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused().await <= before {
+            assert!(Instant::now() < deadline, "{what} was never looked at");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The first refusal may be of a half-written pair: the old certificate
+        // keeps serving across ten more reload intervals (100 ms) with both
+        // files in place.
+        for _ in 0..10 {
+            let served = leaf(&connect(&s.ca, s.tls, &[b"http/1.1"]).await.unwrap());
+            assert_eq!(served, s.first, "{what} was served");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
