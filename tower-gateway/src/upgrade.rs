@@ -119,9 +119,9 @@ pub struct TunnelsBuilder {
 
 impl TunnelsBuilder {
     /// At most `max` tunnels open from one client: its
-    /// [`ClientAddr`](crate::client_addr::ClientAddr) when a
+    /// [`ClientAddr`] when a
     /// [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer) decided it, else
-    /// its [`PeerAddr`](crate::PeerAddr), an IPv6 client by its /64. A request
+    /// its [`PeerAddr`], an IPv6 client by its /64. A request
     /// with neither is not capped per client.
     pub fn max_per_client(mut self, max: usize) -> Self {
         self.max_per_client = max;
