@@ -8,15 +8,16 @@
 //! | `GET /{id}` | that user or admin | one user |
 //! | `PUT /{id}` `{name, email, password?, roles?, current_password?}` | that user or admin; `roles` admin only; a user changing their own email or password gives `current_password` | replace |
 //! | `DELETE /{id}` | that user or admin | delete: `204` |
-//! | `POST /signup` `{name, email, password}` | anyone | `201` the user |
-//! | `POST /login` `{email, password}` | anyone | `200 {"token"}` with the user's `roles`; wrong credentials `401`, never saying which part |
+//! | `POST /signup` `{name, email, password}` | anyone | `202`, the same answer whether the email was free (the account is made) or not: log in to know |
+//! | `POST /login` `{email, password}` | anyone | `200 {"token", "user"}` with the user's `roles`; wrong credentials `401`, never saying which part |
 //! | `POST /logout` | a token | revokes that token: `204` |
 //!
 //! The service checks tokens itself (the same [`Authenticator`] and store as the
 //! gateway), so it holds even if reached around the gateway. Deleting a user, or
 //! changing their email, password or roles, revokes every token issued to them
 //! before. Passwords are hashed with Argon2id and never returned. Emails are
-//! unique, compared without case: a duplicate is `409`.
+//! unique, compared without case: a duplicate is `409` where an admin or the
+//! owner asks; sign-up does not say (it would tell anyone who has an account).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -611,10 +612,22 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Answers the same whether the email was free or taken, after as long a
+/// wait (a taken one still costs its hash): which addresses have an account is
+/// not for anyone to learn by signing up.
 async fn signup(State(s): State<UsersState>, ApiJson(new): ApiJson<Signup>) -> Result<impl IntoResponse, ApiError> {
     let (name, email) = (valid_name(&new.name)?, valid_email(&new.email)?);
     valid_password(&new.password)?;
-    Ok((StatusCode::CREATED, Json(insert(&s, name, email, Some(new.password), &[]).await?)))
+    match insert(&s, name, email, Some(new.password), &[]).await {
+        Ok(_) => {}
+        Err(err) if err.status == StatusCode::CONFLICT => {}
+        Err(err) => return Err(err),
+    }
+    let body = serde_json::json!({
+        "status": "accepted",
+        "message": "if no account used this email, it has one now: log in with it",
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
 async fn login(State(s): State<UsersState>, ApiJson(login): ApiJson<Login>) -> Result<impl IntoResponse, ApiError> {
@@ -634,7 +647,9 @@ async fn login(State(s): State<UsersState>, ApiJson(login): ApiJson<Login>) -> R
     };
     let token = s.tokens.issue(&id.to_string(), Some(&email), &roles).map_err(ApiError::internal)?;
     let expires_in = s.tokens.token_ttl().as_secs();
-    Ok(Json(serde_json::json!({ "token": token, "token_type": "Bearer", "expires_in": expires_in })))
+    let user =
+        fetch(&s, id).await?.ok_or_else(|| ApiError::unauthorized("invalid_credentials", "wrong email or password"))?;
+    Ok(Json(serde_json::json!({ "token": token, "token_type": "Bearer", "expires_in": expires_in, "user": user })))
 }
 
 /// Behind the token layer, so the header holds a valid bearer token.

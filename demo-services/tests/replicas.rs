@@ -11,13 +11,39 @@ use tower_gateway::balance::Endpoints;
 
 const PRODUCT_SERVICE: &str = env!("CARGO_BIN_EXE_product-service");
 
+const SECRET: &str = "a replicas test secret of 32+ bytes";
+
+/// The environment of a product-service on `url`, verifying writers with
+/// [`SECRET`] (written into `dir`); and a client with an admin's token.
+fn product_service(url: &str, dir: &std::path::Path) -> ([(&'static str, String); 3], HttpClient) {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let issuer = tower_gateway_auth::TokenIssuer::hmac(tower_gateway_auth::Algorithm::HS256, SECRET.as_bytes())
+        .unwrap()
+        // The issuer and audience the binaries require by default.
+        .issuer("user-service")
+        .audience("tower-gateway");
+    let token = issuer.issue("1", None, &["admin".to_owned()]).unwrap();
+    let env = [
+        ("DATABASE_URL", url.to_owned()),
+        ("JWT_ALGORITHM", "HS256".to_owned()),
+        ("JWT_SECRET_FILE", secret.display().to_string()),
+    ];
+    (env, HttpClient::new().bearer(&token))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_database() {
-    let (_dir, url) = temp_db("products.db");
-    let env = [("DATABASE_URL", url.clone())];
+    let (dir, url) = temp_db("products.db");
+    let (env, client) = product_service(&url, dir.path());
     // Started together: both migrate the new file at once.
     let (a, b) = tokio::join!(Process::start(PRODUCT_SERVICE, &env), Process::start(PRODUCT_SERVICE, &env));
-    let client = HttpClient::new();
+    // Writes need the admin's token: without one, refused.
+    let (status, _) = HttpClient::new()
+        .send(Method::POST, &format!("{}/", a.url()), Some(json!({"name": "X", "price": 1})))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     let (status, created) = client
         .send(Method::POST, &format!("{}/", a.url()), Some(json!({"name": "Shared", "price": 12.5})))
@@ -52,8 +78,8 @@ async fn two_processes_share_one_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_keeps_pricing_with_one_product_instance_killed() {
-    let (_dir, products_url) = temp_db("products.db");
-    let env = [("DATABASE_URL", products_url.clone())];
+    let (dir, products_url) = temp_db("products.db");
+    let (env, _) = product_service(&products_url, dir.path());
     let (a, mut b) = tokio::join!(Process::start(PRODUCT_SERVICE, &env), Process::start(PRODUCT_SERVICE, &env));
     let (_orders_dir, orders_url) = temp_db("orders.db");
     let endpoints = Endpoints::new([a.url(), b.url()]).unwrap();

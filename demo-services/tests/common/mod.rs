@@ -160,17 +160,28 @@ pub fn rss_of(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// A small HTTP client for talking to servers on loopback.
+/// A small HTTP client for talking to servers on loopback, with a bearer
+/// token on every request once given one.
 #[derive(Clone)]
-pub struct HttpClient(Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>);
+pub struct HttpClient(Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, Option<String>);
 
 impl HttpClient {
     pub fn new() -> Self {
-        Self(Client::builder(TokioExecutor::new()).build_http())
+        Self(Client::builder(TokioExecutor::new()).build_http(), None)
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every request.
+    #[allow(dead_code, reason = "not every test crate that shares this module sends a token")]
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.1 = Some(format!("Bearer {token}"));
+        self
     }
 
     pub async fn send(&self, method: Method, url: &str, body: Option<Value>) -> Option<(StatusCode, Value)> {
         let mut req = Request::builder().method(method).uri(url);
+        if let Some(bearer) = &self.1 {
+            req = req.header("authorization", bearer);
+        }
         let body = match body {
             Some(json) => {
                 req = req.header("content-type", "application/json");
