@@ -71,6 +71,18 @@ async fn start_upload(addr: std::net::SocketAddr, path: &str, length: usize) -> 
     stream
 }
 
+/// Sends a byte on each upload every 200 ms, ten times; gives them back.
+async fn trickle(mut uploads: Vec<TcpStream>) -> Vec<TcpStream> {
+    for _ in 0..10 {
+        for stream in &mut uploads {
+            // A refused or cut upload is closed: the write may fail.
+            let _ = stream.write_all(b"a").await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    uploads
+}
+
 async fn status_of(stream: &mut TcpStream, within: Duration) -> Option<u16> {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(within, stream.read_to_end(&mut response)).await;
@@ -88,15 +100,7 @@ async fn a_trickled_upload_holds_only_its_routes_share_and_a_stalled_one_is_cut(
     for _ in 0..4 {
         trickling.push(start_upload(gw.addr(), "/slow/x", 1_000).await);
     }
-    let feeder = tokio::spawn(async move {
-        for _ in 0..10 {
-            for stream in &mut trickling {
-                let _ = stream.write_all(b"a").await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        trickling
-    });
+    let feeder = tokio::spawn(trickle(trickling));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The fifth on that route is refused at once; other routes are served.
@@ -205,15 +209,7 @@ async fn anonymous_clients_cannot_take_the_capacity_of_clients_with_a_token() {
             trickling.push(stream);
         }
     }
-    let feeder = tokio::spawn(async move {
-        for _ in 0..10 {
-            for stream in &mut trickling {
-                let _ = stream.write_all(b"a").await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        trickling
-    });
+    let feeder = tokio::spawn(trickle(trickling));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Anonymous requests hold at most 6 of the 8 places: a client with a token

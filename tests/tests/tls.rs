@@ -94,6 +94,24 @@ async fn get(stream: TlsStream<tokio::net::TcpStream>, path: &str) -> (u16, Stri
     (status, String::from_utf8_lossy(&body).into_owned(), version)
 }
 
+/// Waits until the TLS listener at `addr` completes a handshake (it is up).
+async fn until_tls_answers(ca: &Ca, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect(ca, addr, &[b"http/1.1"]).await.is_err() {
+        assert!(Instant::now() < deadline, "the TLS listener never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many certificate reloads `gw` has refused so far.
+async fn reloads_refused(gw: &Gateway) -> u64 {
+    let reply = tower_gateway_tests::Client::new().get(&format!("{}/metrics", gw.url())).await.unwrap();
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_tls_reloads_total{outcome=\"refused\"} "))
+        .map_or(0, |v| v.parse::<u64>().unwrap())
+}
+
 struct Setup {
     _dir: tempfile::TempDir,
     ca: Ca,
@@ -140,12 +158,7 @@ async fn setup() -> Setup {
         ..Config::default()
     };
     let gw = Gateway::start(config).await;
-    // The TLS listener is up once a handshake succeeds.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connect(&ca, tls, &[b"http/1.1"]).await.is_err() {
-        assert!(Instant::now() < deadline, "the TLS listener never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_tls_answers(&ca, tls).await;
     Setup { _dir: dir, ca, cert, key, first, tls, redirect, other, gw, _products: products }
 }
 
@@ -184,13 +197,7 @@ async fn a_new_certificate_is_served_without_a_restart_and_a_bad_one_is_refused(
 
     // A broken pair: refused, the second keeps serving. (The files are written
     // one after the other, so a reload may already have refused a half-new pair.)
-    let refused = || async {
-        let reply = tower_gateway_tests::Client::new().get(&format!("{}/metrics", s.gw.url())).await.unwrap();
-        String::from_utf8_lossy(&reply.body)
-            .lines()
-            .find_map(|l| l.strip_prefix("gateway_tls_reloads_total{outcome=\"refused\"} "))
-            .map_or(0, |v| v.parse::<u64>().unwrap())
-    };
+    let refused = || reloads_refused(&s.gw);
     let before = refused().await;
     std::fs::write(&s.cert, "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -417,11 +424,7 @@ async fn silent_connections_on_the_tls_admin_and_redirect_ports_leave_the_plain_
         ..Config::default()
     };
     let gw = Gateway::start(config).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connect(&ca, tls, &[b"http/1.1"]).await.is_err() {
-        assert!(Instant::now() < deadline, "the TLS listener never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_tls_answers(&ca, tls).await;
 
     // Twice the cap of silent handshakes: the plain port does not notice, and
     // a real TLS client still gets in (silent handshakes make room).
@@ -461,13 +464,7 @@ async fn silent_connections_on_the_tls_admin_and_redirect_ports_leave_the_plain_
 async fn a_reload_refuses_an_expired_certificate_and_one_for_other_names() {
     let s = setup().await;
     let leaf = |stream: &TlsStream<tokio::net::TcpStream>| stream.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let refused = || async {
-        let reply = tower_gateway_tests::Client::new().get(&format!("{}/metrics", s.gw.url())).await.unwrap();
-        String::from_utf8_lossy(&reply.body)
-            .lines()
-            .find_map(|l| l.strip_prefix("gateway_tls_reloads_total{outcome=\"refused\"} "))
-            .map_or(0, |v| v.parse::<u64>().unwrap())
-    };
+    let refused = || reloads_refused(&s.gw);
     let expired = |cert: &Path, key: &Path| {
         let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
