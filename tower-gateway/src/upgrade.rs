@@ -35,15 +35,14 @@
 //! # let _ = proxy;
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use std::collections::HashMap;
-use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Version};
