@@ -19,9 +19,8 @@
 //! # }
 //! ```
 
+mod abort_on_drop;
 mod access_log;
-mod admission;
-mod client_io;
 pub mod config;
 mod idle_body;
 mod metrics;
@@ -30,7 +29,6 @@ mod request_id;
 mod routes;
 mod server;
 mod tls;
-mod workers;
 
 pub use config::{Access, Config, ConfigError};
 pub use plan::Plan;

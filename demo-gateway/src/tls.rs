@@ -172,7 +172,7 @@ impl Certificates {
     pub(crate) async fn watch(self: Arc<Self>, every: Duration, reloaded: impl Fn(bool) + Clone + Send + 'static) {
         let (hangup_tx, hangup) = tokio::sync::watch::channel(());
         let _hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut signals) => Some(crate::server::AbortOnDrop(tokio::spawn(async move {
+            Ok(mut signals) => Some(crate::abort_on_drop::AbortOnDrop(tokio::spawn(async move {
                 while signals.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading the TLS certificates");
                     hangup_tx.send_replace(());

@@ -1,10 +1,7 @@
-//! The HTTP server around the route table: ops routes on an axum `Router`; the
-//! client's address decided once; the request id and the access log; tower-http's
-//! CORS, panic catching, global timeout and body limit; on hyper's HTTP/1.1
-//! server (h2c and TLS: hyper-util's auto server) with a header read timeout, a
-//! head size cap and a graceful shutdown, its connections served on worker
-//! threads. A plain HTTP/1.1 connection waiting for its next request is parked:
-//! hyper lets go of it and its buffers are freed until the client speaks again.
+//! The life of one client connection: its TLS handshake (bounded, under the
+//! handshake budget), hyper's server for what it speaks, the activity that says
+//! when it idles, parking between HTTP/1.1 requests (no buffer held), closing at
+//! its timeouts, making room under pressure, and stopping on drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,290 +12,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
-use bytes::Bytes;
 use http::uri::Scheme;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{Either, Full};
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_gateway::Body;
-use tower_gateway::error::{BoxError, json_error};
+use tower::{Service, ServiceExt};
+use tower_gateway::error::BoxError;
 use tower_gateway::{ClientScheme, PeerAddr};
-use tower_http::body::UnsyncBoxBody;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
-use crate::access_log::AccessLogLayer;
-use crate::admission::{Budget, PerClient, Places};
-use crate::client_io::{ClientIo, IoState, Speaks, Transport};
-use crate::idle_body::IdleBody;
-use crate::plan::Plan;
-use crate::request_id::RequestIdLayer;
-use crate::routes::{self, Routes, Table};
-use crate::workers::Workers;
-
-/// The body of every response the server sends: what the stack answered, or a
-/// JSON error put in place of a bare one.
-pub(crate) type ResponseBody = Either<UnsyncBoxBody<Bytes, BoxError>, Full<Bytes>>;
-
-/// tower-http answers a timeout with a bare status and an oversized body with
-/// plain text; give those a JSON body like every other error. Upstream answers
-/// pass untouched.
-fn json_errors(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Response<ResponseBody> {
-    let bare = !response.headers().contains_key(header::CONTENT_TYPE);
-    // RequestBodyLimit's own answer: text/plain "length limit exceeded" (21 bytes).
-    let from_limit = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "text/plain; charset=utf-8")
-        && http_body::Body::size_hint(response.body()).exact() == Some(21);
-    let (code, message) = match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE if bare || from_limit => ("body_too_large", "the request body is too large"),
-        StatusCode::GATEWAY_TIMEOUT if bare => ("gateway_timeout", "the request took longer than the gateway allows"),
-        _ => return response.map(Either::Left),
-    };
-    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    let (mut parts, _) = response.into_parts();
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Either::Right(Full::new(Bytes::from(body))))
-}
-
-/// What the gateway removes from every request as it enters, before any
-/// decision: hop-by-hop headers (and those `Connection` names, so no header can be
-/// hidden from a decision and dropped later), forwarding headers only the
-/// gateway may write (`X-Forwarded-For` is rewritten from the verified client),
-/// identity headers in any spelling a backend might fold into them, and an
-/// `X-Request-Id` that is not a sane token.
-#[derive(Debug, Clone)]
-struct Entry {
-    identity: Arc<[String]>,
-}
-
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-impl Entry {
-    fn new(plan: &Plan) -> Self {
-        let identity = match plan.authenticator() {
-            Some(auth) => auth.identity_header_names().iter().map(|n| n.as_str().to_owned()).collect(),
-            None => vec!["x-user-id".to_owned(), "x-user-email".to_owned()],
-        };
-        Self { identity: identity.into() }
-    }
-
-    /// Whether `name` is an identity header once `_` is read as `-`; compared in
-    /// place, as this runs for every header of every request.
-    fn is_identity(&self, name: &http::HeaderName) -> bool {
-        let fold = |b: u8| if b == b'_' { b'-' } else { b };
-        let name = name.as_str().as_bytes();
-        self.identity.iter().any(|id| id.len() == name.len() && id.bytes().zip(name).all(|(i, &n)| i == fold(n)))
-    }
-
-    fn clean<B>(&self, req: &mut Request<B>) {
-        // A WebSocket upgrade keeps the two headers that ask for it: the route
-        // decides whether it happens.
-        let upgrade = tower_gateway::upgrade::websocket_upgrade(req).is_some();
-        let headers = req.headers_mut();
-        tower_gateway::proxy::remove_hop_by_hop(headers);
-        if upgrade {
-            tower_gateway::upgrade::restore(headers);
-        }
-        for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
-            headers.remove(name);
-        }
-        if headers.keys().any(|n| self.is_identity(n)) {
-            let folded: Vec<http::HeaderName> = headers.keys().filter(|n| self.is_identity(n)).cloned().collect();
-            for name in folded {
-                headers.remove(name);
-            }
-        }
-        let sane = |v: &HeaderValue| {
-            (1..=128).contains(&v.len())
-                && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        };
-        if headers.get_all(&X_REQUEST_ID).iter().count() > 1 || headers.get(&X_REQUEST_ID).is_some_and(|v| !sane(v)) {
-            headers.remove(&X_REQUEST_ID);
-        }
-    }
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {
-    tracing::error!("a request handler panicked");
-    let body = serde_json::json!({ "error": { "code": "internal", "message": "internal error" } }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-async fn readyz(table: Arc<Table>) -> (StatusCode, axum::Json<serde_json::Value>) {
-    match table.ready().await {
-        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ready" }))),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "not ready", "reason": reason })),
-        ),
-    }
-}
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The paths the gateway answers itself; every other goes through the route table.
-const OPS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
-
-/// The gateway's own routes, `/healthz`, and `/readyz` and `/metrics` unless
-/// an admin listener serves those.
-fn ops_router(plan: &Plan) -> Router {
-    let router = Router::new().route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }));
-    // With an admin listener, readiness and metrics live there only.
-    let router = if plan.settings.admin_listen.is_some() { router } else { router.merge(admin_router(plan)) };
-    let routes = Routes { table: plan.table.clone() };
-    router
-        .method_not_allowed_fallback(|| async {
-            json_error::<Body>(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes GET")
-        })
-        .fallback_service(routes)
-}
-
-/// The innermost service: a request for one of [`OPS_PATHS`] goes to the
-/// [`ops_router`], every other straight to the route table (no second router
-/// on the path every proxied request takes).
-#[derive(Clone)]
-struct Front {
-    ops: Router,
-    routes: Routes,
-    /// `/readyz` and `/metrics` are served here (no admin listener), to
-    /// clients on this machine only: a gateway listening on `0.0.0.0` with no
-    /// other setting does not show its internals to the world.
-    local_ops: bool,
-}
-
-impl Front {
-    fn new(plan: &Plan) -> Self {
-        Self {
-            ops: ops_router(plan),
-            routes: Routes { table: plan.table.clone() },
-            local_ops: plan.settings.admin_listen.is_none(),
-        }
-    }
-
-    /// Whether the gateway answers `req` itself.
-    fn is_ops<B>(&self, req: &Request<B>) -> bool {
-        let path = req.uri().path();
-        if !OPS_PATHS.contains(&path) {
-            return false;
-        }
-        path == "/healthz"
-            || !self.local_ops
-            || tower_gateway::PeerAddr::of(req.extensions()).is_some_and(|peer| peer.ip().to_canonical().is_loopback())
-    }
-}
-
-type FrontFuture = futures_util::future::Either<
-    axum::routing::future::RouteFuture<Infallible>,
-    futures_util::future::Map<routes::ResponseFuture, ToAxum>,
->;
-
-type ToAxum = fn(Result<Response<Body>, Infallible>) -> Result<Response<axum::body::Body>, Infallible>;
-
-impl<B> Service<Request<B>> for Front
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<axum::body::Body>;
-    type Error = Infallible;
-    type Future = FrontFuture;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        // Both are always ready: the router by axum's contract, the route table
-        // because each request drives its own route's readiness.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        use futures_util::FutureExt;
-        if self.is_ops(&req) {
-            return futures_util::future::Either::Left(self.ops.call(req));
-        }
-        let to_axum: ToAxum = |response| response.map(|response| response.map(axum::body::Body::new));
-        futures_util::future::Either::Right(self.routes.call(req.map(axum::body::Body::new)).map(to_axum))
-    }
-}
-
-/// `GET /readyz` (every upstream has an endpoint; the token store answers) and
-/// `GET /metrics`: internal addresses and a Redis round trip each, so served on
-/// the admin listener when there is one.
-fn admin_router(plan: &Plan) -> Router {
-    let (table, metrics_table) = (plan.table.clone(), plan.table.clone());
-    Router::new().route("/readyz", get(move || readyz(table.clone()))).route(
-        "/metrics",
-        get(move || std::future::ready(([(header::CONTENT_TYPE, OPENMETRICS)], metrics_table.metrics_text()))),
-    )
-}
-
-/// The whole gateway of `plan` as one service: tower-http's layers around the
-/// route table. This is what [`serve`] runs on each connection.
-fn app(
-    plan: &Plan,
-) -> impl Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    let settings = &plan.settings;
-    let entry = Entry::new(plan);
-    let idle = settings.body_idle_timeout;
-    ServiceBuilder::new()
-        .map_response(json_errors)
-        // Who the client is, decided once and before any header is removed
-        // (the entry takes `Forwarded` out, and a `Connection` naming
-        // `X-Forwarded-For` would take that): the access log, the rate limits
-        // and X-Forwarded-For all use this answer.
-        .layer(settings.client_addr.clone())
-        .map_request(move |mut req: Request<Incoming>| {
-            entry.clean(&mut req);
-            req
-        })
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(RequestIdLayer)
-        .layer(AccessLogLayer)
-        .option_layer(settings.cors.clone())
-        .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
-        .map_request(move |req: Request<_>| req.map(|body| IdleBody::new(idle, body)))
-        .map_response(move |res: Response<_>| res.map(|body| axum::body::Body::new(IdleBody::new(idle, body))))
-        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, settings.request_timeout))
-        .service(Front::new(plan))
-}
-
-/// Starts resolving the plan's DNS upstreams: once now, then in the background
-/// for as long as the returned tasks live.
-async fn watch_dns(plan: &Plan) -> tokio::task::JoinSet<()> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for upstream in &plan.table.upstreams {
-        if let Some((name, every)) = &upstream.dns {
-            if let Err(err) = tower_gateway::balance::dns::resolve(name, &upstream.endpoints).await {
-                tracing::warn!(%name, %err, "no endpoints from DNS yet");
-            }
-            tasks.spawn(tower_gateway::balance::dns::watch(name.clone(), upstream.endpoints.clone(), *every));
-        }
-    }
-    tasks
-}
-
-/// Aborts the task when dropped: the admin listener ends with `serve`.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use super::admission::{Budget, Places};
+use super::app::ResponseBody;
+use super::client_io::{ClientIo, IoState, Speaks, Transport};
+use super::workers::Workers;
+use crate::routes::Table;
 
 /// What one client connection is doing: requests in flight and when it was last
 /// busy, for closing it when it idles.
@@ -502,22 +232,22 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
 
 /// Serves accepted connections, plain or TLS: what every connection task needs.
 #[derive(Clone)]
-struct Conns<S> {
-    builders: Arc<Builders>,
-    svc: Arc<S>,
-    table: Arc<Table>,
+pub(super) struct Conns<S> {
+    pub(super) builders: Arc<Builders>,
+    pub(super) svc: Arc<S>,
+    pub(super) table: Arc<Table>,
     /// The listener's cap: a TLS connection takes its place there once its
     /// handshake is done, and idle connections hear its pressure.
-    budget: Budget,
-    stopping: tokio::sync::watch::Receiver<bool>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    pub(super) budget: Budget,
+    pub(super) stopping: tokio::sync::watch::Receiver<bool>,
+    pub(super) header_timeout: Duration,
+    pub(super) idle_timeout: Duration,
     /// `Strict-Transport-Security` for responses over TLS.
-    hsts: Option<HeaderValue>,
+    pub(super) hsts: Option<HeaderValue>,
 }
 
 /// hyper's servers, set up once.
-struct Builders {
+pub(super) struct Builders {
     /// HTTP/1.1 or HTTP/2, as the client's first bytes or ALPN say.
     auto: auto::Builder<TokioExecutor>,
     /// Plain HTTP/1.1, whose connections can be parked. Without hyper's header
@@ -547,7 +277,14 @@ where
     /// Serves one accepted connection on a worker, holding `places` until it
     /// ends; with `tls`, after its handshake, which holds a place in the
     /// handshake budget instead of the listener's.
-    fn spawn(&self, workers: &Workers, stream: TcpStream, places: Places, peer: SocketAddr, tls: Option<Handshake>) {
+    pub(super) fn spawn(
+        &self,
+        workers: &Workers,
+        stream: TcpStream,
+        places: Places,
+        peer: SocketAddr,
+        tls: Option<Handshake>,
+    ) {
         // The socket moves to the worker's runtime: out of this one's poller here,
         // into the worker's there.
         let stream = match stream.into_std() {
@@ -912,46 +649,6 @@ async fn poll_once<F: Future + ?Sized>(mut future: Pin<&mut F>) -> Poll<F::Outpu
     std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
-/// A `308` to the same URL over HTTPS on `https_port`; `400` without a usable `Host`.
-fn to_https(headers: &http::HeaderMap, uri: &http::Uri, https_port: u16) -> Response<Full<Bytes>> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
-        .filter(|a| !a.as_str().contains('@'));
-    let Some(host) = host else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_host", "a valid Host header is required");
-    };
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let location = match https_port {
-        443 => format!("https://{}{path}", host.host()),
-        port => format!("https://{}:{port}{path}", host.host()),
-    };
-    let mut response = json_error(StatusCode::PERMANENT_REDIRECT, "use_https", "this service is served over HTTPS");
-    if let Ok(location) = HeaderValue::try_from(location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-}
-
-/// A listener on `addr` with room for 1024 connections the kernel has
-/// completed but the gateway has not accepted yet (std's `bind` leaves 128,
-/// which a burst of new clients overflows: their SYNs are dropped and retried
-/// a second later). nginx's default is 511. Call it inside a Tokio runtime.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// Accepts on `listener`, or never when there is none.
-async fn accept_maybe(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A plain HTTP/1.1 connection is parked as soon as its response has gone out
 /// and it waits for the next request: hyper lets go of it, and its buffers are
 /// freed until the client speaks again (nginx frees its buffers between
@@ -979,31 +676,8 @@ const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 /// full and a new client was refused for up to a second at a time.
 const SILENT_UNDER_PRESSURE: Duration = Duration::from_millis(250);
 
-/// Connections the admin listener (`/readyz`, `/metrics`) takes at once: its
-/// clients are a scraper and a health checker.
-const ADMIN_MAX_CONNECTIONS: usize = 64;
-
-/// Connections the redirect listener takes at once: each is answered with one
-/// `308` and goes on to HTTPS.
-const REDIRECT_MAX_CONNECTIONS: usize = 1024;
-
-/// The largest request head the admin and redirect listeners read (hyper's
-/// least): their requests carry no more than a path and a `Host`.
-const SIDE_MAX_HEADER_BYTES: usize = 8 * 1024;
-
-/// The service of a listener beside the main ones: an axum router whose
-/// answers take the server's body type.
-type SideService = tower::util::MapResponse<Router, fn(Response<axum::body::Body>) -> Response<ResponseBody>>;
-
-fn side_service(router: Router) -> SideService {
-    use http_body_util::BodyExt;
-    let to_body: fn(Response<axum::body::Body>) -> Response<ResponseBody> =
-        |response| response.map(|body| Either::Left(UnsyncBoxBody::new(body.map_err(BoxError::from))));
-    tower::util::MapResponse::new(router, to_body)
-}
-
 /// hyper's servers for heads of at most `max_header_bytes`.
-fn builders(settings: &crate::plan::Settings, max_header_bytes: usize) -> Arc<Builders> {
+pub(super) fn builders(settings: &crate::plan::Settings, max_header_bytes: usize) -> Arc<Builders> {
     let mut auto = auto::Builder::new(TokioExecutor::new());
     auto.http1()
         .timer(TokioTimer::new())
@@ -1019,268 +693,11 @@ fn builders(settings: &crate::plan::Settings, max_header_bytes: usize) -> Arc<Bu
     Arc::new(Builders { auto, http1 })
 }
 
-/// A listener beside the main ones, served like them (header timeout, idle
-/// close, drain) under a small cap of its own.
-struct SideListener {
-    listener: TcpListener,
-    conns: Conns<SideService>,
-}
-
-/// Binds a side listener at `addr` for `router`.
-async fn side_listener(
-    addr: SocketAddr,
-    router: Router,
-    cap: usize,
-    template: &Conns<impl Sized>,
-    builders: &Arc<Builders>,
-) -> std::io::Result<SideListener> {
-    let listener = TcpListener::bind(addr).await?;
-    let conns = Conns {
-        builders: builders.clone(),
-        svc: Arc::new(side_service(router)),
-        table: template.table.clone(),
-        budget: Budget::new(cap),
-        stopping: template.stopping.clone(),
-        header_timeout: template.header_timeout,
-        idle_timeout: template.idle_timeout,
-        hsts: None,
-    };
-    Ok(SideListener { listener, conns })
-}
-
-/// Places for a connection from `peer` under `budget` and under its client's
-/// cap, or `None` after `refuse` was handed the refusal to tell a plain client
-/// (a client over its own cap does not make other connections give way).
-fn admit(
-    budget: &Budget,
-    clients: &Arc<PerClient>,
-    peer: SocketAddr,
-    metrics: &crate::metrics::Metrics,
-    refuse: impl FnOnce(&'static [u8]),
-) -> Option<Places> {
-    let Ok(client) = clients.take(peer.ip()) else {
-        refuse(crate::admission::REFUSED_CLIENT);
-        metrics.client_connection_refused();
-        return None;
-    };
-    let Some(listener) = budget.take() else {
-        refuse(crate::admission::REFUSED);
-        metrics.connection_refused();
-        return None;
-    };
-    Some(Places { listener, client })
-}
-
-/// Tells a plain client why it is refused: a non-blocking write into a fresh
-/// socket's buffer.
-fn tell(stream: &TcpStream) -> impl FnOnce(&'static [u8]) + '_ {
-    |refusal| drop(stream.try_write(refusal))
-}
-
 /// A TLS connection's handshake: bounded in time, holding a place in the
 /// handshake budget (not the listener's); under that budget's pressure, one
 /// that has gone on for `SILENT_UNDER_PRESSURE` gives up its place.
-struct Handshake {
-    acceptor: tokio_rustls::TlsAcceptor,
-    timeout: Duration,
-    budget: Budget,
-}
-
-/// Serves `plan` on `listener` until `shutdown` resolves; then stops accepting and
-/// lets requests in flight finish for up to the grace period. The binary, the
-/// demo, the tests and the benchmarks all run the gateway through this.
-///
-/// Every connection is bounded: at most `max_connections` are open on the main
-/// listeners and `max_connections_per_client` from one client (more get a `503`
-/// and are closed, and idle ones are asked to make room); TLS handshakes have a
-/// budget of their own, so silent ones cannot keep clients out; the admin and
-/// redirect listeners are served the same way under small caps of their own.
-/// One that sends no request within the header timeout of its accept is
-/// closed, whatever protocol it was going to speak; an HTTP/2 connection with
-/// no request in flight for the idle timeout is closed, and one whose peer
-/// stops answering pings too.
-pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let _dns = watch_dns(&plan).await;
-    let svc = app(&plan);
-    let settings = &plan.settings;
-    let table = plan.table.clone();
-    let metrics = &table.metrics;
-    // Every connection task holds a receiver: `true` asks it to stop, and the
-    // sender's `closed()` says every connection has ended.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let budget = Budget::new(settings.max_connections);
-    let clients = PerClient::new(settings.max_connections_per_client, settings.trusted_proxies.clone());
-    let conns = Conns {
-        builders: builders(settings, settings.max_header_bytes),
-        svc: Arc::new(svc),
-        table: table.clone(),
-        budget: budget.clone(),
-        stopping: stopping.clone(),
-        header_timeout: settings.header_read_timeout,
-        idle_timeout: settings.idle_timeout,
-        hsts: settings.tls.as_ref().and_then(|tls| tls.hsts.clone()),
-    };
-    let side_builders = builders(settings, SIDE_MAX_HEADER_BYTES);
-    let admin = match settings.admin_listen {
-        Some(addr) => {
-            let admin = side_listener(addr, admin_router(&plan), ADMIN_MAX_CONNECTIONS, &conns, &side_builders).await?;
-            tracing::info!(addr = %admin.listener.local_addr()?, "admin listener: /readyz, /metrics");
-            Some(admin)
-        }
-        None => None,
-    };
-    let tls = settings.tls.as_ref().map(|tls| {
-        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls.certificate.clone()));
-        (tls, acceptor, Budget::new(tls.max_handshakes))
-    });
-    let tls_listener = match &tls {
-        Some((tls, ..)) => {
-            let listener = bind(tls.listen)?;
-            tracing::info!(addr = %listener.local_addr()?, "TLS listener: HTTP/2 and HTTP/1.1");
-            Some(listener)
-        }
-        None => None,
-    };
-    let redirect = match tls.as_ref().and_then(|(tls, ..)| tls.redirect_listen.map(|addr| (addr, tls.listen.port()))) {
-        Some((addr, https_port)) => {
-            let router = Router::new().fallback(move |headers: http::HeaderMap, uri: http::Uri| async move {
-                to_https(&headers, &uri, https_port)
-            });
-            let redirect = side_listener(addr, router, REDIRECT_MAX_CONNECTIONS, &conns, &side_builders).await?;
-            tracing::info!(addr = %redirect.listener.local_addr()?, "redirect listener: 308 to HTTPS");
-            Some(redirect)
-        }
-        None => None,
-    };
-    let workers = Workers::start(settings.workers)?;
-    let admit_plain = |stream: TcpStream, peer: SocketAddr| {
-        let Some(places) = admit(&budget, &clients, peer, metrics, tell(&stream)) else { return };
-        let _ = stream.set_nodelay(true);
-        conns.spawn(&workers, stream, places, peer, None);
-    };
-    let admit_tls = |stream: TcpStream, peer: SocketAddr| {
-        let Some((tls, acceptor, handshakes)) = &tls else { return };
-        // A TLS client cannot read a plain 503: it is only closed.
-        let Some(places) = admit(handshakes, &clients, peer, metrics, drop) else { return };
-        let _ = stream.set_nodelay(true);
-        let handshake =
-            Handshake { acceptor: acceptor.clone(), timeout: tls.handshake_timeout, budget: handshakes.clone() };
-        conns.spawn(&workers, stream, places, peer, Some(handshake));
-    };
-    let admit_side = |side: &SideListener, stream: TcpStream, peer: SocketAddr| {
-        let Some(places) = admit(&side.conns.budget, &clients, peer, metrics, tell(&stream)) else { return };
-        let _ = stream.set_nodelay(true);
-        side.conns.spawn(&workers, stream, places, peer, None);
-    };
-    let _reload = tls.as_ref().map(|(tls, ..)| {
-        let (certificate, every, table) = (tls.certificate.clone(), tls.reload_every, table.clone());
-        AbortOnDrop(tokio::spawn(certificate.watch(every, move |ok| table.metrics.tls_reload(ok))))
-    });
-    let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    tokio::pin!(shutdown);
-    loop {
-        let (accepted, which) = tokio::select! {
-            accepted = listener.accept() => (accepted, Which::Plain),
-            accepted = accept_maybe(tls_listener.as_ref()) => (accepted, Which::Tls),
-            accepted = accept_maybe(admin.as_ref().map(|a| &a.listener)) => (accepted, Which::Admin),
-            accepted = accept_maybe(redirect.as_ref().map(|r| &r.listener)) => (accepted, Which::Redirect),
-            () = &mut shutdown, if drain.is_none() => {
-                if settings.drain_delay.is_zero() {
-                    break;
-                }
-                // Readiness fails first; requests are served on until the delay ends.
-                table.draining.store(true, Ordering::Relaxed);
-                tracing::info!(drain_delay = ?settings.drain_delay, "draining: /readyz fails, still serving");
-                drain = Some(Box::pin(tokio::time::sleep(settings.drain_delay)));
-                continue;
-            }
-            () = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => break,
-        };
-        match (accepted, which) {
-            (Ok((stream, peer)), Which::Plain) => admit_plain(stream, peer),
-            (Ok((stream, peer)), Which::Tls) => admit_tls(stream, peer),
-            (Ok((stream, peer)), Which::Admin) => admit_side(admin.as_ref().expect("accepted on it"), stream, peer),
-            (Ok((stream, peer)), Which::Redirect) => {
-                admit_side(redirect.as_ref().expect("accepted on it"), stream, peer);
-            }
-            (Err(err), which) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%err, listener = ?which, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    // Closing a listener resets the connections the kernel has completed but
-    // nobody accepted: take every one already queued, then close.
-    table.draining.store(true, Ordering::Relaxed);
-    for (listener, tls) in [(Some(listener), false), (tls_listener, true)] {
-        let Some(listener) = listener else { continue };
-        let listener = listener.into_std()?;
-        while let Ok((stream, peer)) = listener.accept() {
-            match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
-                Ok(stream) if tls => admit_tls(stream, peer),
-                Ok(stream) => admit_plain(stream, peer),
-                Err(err) => tracing::debug!(%err, "a queued connection could not be served"),
-            }
-        }
-    }
-    tracing::info!(grace_period = ?settings.grace_period, "shutting down: finishing requests in flight");
-    let _ = stop.send(true);
-    // Every receiver but the connections' own: `closed()` waits for those alone.
-    drop(stopping);
-    drop((conns, admin, redirect));
-    tokio::select! {
-        () = stop.closed() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(settings.grace_period) => tracing::warn!("grace period over; closing the remaining connections"),
-    }
-    // WebSockets last: they have no end of their own to wait for.
-    let tunnels = &table.tunnels;
-    if tunnels.active() > 0 {
-        tracing::info!(websockets = tunnels.active(), "closing WebSocket connections");
-    }
-    tunnels.close_all();
-    if tokio::time::timeout(Duration::from_secs(2), tunnels.closed()).await.is_err() {
-        tracing::warn!(websockets = tunnels.active(), "WebSocket connections still closing");
-    }
-    workers.stop().await;
-    Ok(())
-}
-
-/// Which listener a connection came in on.
-#[derive(Debug, Clone, Copy)]
-enum Which {
-    Plain,
-    Tls,
-    Admin,
-    Redirect,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn without_an_admin_listener_readiness_and_metrics_answer_this_machine_only() {
-        let config: crate::Config = toml::from_str(
-            "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\n\
-             [[routes]]\nprefix = \"/api\"\nupstream = \"u\"\naccess = \"public\"",
-        )
-        .unwrap();
-        let plan = Plan::compile(config).unwrap();
-        let status = async |path: &str, peer: &str| {
-            let mut req = Request::get(path).header(header::HOST, "gw").body(Full::<Bytes>::default()).unwrap();
-            req.extensions_mut().insert(tower_gateway::PeerAddr(peer.parse().unwrap()));
-            let Ok(response) = Front::new(&plan).call(req).await;
-            response.status().as_u16()
-        };
-        for local in ["127.0.0.1:4000", "[::1]:4000", "[::ffff:127.0.0.1]:4000"] {
-            assert_eq!(status("/metrics", local).await, 200, "{local}");
-            assert_eq!(status("/readyz", local).await, 200, "{local}");
-        }
-        for remote in ["192.0.2.7:4000", "[2001:db8::7]:4000"] {
-            assert_eq!(status("/metrics", remote).await, 404, "{remote}");
-            assert_eq!(status("/readyz", remote).await, 404, "{remote}");
-            assert_eq!(status("/healthz", remote).await, 200, "{remote}: liveness stays public");
-        }
-    }
+pub(super) struct Handshake {
+    pub(super) acceptor: tokio_rustls::TlsAcceptor,
+    pub(super) timeout: Duration,
+    pub(super) budget: Budget,
 }
