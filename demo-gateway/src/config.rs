@@ -537,24 +537,24 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
 /// user out with a request every 6 s), and sign-ups, which name an email too,
 /// count against a limit of their own.
 pub fn shipped_limits() -> BTreeMap<String, LimitConfig> {
-    let limit = |rate, per: &str, burst, key: &str| LimitConfig {
+    let limit = |rate, per: &str, burst, key: &[&str]| LimitConfig {
         rate,
         per: per.into(),
         burst: Some(burst),
-        key: match key.split_once(' ') {
-            Some((a, b)) => LimitKey::Many(vec![a.into(), b.into()]),
-            None => LimitKey::One(key.into()),
+        key: match key {
+            [one] => LimitKey::One((*one).into()),
+            parts => LimitKey::Many(parts.iter().map(|p| (*p).into()).collect()),
         },
         store: None,
         on_store_error: open(),
     };
     BTreeMap::from([
-        ("per-address".into(), limit(100, "second", 200, "client_ip")),
-        ("login-address".into(), limit(30, "minute", 10, "client_ip")),
-        ("login-account".into(), limit(10, "minute", 5, "client_ip json:email")),
-        ("signup-address".into(), limit(20, "hour", 10, "client_ip")),
-        ("account-change".into(), limit(10, "minute", 5, "subject")),
-        ("checkout-user".into(), limit(120, "minute", 30, "subject")),
+        ("per-address".into(), limit(100, "second", 200, &["client_ip"])),
+        ("login-address".into(), limit(30, "minute", 10, &["client_ip"])),
+        ("login-account".into(), limit(10, "minute", 5, &["client_ip", "json:email"])),
+        ("signup-address".into(), limit(20, "hour", 10, &["client_ip"])),
+        ("account-change".into(), limit(10, "minute", 5, &["subject"])),
+        ("checkout-user".into(), limit(120, "minute", 30, &["subject"])),
     ])
 }
 
