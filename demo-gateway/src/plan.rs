@@ -189,11 +189,14 @@ fn positive(field: &str, value: u64) -> Result<Duration, ConfigError> {
     if value == 0 { Err(ConfigError::new(field, "must be positive")) } else { Ok(Duration::from_millis(value)) }
 }
 
+/// A count that must be at least 1.
+fn at_least_one(field: &str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 { Err(ConfigError::new(field, "must be at least 1")) } else { Ok(value) }
+}
+
 fn settings(config: &Config) -> Result<Settings, ConfigError> {
     let listen = config.listen.parse().map_err(|e| ConfigError::new("listen", format!("{:?}: {e}", config.listen)))?;
-    if config.max_concurrent_requests == 0 {
-        return Err(ConfigError::new("max_concurrent_requests", "must be at least 1"));
-    }
+    at_least_one("max_concurrent_requests", config.max_concurrent_requests)?;
     if config.max_header_bytes < 8 * 1024 {
         return Err(ConfigError::new("max_header_bytes", "must be at least 8192"));
     }
@@ -255,10 +258,7 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
                 None => None,
             },
             handshake_timeout: positive("tls.handshake_timeout_ms", tls.handshake_timeout_ms)?,
-            max_handshakes: match tls.max_handshakes {
-                0 => return Err(ConfigError::new("tls.max_handshakes", "must be at least 1")),
-                n => n,
-            },
+            max_handshakes: at_least_one("tls.max_handshakes", tls.max_handshakes)?,
             reload_every: positive("tls.reload_interval_ms", tls.reload_interval_ms)?,
         }),
         None => None,
@@ -271,17 +271,10 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
         listen,
         request_timeout: positive("request_timeout_ms", config.request_timeout_ms)?,
         header_read_timeout: positive("header_read_timeout_ms", config.header_read_timeout_ms)?,
-        max_connections: match config.max_connections {
-            0 => return Err(ConfigError::new("max_connections", "must be at least 1")),
-            n => n,
-        },
-        max_connections_per_client: match config.max_connections_per_client {
-            0 => return Err(ConfigError::new("max_connections_per_client", "must be at least 1")),
-            n => n,
-        },
+        max_connections: at_least_one("max_connections", config.max_connections)?,
+        max_connections_per_client: at_least_one("max_connections_per_client", config.max_connections_per_client)?,
         workers: match config.workers {
-            Some(0) => return Err(ConfigError::new("workers", "must be at least 1")),
-            Some(n) => n,
+            Some(n) => at_least_one("workers", n)?,
             None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         },
         idle_timeout: positive("idle_timeout_ms", config.idle_timeout_ms)?,
@@ -291,13 +284,11 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
         max_body_bytes: config.max_body_bytes,
         max_concurrent_requests: config.max_concurrent_requests,
         max_route_concurrent_requests: match config.max_route_concurrent_requests {
-            Some(0) => return Err(ConfigError::new("max_route_concurrent_requests", "must be at least 1")),
-            Some(n) => n,
+            Some(n) => at_least_one("max_route_concurrent_requests", n)?,
             None => (config.max_concurrent_requests / 2).max(1),
         },
         max_anonymous_concurrent_requests: match config.max_anonymous_concurrent_requests {
-            Some(0) => return Err(ConfigError::new("max_anonymous_concurrent_requests", "must be at least 1")),
-            Some(n) => n,
+            Some(n) => at_least_one("max_anonymous_concurrent_requests", n)?,
             None => (config.max_concurrent_requests * 3 / 4).max(1),
         },
         body_idle_timeout: positive("body_idle_timeout_ms", config.body_idle_timeout_ms)?,
@@ -305,10 +296,10 @@ fn settings(config: &Config) -> Result<Settings, ConfigError> {
             config.websocket_max_connections,
             positive("websocket_idle_timeout_ms", config.websocket_idle_timeout_ms)?,
         )
-        .max_per_client(match config.websocket_max_connections_per_client {
-            0 => return Err(ConfigError::new("websocket_max_connections_per_client", "must be at least 1")),
-            n => n,
-        })
+        .max_per_client(at_least_one(
+            "websocket_max_connections_per_client",
+            config.websocket_max_connections_per_client,
+        )?)
         .max_lifetime(positive("websocket_max_lifetime_ms", config.websocket_max_lifetime_ms)?)
         .build(),
         cors,
@@ -651,7 +642,8 @@ fn check_fallthrough(routes: &[(usize, &Route)]) -> Result<(), ConfigError> {
         let Some(methods) = &route.methods else { continue };
         let path = route.matcher.path();
         for method in METHODS.iter().filter(|m| !methods.contains(m)) {
-            let taker = routes.iter().find(|(_, r)| r.matcher.matches(path) && r.allows(method));
+            // The route `Table::recognize` would pick, given the request.
+            let taker = routes.iter().find(|(_, r)| r.takes(method, path));
             if let Some((other, taker)) = taker
                 && strictness(&taker.access) < strictness(&route.access)
             {

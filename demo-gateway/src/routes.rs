@@ -95,8 +95,14 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    pub(crate) fn allows(&self, method: &Method) -> bool {
+    fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|methods| methods.contains(method))
+    }
+
+    /// Whether this route would take `method` on the canonical `path`, were
+    /// no more specific route to take it first.
+    pub(crate) fn takes(&self, method: &Method, path: &str) -> bool {
+        self.matcher.matches(path) && self.allows(method)
     }
 
     /// Sorts the most specific route first.
@@ -161,12 +167,10 @@ impl Table {
     pub(crate) fn recognize(&self, method: &Method, path: &str) -> Recognized {
         let mut path_matched = false;
         for (i, route) in self.routes.iter().enumerate() {
-            if route.matcher.matches(path) {
-                if route.allows(method) {
-                    return Recognized::Route(i);
-                }
-                path_matched = true;
+            if route.takes(method, path) {
+                return Recognized::Route(i);
             }
+            path_matched |= route.matcher.matches(path);
         }
         if path_matched { Recognized::MethodNotAllowed } else { Recognized::NotFound }
     }
