@@ -21,7 +21,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tower_gateway_auth::KeyConfig;
@@ -61,6 +61,11 @@ pub struct Config {
     /// three are served on `listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
+    /// A file holding the admin token (at least 16 characters): with it, the
+    /// admin listener serves `GET /config` and `POST /config/reload` to
+    /// requests bearing it (`Authorization: Bearer TOKEN`). Needs `admin_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// HTTPS, beside the plain listener: see [`TlsConfig`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -571,6 +576,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             admin_listen: None,
+            admin_token_file: None,
             tls: None,
             request_timeout_ms: 30_000,
             max_body_bytes: 1024 * 1024,
@@ -639,14 +645,25 @@ impl Config {
     /// Reads `path` (TOML), or the defaults without one, then applies the
     /// environment overrides.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut config = match path {
+        match path {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| ConfigError::new(path.display().to_string(), e))?;
-                toml::from_str(&text).map_err(|e| ConfigError::new(path.display().to_string(), e.message()))?
+                Self::from_toml(&text, &path.display().to_string(), env)
             }
-            None => Config::default(),
-        };
+            None => Config::default().with_env(env),
+        }
+    }
+
+    /// Parses `text` (TOML, from `origin`, which errors name), then applies the
+    /// environment overrides.
+    pub fn from_toml(text: &str, origin: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::new(origin, e.message()))?;
+        config.with_env(env)
+    }
+
+    fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config = &mut self;
         let var = |name: &str| env(name).filter(|v| !v.is_empty());
         if let Some(listen) = var("GATEWAY_LISTEN") {
             config.listen = listen;
@@ -658,7 +675,7 @@ impl Config {
             config.redis_url = Some(url);
         }
         config.jwt.apply_env(&env).map_err(|e| ConfigError::new(format!("jwt.{}", e.field), e.message))?;
-        Ok(config)
+        Ok(self)
     }
 
     /// The configuration as TOML, with the policy of every route and the Redis

@@ -33,7 +33,7 @@ mod tls;
 pub use config::{Access, Config, ConfigError};
 pub use plan::Plan;
 pub use routes::RouteName;
-pub use server::{bind, serve};
+pub use server::{Gateway, ReloadError, Reloaded, bind, serve};
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -15,6 +15,8 @@ use tower_gateway::Limiter;
 use tower_gateway::balance::{Endpoint, Endpoints};
 use tower_gateway::upgrade::Tunnels;
 
+use crate::plan::Alive;
+
 /// A route's name in labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
@@ -42,6 +44,18 @@ struct ReasonLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+/// The configuration's generation and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConfigLabels {
+    generation: u64,
+    hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -121,6 +135,9 @@ pub(crate) struct Metrics {
     websockets_closed_at_deadline: Counter,
     limit_decisions: Family<DecisionLabels, Counter>,
     limit_store_errors: Family<LimitLabels, Counter>,
+    config_reloads: Family<OutcomeLabels, Counter>,
+    config_info: Family<ConfigLabels, Gauge>,
+    config_alive: Family<KindLabels, Gauge>,
     /// Scrapes bring the limiters' own counts over one at a time.
     scrape: std::sync::Mutex<()>,
 }
@@ -170,6 +187,9 @@ impl Metrics {
         let websockets_closed_at_deadline = Counter::default();
         let limit_decisions = Family::<DecisionLabels, Counter>::default();
         let limit_store_errors = Family::<LimitLabels, Counter>::default();
+        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        let config_info = Family::<ConfigLabels, Gauge>::default();
+        let config_alive = Family::<KindLabels, Gauge>::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
         registry.register(
@@ -245,8 +265,22 @@ impl Metrics {
             "Rate-limit store calls that failed or took too long, by limit",
             limit_store_errors.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by outcome (applied, refused)",
+            config_reloads.clone(),
+        );
+        registry.register("config_info", "The configuration served: its generation and hash", config_info.clone());
+        registry.register(
+            "config_alive",
+            "What generations of the configuration have alive (tables, upstreams, dns_watchers)",
+            config_alive.clone(),
+        );
         Self {
             registry,
+            config_reloads,
+            config_info,
+            config_alive,
             requests,
             latency,
             upstream,
@@ -344,6 +378,20 @@ impl Metrics {
         self.tls_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
+    /// Counts a configuration reload: applied or refused.
+    pub(crate) fn config_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.config_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Says that generation `generation` (`hash`) is served now, and `previous` no longer.
+    pub(crate) fn config_served(&self, generation: u64, hash: String, previous: Option<(u64, String)>) {
+        if let Some((generation, hash)) = previous {
+            self.config_info.remove(&ConfigLabels { generation, hash });
+        }
+        self.config_info.get_or_create(&ConfigLabels { generation, hash }).set(1);
+    }
+
     /// Counts a connection closed for idling.
     pub(crate) fn connection_closed_idle(&self) {
         self.connections_closed_idle.inc();
@@ -385,8 +433,15 @@ impl Metrics {
         upstreams: impl Iterator<Item = (&'a Arc<str>, &'a Endpoints)>,
         limits: &[Limiter],
         tunnels: &Tunnels,
+        alive: &Alive,
     ) -> String {
         self.sync_limits(limits);
+        for (kind, count) in
+            [("tables", &alive.tables), ("upstreams", &alive.upstreams), ("dns_watchers", &alive.dns_watchers)]
+        {
+            let count = count.load(std::sync::atomic::Ordering::Relaxed);
+            self.config_alive.get_or_create(&KindLabels { kind }).set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         {
             let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
             let stats = tunnels.stats();

@@ -28,6 +28,7 @@ use tower_gateway_auth::{Authenticator, Rejection};
 
 use crate::config::Access;
 use crate::metrics::{Metrics, Observed, RouteMetrics};
+use crate::plan::{Counted, Shared};
 
 /// The request body routes receive.
 pub(crate) type RouteBody = AxumBody;
@@ -77,6 +78,9 @@ pub(crate) struct Upstream {
     /// A DNS name re-resolved every so often, while the gateway serves.
     pub(crate) dns: Option<(String, Duration)>,
     pub(crate) service: UpstreamService,
+    /// The task re-resolving `dns`, stopped with the upstream.
+    pub(crate) _watcher: Option<crate::abort_on_drop::AbortOnDrop>,
+    pub(crate) _alive: Counted,
 }
 
 pub(crate) struct Route {
@@ -122,24 +126,18 @@ impl Route {
     }
 }
 
-/// Every route and upstream of a plan.
+/// Every route and upstream of one generation of the plan: what a reload swaps.
+/// A request is routed wholly by one table.
 pub(crate) struct Table {
     pub(crate) routes: Vec<Route>,
-    pub(crate) upstreams: Vec<Upstream>,
-    pub(crate) metrics: Metrics,
+    /// Each shared with the generations before, while its configuration stays.
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
     pub(crate) auth: Option<Authenticator>,
-    /// Set on SIGTERM: readiness fails while requests are still served.
-    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Every rate limit, for metrics.
     pub(crate) limits: Vec<Limiter>,
-    /// The WebSockets every upstream's proxy has open: one cap, one idle
-    /// timeout, closed at shutdown.
-    pub(crate) tunnels: tower_gateway::upgrade::Tunnels,
-    /// Requests forwarded at once through every route; beyond, `503 overloaded`.
-    pub(crate) capacity: Arc<Semaphore>,
-    /// Of those, what public routes may hold together: the rest is kept for
-    /// requests with a token.
-    pub(crate) anonymous: Arc<Semaphore>,
+    /// The state every generation shares: metrics, capacity, tunnels, drain.
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) _alive: Counted,
 }
 
 impl std::fmt::Debug for Table {
@@ -178,7 +176,7 @@ impl Table {
     /// Ready when every upstream has an endpoint and, if a route needs a token,
     /// the token store answers.
     pub(crate) async fn ready(&self) -> Result<(), String> {
-        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.shared.drain.is_draining() {
             return Err("draining: shutting down".into());
         }
         if let Some(upstream) = self.upstreams.iter().find(|u| u.endpoints.is_empty()) {
@@ -191,7 +189,13 @@ impl Table {
     }
 
     pub(crate) fn metrics_text(&self) -> String {
-        self.metrics.encode(self.upstreams.iter().map(|u| (&u.name, &u.endpoints)), &self.limits, &self.tunnels)
+        let shared = &self.shared;
+        shared.metrics.encode(
+            self.upstreams.iter().map(|u| (&u.name, &u.endpoints)),
+            &self.limits,
+            &shared.tunnels,
+            &shared.alive,
+        )
     }
 }
 
@@ -237,10 +241,10 @@ pub(crate) struct Routes {
 impl Routes {
     /// The places a request on `route` holds while it is forwarded, if all are free.
     fn permits(&self, route: &Route) -> Option<Permits> {
-        let capacity = self.table.capacity.clone().try_acquire_owned().ok()?;
+        let capacity = self.table.shared.capacity.clone().try_acquire_owned().ok()?;
         let share = route.share.clone().try_acquire_owned().ok()?;
         let anonymous = match route.access {
-            Access::Public => Some(self.table.anonymous.clone().try_acquire_owned().ok()?),
+            Access::Public => Some(self.table.shared.anonymous.clone().try_acquire_owned().ok()?),
             Access::Token | Access::Roles(_) => None,
         };
         Some((capacity, share, anonymous))
@@ -287,12 +291,12 @@ impl Service<Request<RouteBody>> for Routes {
         let route = match self.table.recognize(req.method(), &path) {
             Recognized::Route(i) => &self.table.routes[i],
             Recognized::MethodNotAllowed => {
-                self.table.metrics.unrouted();
+                self.table.shared.metrics.unrouted();
                 let message = "this path does not take this method";
                 return ready(json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message));
             }
             Recognized::NotFound => {
-                self.table.metrics.unrouted();
+                self.table.shared.metrics.unrouted();
                 return ready(json_error(StatusCode::NOT_FOUND, "no_route", "no service is routed at this path"));
             }
         };
@@ -307,9 +311,9 @@ impl Service<Request<RouteBody>> for Routes {
         // queue would only add latency to a backlog.
         let Some(permits) = self.permits(route) else {
             // Counted against the route like any answer it gives, and named in the access log.
-            self.table.metrics.overloaded();
+            self.table.shared.metrics.overloaded();
             let mut response = overloaded();
-            answered(&self.table.metrics, &route.metrics, Duration::ZERO, &mut response);
+            answered(&self.table.shared.metrics, &route.metrics, Duration::ZERO, &mut response);
             return ready(response);
         };
         // Without `websocket`, the proxy cannot take the client's connection
@@ -360,7 +364,7 @@ impl Future for ResponseFuture {
         match self.project().state.project() {
             StateProj::Routed { future, table, route, started, .. } => {
                 let Ok(mut response) = std::task::ready!(future.poll(cx));
-                answered(&table.metrics, route, started.elapsed(), &mut response);
+                answered(&table.shared.metrics, route, started.elapsed(), &mut response);
                 Poll::Ready(Ok(response))
             }
             StateProj::Ready { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),

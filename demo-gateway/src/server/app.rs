@@ -20,6 +20,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use super::live::App;
 use super::ops::{OPS_PATHS, ops_router};
 use crate::access_log::AccessLogLayer;
 use crate::idle_body::IdleBody;
@@ -185,18 +186,13 @@ where
 }
 
 /// The whole gateway of `plan` as one service: tower-http's layers around the
-/// route table. This is what [`serve`] runs on each connection.
-pub(super) fn app(
-    plan: &Plan,
-) -> impl Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
+/// route table. This is what [`serve`](super::serve) runs on each connection,
+/// the current generation's for each request.
+pub(super) fn app(plan: &Plan) -> App {
     let settings = &plan.settings;
     let entry = Entry::new(plan);
     let idle = settings.body_idle_timeout;
-    ServiceBuilder::new()
+    let app = ServiceBuilder::new()
         .map_response(json_errors)
         // Who the client is, decided once and before any header is removed
         // (the entry takes `Forwarded` out, and a `Connection` naming
@@ -215,7 +211,8 @@ pub(super) fn app(
         .map_request(move |req: Request<_>| req.map(|body| IdleBody::new(idle, body)))
         .map_response(move |res: Response<_>| res.map(|body| axum::body::Body::new(IdleBody::new(idle, body))))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, settings.request_timeout))
-        .service(Front::new(plan))
+        .service(Front::new(plan));
+    App::new(app)
 }
 
 #[cfg(test)]

@@ -28,13 +28,13 @@ use super::admission::{Budget, Places};
 use super::app::ResponseBody;
 use super::client_io::{ClientIo, IoState, Speaks, Transport};
 use super::workers::Workers;
-use crate::routes::Table;
+use crate::plan::{Drain, Shared};
 
 /// What one client connection is doing: requests in flight and when it was last
 /// busy, for closing it when it idles.
 struct Activity {
-    /// Whose `draining` flag says to close HTTP/1.1 connections after each response.
-    table: Arc<Table>,
+    /// Says, once set, to close HTTP/1.1 connections after each response.
+    drain: Drain,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` when a request last began or ended.
     last: AtomicU64,
@@ -53,9 +53,9 @@ struct Activity {
 }
 
 impl Activity {
-    fn new(table: Arc<Table>) -> Self {
+    fn new(drain: Drain) -> Self {
         Self {
-            table,
+            drain,
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             started: AtomicBool::new(false),
@@ -185,7 +185,7 @@ where
         let mut result = std::task::ready!(this.future.poll(cx));
         // While draining, HTTP/1.1 clients are told to close after this response:
         // connections end between requests, not under one.
-        let draining = this.in_flight.as_ref().is_some_and(|f| f.0.table.draining.load(Ordering::Relaxed));
+        let draining = this.in_flight.as_ref().is_some_and(|f| f.0.drain.is_draining());
         if let Ok(response) = &mut result
             && *this.http1
             && draining
@@ -235,7 +235,8 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
 pub(super) struct Conns<S> {
     pub(super) builders: Arc<Builders>,
     pub(super) svc: Arc<S>,
-    pub(super) table: Arc<Table>,
+    /// Metrics and the drain flag.
+    pub(super) shared: Arc<Shared>,
     /// The listener's cap: a TLS connection takes its place there once its
     /// handshake is done, and idle connections hear its pressure.
     pub(super) budget: Budget,
@@ -342,16 +343,16 @@ where
             accepted = tokio::time::timeout(handshake.timeout, handshake.acceptor.accept(stream)) => accepted,
             () = evicted => {
                 tracing::debug!(%peer, "TLS handshake closed to make room");
-                return conns.table.metrics.tls_handshake("evicted");
+                return conns.shared.metrics.tls_handshake("evicted");
             }
         };
         match accepted {
             Ok(Ok(stream)) => {
-                conns.table.metrics.tls_handshake("ok");
+                conns.shared.metrics.tls_handshake("ok");
                 let Places { listener: handshaking, client } = places;
                 drop(handshaking);
                 let Some(listener) = conns.budget.take() else {
-                    conns.table.metrics.connection_refused();
+                    conns.shared.metrics.connection_refused();
                     return tracing::debug!(%peer, "TLS connection refused at max_connections");
                 };
                 // Boxed: awaited in place, it would be held twice here.
@@ -359,11 +360,11 @@ where
             }
             Ok(Err(err)) => {
                 tracing::debug!(%peer, %err, "TLS handshake failed");
-                conns.table.metrics.tls_handshake("failed");
+                conns.shared.metrics.tls_handshake("failed");
             }
             Err(_) => {
                 tracing::debug!(%peer, "TLS handshake timed out");
-                conns.table.metrics.tls_handshake("timed_out");
+                conns.shared.metrics.tls_handshake("timed_out");
             }
         }
     }
@@ -376,10 +377,10 @@ where
         // locals into the connection, and locals that lived on past the first
         // `.await` would be kept in the task, costing every connection the
         // stack's size again.
-        let (mut serving, activity, io_state, builders, table, pressure, mut stopping, header_timeout, idle_timeout) = {
-            let Conns { builders, svc, table, budget, stopping, header_timeout, idle_timeout, hsts } = *conns;
+        let (mut serving, activity, io_state, builders, shared, pressure, mut stopping, header_timeout, idle_timeout) = {
+            let Conns { builders, svc, shared, budget, stopping, header_timeout, idle_timeout, hsts } = *conns;
             let pressure = budget.pressure().clone();
-            let activity = Arc::new(Activity::new(table.clone()));
+            let activity = Arc::new(Activity::new(shared.drain.clone()));
             let io_state = Arc::new(IoState::default());
             let io = ClientIo::new(transport, io_state.clone());
             let tls = !io.is_plain();
@@ -389,12 +390,12 @@ where
             let serving = if tls {
                 Self::serve(&builders, Speaks::Either, io, svc)
             } else {
-                table.metrics.connection_parked(true);
+                shared.metrics.connection_parked(true);
                 Serving::Parked(Box::new((io, svc)))
             };
-            (serving, activity, io_state, builders, table, pressure, stopping, header_timeout, idle_timeout)
+            (serving, activity, io_state, builders, shared, pressure, stopping, header_timeout, idle_timeout)
         };
-        let metrics = &table.metrics;
+        let metrics = &shared.metrics;
         let _places = places;
         metrics.connections().inc();
         // Asked to stop, and whether the connection was told to.

@@ -5,16 +5,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use http::Response;
-use http_body_util::Either;
 use tokio::net::{TcpListener, TcpStream};
-use tower_gateway::error::BoxError;
-use tower_http::body::UnsyncBoxBody;
 
 use super::admission::{Budget, PerClient, Places};
-use super::app::ResponseBody;
 use super::conn::{Builders, Conns};
+use super::live::Current;
 
 /// A listener on `addr` with room for 1024 connections the kernel has
 /// completed but the gateway has not accepted yet (std's `bind` leaves 128,
@@ -47,29 +42,17 @@ pub(super) const REDIRECT_MAX_CONNECTIONS: usize = 1024;
 /// least): their requests carry no more than a path and a `Host`.
 pub(super) const SIDE_MAX_HEADER_BYTES: usize = 8 * 1024;
 
-/// The service of a listener beside the main ones: an axum router whose
-/// answers take the server's body type.
-pub(super) type SideService =
-    tower::util::MapResponse<Router, fn(Response<axum::body::Body>) -> Response<ResponseBody>>;
-
-fn side_service(router: Router) -> SideService {
-    use http_body_util::BodyExt;
-    let to_body: fn(Response<axum::body::Body>) -> Response<ResponseBody> =
-        |response| response.map(|body| Either::Left(UnsyncBoxBody::new(body.map_err(BoxError::from))));
-    tower::util::MapResponse::new(router, to_body)
-}
-
 /// A listener beside the main ones, served like them (header timeout, idle
 /// close, drain) under a small cap of its own.
 pub(super) struct SideListener {
     pub(super) listener: TcpListener,
-    pub(super) conns: Conns<SideService>,
+    pub(super) conns: Conns<Current>,
 }
 
-/// Binds a side listener at `addr` for `router`.
+/// Binds a side listener at `addr` for `app`.
 pub(super) async fn side_listener(
     addr: SocketAddr,
-    router: Router,
+    app: Current,
     cap: usize,
     template: &Conns<impl Sized>,
     builders: &Arc<Builders>,
@@ -77,8 +60,8 @@ pub(super) async fn side_listener(
     let listener = TcpListener::bind(addr).await?;
     let conns = Conns {
         builders: builders.clone(),
-        svc: Arc::new(side_service(router)),
-        table: template.table.clone(),
+        svc: Arc::new(app),
+        shared: template.shared.clone(),
         budget: Budget::new(cap),
         stopping: template.stopping.clone(),
         header_timeout: template.header_timeout,

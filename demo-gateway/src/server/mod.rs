@@ -16,48 +16,35 @@ mod app;
 mod client_io;
 mod conn;
 mod listeners;
+mod live;
 mod ops;
 mod workers;
 
 pub use listeners::bind;
+pub use live::{Gateway, ReloadError, Reloaded};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::abort_on_drop::AbortOnDrop;
-use crate::plan::Plan;
 use admission::{Budget, PerClient};
-use app::app;
 use conn::{Conns, Handshake, builders};
 use listeners::{
     ADMIN_MAX_CONNECTIONS, REDIRECT_MAX_CONNECTIONS, SIDE_MAX_HEADER_BYTES, SideListener, Which, accept_maybe, admit,
     side_listener, tell,
 };
-use ops::{admin_router, to_https};
+use live::Current;
+use ops::{side_app, to_https};
 use workers::Workers;
 
-/// Starts resolving the plan's DNS upstreams: once now, then in the background
-/// for as long as the returned tasks live.
-async fn watch_dns(plan: &Plan) -> tokio::task::JoinSet<()> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for upstream in &plan.table.upstreams {
-        if let Some((name, every)) = &upstream.dns {
-            if let Err(err) = tower_gateway::balance::dns::resolve(name, &upstream.endpoints).await {
-                tracing::warn!(%name, %err, "no endpoints from DNS yet");
-            }
-            tasks.spawn(tower_gateway::balance::dns::watch(name.clone(), upstream.endpoints.clone(), *every));
-        }
-    }
-    tasks
-}
-
-/// Serves `plan` on `listener` until `shutdown` resolves; then stops accepting and
+/// Serves `gateway` (or a plan: its first generation) on `listener` until
+/// `shutdown` resolves, taking each new configuration it is given (see
+/// [`Gateway`]) from the next request on; then stops accepting and
 /// lets requests in flight finish for up to the grace period. The binary, the
 /// demo, the tests and the benchmarks all run the gateway through this.
 ///
@@ -70,12 +57,20 @@ async fn watch_dns(plan: &Plan) -> tokio::task::JoinSet<()> {
 /// closed, whatever protocol it was going to speak; an HTTP/2 connection with
 /// no request in flight for the idle timeout is closed, and one whose peer
 /// stops answering pings too.
-pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let _dns = watch_dns(&plan).await;
-    let svc = app(&plan);
-    let settings = &plan.settings;
-    let table = plan.table.clone();
-    let metrics = &table.metrics;
+pub async fn serve(
+    gateway: impl Into<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let gateway = gateway.into();
+    // What only a restart changes is read from the first generation: a reload
+    // that would change it is refused.
+    let first = gateway.current();
+    first.plan.resolve_dns().await;
+    let _reloads = gateway.watch();
+    let settings = &first.plan.settings;
+    let shared = first.plan.shared.clone();
+    let metrics = &shared.metrics;
     // Every connection task holds a receiver: `true` asks it to stop, and the
     // sender's `closed()` says every connection has ended.
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -83,8 +78,8 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let clients = PerClient::new(settings.max_connections_per_client, settings.trusted_proxies.clone());
     let conns = Conns {
         builders: builders(settings, settings.max_header_bytes),
-        svc: Arc::new(svc),
-        table: table.clone(),
+        svc: Arc::new(Current::Live(gateway.clone(), |generation| &generation.app)),
+        shared: shared.clone(),
         budget: budget.clone(),
         stopping: stopping.clone(),
         header_timeout: settings.header_read_timeout,
@@ -94,8 +89,10 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let side_builders = builders(settings, SIDE_MAX_HEADER_BYTES);
     let admin = match settings.admin_listen {
         Some(addr) => {
-            let admin = side_listener(addr, admin_router(&plan), ADMIN_MAX_CONNECTIONS, &conns, &side_builders).await?;
-            tracing::info!(addr = %admin.listener.local_addr()?, "admin listener: /readyz, /metrics");
+            let app = Current::Live(gateway.clone(), |generation| &generation.admin);
+            let admin = side_listener(addr, app, ADMIN_MAX_CONNECTIONS, &conns, &side_builders).await?;
+            let config = if settings.admin_token.is_some() { ", /config, /config/reload" } else { "" };
+            tracing::info!(addr = %admin.listener.local_addr()?, "admin listener: /readyz, /metrics{config}");
             Some(admin)
         }
         None => None,
@@ -117,7 +114,8 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
             let router = Router::new().fallback(move |headers: http::HeaderMap, uri: http::Uri| async move {
                 to_https(&headers, &uri, https_port)
             });
-            let redirect = side_listener(addr, router, REDIRECT_MAX_CONNECTIONS, &conns, &side_builders).await?;
+            let app = Current::Fixed(side_app(router));
+            let redirect = side_listener(addr, app, REDIRECT_MAX_CONNECTIONS, &conns, &side_builders).await?;
             tracing::info!(addr = %redirect.listener.local_addr()?, "redirect listener: 308 to HTTPS");
             Some(redirect)
         }
@@ -144,8 +142,8 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
         side.conns.spawn(&workers, stream, places, peer, None);
     };
     let _reload = tls.as_ref().map(|(tls, ..)| {
-        let (certificate, every, table) = (tls.certificate.clone(), tls.reload_every, table.clone());
-        AbortOnDrop(tokio::spawn(certificate.watch(every, move |ok| table.metrics.tls_reload(ok))))
+        let (certificate, every, shared) = (tls.certificate.clone(), tls.reload_every, shared.clone());
+        AbortOnDrop(tokio::spawn(certificate.watch(every, move |ok| shared.metrics.tls_reload(ok))))
     });
     let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     tokio::pin!(shutdown);
@@ -160,7 +158,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
                     break;
                 }
                 // Readiness fails first; requests are served on until the delay ends.
-                table.draining.store(true, Ordering::Relaxed);
+                shared.drain.start();
                 tracing::info!(drain_delay = ?settings.drain_delay, "draining: /readyz fails, still serving");
                 drain = Some(Box::pin(tokio::time::sleep(settings.drain_delay)));
                 continue;
@@ -183,7 +181,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     }
     // Closing a listener resets the connections the kernel has completed but
     // nobody accepted: take every one already queued, then close.
-    table.draining.store(true, Ordering::Relaxed);
+    shared.drain.start();
     for (listener, tls) in [(Some(listener), false), (tls_listener, true)] {
         let Some(listener) = listener else { continue };
         let listener = listener.into_std()?;
@@ -205,7 +203,7 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
         () = tokio::time::sleep(settings.grace_period) => tracing::warn!("grace period over; closing the remaining connections"),
     }
     // WebSockets last: they have no end of their own to wait for.
-    let tunnels = &table.tunnels;
+    let tunnels = &shared.tunnels;
     if tunnels.active() > 0 {
         tracing::info!(websockets = tunnels.active(), "closing WebSocket connections");
     }

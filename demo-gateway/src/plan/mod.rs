@@ -1,0 +1,393 @@
+//! A [`Config`] compiled into everything the gateway serves: each upstream's
+//! balancer, retries and connection pool; each route's match, access policy and
+//! stack; the authenticator; the server's settings. Every field is checked here
+//! and nowhere else, and every error names its field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower_gateway::balance::Endpoints;
+use tower_gateway::client_addr::{ClientAddrLayer, TrustedProxies};
+use tower_gateway::rate_limit::{KeyExtractor, Limiter};
+use tower_gateway::upgrade::Tunnels;
+use tower_gateway_auth::{Authenticator, TokenStore};
+use tower_http::cors::CorsLayer;
+
+use crate::config::{Access, Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::routes::{Route, RouteBody, Table};
+use auth::authenticator;
+use limits::limits_of;
+use route::{check_fallthrough, route_of};
+use server::settings;
+use upstream::upstream_of;
+
+/// The HTTPS listener's settings, its certificate loaded.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSettings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) certificate: Arc<crate::tls::Certificates>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_handshakes: usize,
+    pub(crate) reload_every: Duration,
+    pub(crate) hsts: Option<http::HeaderValue>,
+    pub(crate) redirect_listen: Option<SocketAddr>,
+}
+
+/// The server's settings, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// What `Authorization: Bearer` must carry for the config endpoints.
+    pub(crate) admin_token: Option<Arc<str>>,
+    pub(crate) tls: Option<TlsSettings>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_client: usize,
+    pub(crate) trusted_proxies: TrustedProxies,
+    pub(crate) workers: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) grace_period: Duration,
+    pub(crate) drain_delay: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) max_route_concurrent_requests: usize,
+    pub(crate) max_anonymous_concurrent_requests: usize,
+    pub(crate) body_idle_timeout: Duration,
+    pub(crate) tunnels: Tunnels,
+    pub(crate) cors: Option<CorsLayer>,
+    pub(crate) client_addr: ClientAddrLayer,
+}
+
+/// A limit's key as the configuration composed it.
+pub(super) type RouteKey = Arc<dyn KeyExtractor<RouteBody> + Send + Sync>;
+
+/// A named limit, built once and shared by every route that names it.
+pub(super) struct BuiltLimit {
+    pub(super) limiter: Limiter,
+    pub(super) key: RouteKey,
+    /// The key reads the verified token, so the limit goes inside the auth layer.
+    pub(super) needs_identity: bool,
+    /// The JSON body fields the key reads.
+    pub(super) json_fields: Vec<String>,
+}
+
+/// What lives as long as the process, whatever its configuration: every
+/// generation of the plan shares these, and a reload changes none of them.
+pub(crate) struct Shared {
+    pub(crate) metrics: Metrics,
+    /// The WebSockets every upstream's proxy has open: one cap, one idle
+    /// timeout, closed at shutdown.
+    pub(crate) tunnels: Tunnels,
+    /// Requests forwarded at once through every route; beyond, `503 overloaded`.
+    pub(crate) capacity: Arc<Semaphore>,
+    /// Of those, what public routes may hold together: the rest is kept for
+    /// requests with a token.
+    pub(crate) anonymous: Arc<Semaphore>,
+    pub(crate) drain: Drain,
+    /// What generations of the plan have alive: tables, upstreams, DNS watchers.
+    pub(crate) alive: Alive,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("alive", &self.alive).finish_non_exhaustive()
+    }
+}
+
+/// Set when the gateway starts to shut down: readiness fails, and HTTP/1.1
+/// connections are told to close after their response.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Drain(Arc<AtomicBool>);
+
+impl Drain {
+    pub(crate) fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How many of the things a generation owns are alive, so that a reload can be
+/// seen to leave nothing of an old one behind.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Alive {
+    pub(crate) tables: Arc<AtomicUsize>,
+    pub(crate) upstreams: Arc<AtomicUsize>,
+    pub(crate) dns_watchers: Arc<AtomicUsize>,
+}
+
+/// One counted in an [`Alive`] count for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The gateway, built from its configuration: what [`serve`](crate::serve) runs.
+///
+/// A plan is one generation of the configuration: its [`Table`] (routes,
+/// upstreams, limits, the authenticator) is swapped whole on a reload, over
+/// the [`Shared`] state every generation uses, under server settings that
+/// only a restart changes.
+pub struct Plan {
+    pub(crate) config: Config,
+    pub(crate) settings: Settings,
+    pub(crate) table: Arc<Table>,
+    pub(crate) shared: Arc<Shared>,
+    /// Each limit as built, for the next generation to keep if unchanged.
+    limits: BTreeMap<String, Arc<BuiltLimit>>,
+    /// What the authenticator was built from, key files' bytes included.
+    auth_source: Vec<u8>,
+    /// The token store the caller gave, kept for the next generation.
+    store: Option<Arc<dyn TokenStore>>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan").field("table", &self.table).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// The settings only a restart changes: a reload that changes one is refused,
+/// naming it.
+fn restart_only(config: &Config) -> [(&'static str, String); 18] {
+    let c = config;
+    let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    [
+        ("listen", d(&c.listen)),
+        ("admin_listen", d(&c.admin_listen)),
+        ("tls", d(&c.tls)),
+        ("workers", d(&c.workers)),
+        ("max_connections", d(&c.max_connections)),
+        ("max_connections_per_client", d(&c.max_connections_per_client)),
+        ("header_read_timeout_ms", d(&c.header_read_timeout_ms)),
+        ("idle_timeout_ms", d(&c.idle_timeout_ms)),
+        ("max_header_bytes", d(&c.max_header_bytes)),
+        ("max_concurrent_requests", d(&c.max_concurrent_requests)),
+        ("max_route_concurrent_requests", d(&c.max_route_concurrent_requests)),
+        ("max_anonymous_concurrent_requests", d(&c.max_anonymous_concurrent_requests)),
+        ("websocket_max_connections", d(&c.websocket_max_connections)),
+        ("websocket_idle_timeout_ms", d(&c.websocket_idle_timeout_ms)),
+        ("websocket_max_connections_per_client", d(&c.websocket_max_connections_per_client)),
+        ("websocket_max_lifetime_ms", d(&c.websocket_max_lifetime_ms)),
+        ("grace_period_ms", d(&c.grace_period_ms)),
+        ("drain_delay_ms", d(&c.drain_delay_ms)),
+    ]
+}
+
+impl Plan {
+    /// Checks and builds `config`. Routes that need a token check revocations in
+    /// Redis (`redis_url`), or in this process. Call it inside a Tokio runtime.
+    pub fn compile(config: Config) -> Result<Self, ConfigError> {
+        Self::compile_with_store(config, None)
+    }
+
+    /// Like [`compile`](Self::compile), with revocations in `store` (shared with
+    /// the code that revokes, as the one-process demo does) instead of `redis_url`.
+    pub fn compile_with_store(config: Config, store: Option<Arc<dyn TokenStore>>) -> Result<Self, ConfigError> {
+        Self::build(config, store, None)
+    }
+
+    /// The next generation: `config` compiled over this plan's shared state,
+    /// keeping each upstream, limit and the authenticator whose configuration
+    /// did not change (pools, balancing, ejections, counters, the token cache).
+    /// Refused, with every field named, if it changes a setting only a
+    /// restart can, or if it does not compile.
+    pub(crate) fn next(&self, config: Config) -> Result<Self, Vec<ConfigError>> {
+        let restart: Vec<ConfigError> = restart_only(&self.config)
+            .into_iter()
+            .zip(restart_only(&config))
+            .filter(|((_, old), (_, new))| old != new)
+            .map(|((field, old), (_, new))| {
+                ConfigError::new(field, format!("changed from {old} to {new}: this setting needs a restart"))
+            })
+            .collect();
+        if !restart.is_empty() {
+            return Err(restart);
+        }
+        Self::build(config, self.store.clone(), Some(self)).map_err(|e| vec![e])
+    }
+
+    fn build(config: Config, store: Option<Arc<dyn TokenStore>>, previous: Option<&Plan>) -> Result<Self, ConfigError> {
+        let settings = settings(&config)?;
+        let shared = match previous {
+            Some(previous) => previous.shared.clone(),
+            None => Arc::new(Shared {
+                metrics: Metrics::new(),
+                tunnels: settings.tunnels.clone(),
+                capacity: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+                anonymous: Arc::new(Semaphore::new(settings.max_anonymous_concurrent_requests)),
+                drain: Drain::default(),
+                alive: Alive::default(),
+            }),
+        };
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in &config.upstreams {
+            let kept = previous
+                .filter(|p| p.config.upstreams.get(name) == Some(upstream))
+                .and_then(|p| p.table.upstreams.iter().find(|u| &*u.name == name));
+            let upstream = match kept {
+                Some(kept) => kept.clone(),
+                None => Arc::new(upstream_of(name, upstream, &shared)?),
+            };
+            upstreams.insert(name.as_str(), upstream);
+        }
+        let needs_token = config.routes.iter().any(|r| !matches!(r.access, Some(Access::Public) | None));
+        let auth_source = auth::source(&config);
+        let auth = match previous {
+            _ if !needs_token => None,
+            Some(p) if p.auth_source == auth_source && p.table.auth.is_some() => p.table.auth.clone(),
+            _ => Some(authenticator(&config, store.clone())?),
+        };
+        let limits = limits_of(&config, previous.map(|p| (&p.config, &p.limits)))?;
+        if config.routes.is_empty() {
+            return Err(ConfigError::new("routes", "at least one route is required"));
+        }
+        let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let built = route_of(&at, route, &upstreams, auth.as_ref(), &limits, &shared, &settings)?;
+            if let Some(j) = routes.iter().position(|r| r.overlaps(&built)) {
+                return Err(ConfigError::new(at, format!("matches the same requests as routes[{j}]")));
+            }
+            routes.push(built);
+        }
+        // A route that stays keeps its share of capacity: requests in flight
+        // on the old generation count against the new one's too.
+        if let Some(previous) = previous {
+            for route in &mut routes {
+                if let Some(old) = previous.table.routes.iter().find(|r| r.name == route.name) {
+                    route.share = old.share.clone();
+                }
+            }
+        }
+        // The most specific first: the longest path, an exact path over a prefix of
+        // the same length, then a route naming methods over one taking any.
+        let mut order: Vec<(usize, &Route)> = routes.iter().enumerate().collect();
+        order.sort_by_key(|(_, r)| r.specificity());
+        check_fallthrough(&order)?;
+        routes.sort_by_key(|r| r.specificity());
+        let table = Table {
+            routes,
+            upstreams: upstreams.into_values().collect(),
+            auth,
+            limits: limits.values().map(|l| l.limiter.clone()).collect(),
+            shared: shared.clone(),
+            _alive: Counted::new(&shared.alive.tables),
+        };
+        Ok(Self { config, settings, table: Arc::new(table), shared, limits, auth_source, store })
+    }
+
+    /// Resolves, once, each DNS upstream that has no endpoint yet: before a
+    /// plan serves, so that its first requests find one.
+    pub(crate) async fn resolve_dns(&self) {
+        for upstream in &self.table.upstreams {
+            if let Some((name, _)) = &upstream.dns
+                && upstream.endpoints.is_empty()
+                && let Err(err) = tower_gateway::balance::dns::resolve(name, &upstream.endpoints).await
+            {
+                tracing::warn!(%name, %err, "no endpoints from DNS yet");
+            }
+        }
+    }
+
+    /// A short fingerprint of the configuration (SHA-1 of its TOML, secrets
+    /// included, so that a changed secret changes it).
+    pub fn hash(&self) -> String {
+        use sha1::Digest as _;
+        let text = toml::to_string(&self.config).unwrap_or_default();
+        let digest = sha1::Sha1::digest(text.as_bytes());
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// One line: how many routes, upstreams and limits, and the hash.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} routes, {} upstreams, {} limits, hash {}",
+            self.table.routes.len(),
+            self.table.upstreams.len(),
+            self.limits.len(),
+            self.hash()
+        )
+    }
+
+    /// The effective configuration as TOML (Redis password masked), under a
+    /// comment listing every route in the order requests are matched, with its
+    /// upstream and policy.
+    pub fn to_masked_toml(&self) -> String {
+        let mut text = String::from("# Routes, most specific first: a request takes the first that matches.\n");
+        for route in &self.table.routes {
+            let upstream = route.metrics.upstream();
+            let mut line = format!("#   {:<28} -> {upstream:<10} access: {}", &*route.name, route.access);
+            if !route.limits.is_empty() {
+                let names: Vec<&str> = route.limits.iter().map(|l| &**l).collect();
+                line.push_str(&format!("  limits: {}", names.join(", ")));
+            }
+            if route.websocket {
+                line.push_str("  websocket");
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text.push('\n');
+        text.push_str(&self.config.to_masked_toml());
+        text
+    }
+
+    /// Where the gateway is configured to listen.
+    pub fn listen(&self) -> SocketAddr {
+        self.settings.listen
+    }
+
+    /// The configuration this plan was compiled from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The authenticator of the routes that need a token, if any does.
+    pub fn authenticator(&self) -> Option<&Authenticator> {
+        self.table.auth.as_ref()
+    }
+
+    /// The endpoints of the upstream `name`.
+    pub fn endpoints(&self, name: &str) -> Option<&Endpoints> {
+        self.table.upstreams.iter().find(|u| &*u.name == name).map(|u| &u.endpoints)
+    }
+}
+
+pub(super) fn positive(field: &str, value: u64) -> Result<Duration, ConfigError> {
+    if value == 0 { Err(ConfigError::new(field, "must be positive")) } else { Ok(Duration::from_millis(value)) }
+}
+
+/// A count that must be at least 1.
+pub(super) fn at_least_one(field: &str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 { Err(ConfigError::new(field, "must be at least 1")) } else { Ok(value) }
+}
+
+mod auth;
+mod limits;
+mod route;
+mod server;
+#[cfg(test)]
+mod tests;
+mod upstream;

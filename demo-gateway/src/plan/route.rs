@@ -1,0 +1,259 @@
+//! Routes: each one's match, access policy, limits and stack.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use tokio::sync::Semaphore;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+use tower_gateway::rate_limit::{RateLimitLayer, ReadJsonLayer};
+use tower_gateway::upgrade::Tunnels;
+use tower_gateway::{Body, StripPrefixLayer};
+use tower_gateway_auth::{Authenticator, JwtAuthLayer};
+
+use super::{BuiltLimit, Settings, Shared};
+use crate::config::{Access, ConfigError, RouteConfig};
+use crate::routes::{Matcher, Route, RouteBody, Stack, Upstream};
+
+/// A layer's service as a piece of a route: boxed, its answers one [`Body`]
+/// again (the layers' `ResponseBody` flattens with no allocation).
+pub(super) fn stacked<S, B>(svc: S) -> Stack
+where
+    S: Service<Request<RouteBody>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Into<Body> + 'static,
+{
+    BoxCloneSyncService::new(svc.map_response(|response: Response<B>| response.map(Into::into)))
+}
+
+/// Takes a WebSocket upgrade's place among the tunnels before the upstream's
+/// retries and balancer: a full set is answered `503` once, neither retried nor
+/// counted against an endpoint. Behind the auth layer: the tunnel of a request
+/// with a token is closed when the token expires.
+#[derive(Clone)]
+struct ReserveUpgrade {
+    inner: Stack,
+    tunnels: Tunnels,
+}
+
+impl Service<Request<RouteBody>> for ReserveUpgrade {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response<Body>, Infallible>>,
+        <Stack as Service<Request<RouteBody>>>::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<RouteBody>) -> Self::Future {
+        // A tunnel opened with a token ends when the token does.
+        if let Some(exp) = req.extensions().get::<tower_gateway_auth::Authenticated>().map(|who| who.exp) {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(exp);
+            req.extensions_mut().insert(tower_gateway::upgrade::CloseAt(at));
+        }
+        match self.tunnels.reserve(&mut req) {
+            Ok(()) => futures_util::future::Either::Right(self.inner.call(req)),
+            Err(refused) => futures_util::future::Either::Left(std::future::ready(Ok(refused.into_response()))),
+        }
+    }
+}
+
+/// `svc` behind `limits`, the first listed outermost; the JSON body is read just
+/// before the first limit that needs it.
+pub(super) fn limited(mut svc: Stack, limits: &[&BuiltLimit]) -> Stack {
+    let fields: Vec<&String> = limits.iter().flat_map(|l| &l.json_fields).collect();
+    let first_json = limits.iter().position(|l| !l.json_fields.is_empty());
+    for (i, limit) in limits.iter().enumerate().rev() {
+        svc = stacked(RateLimitLayer::new(limit.limiter.clone(), limit.key.clone()).layer(svc));
+        if Some(i) == first_json {
+            svc = stacked(ReadJsonLayer::new(&fields).layer(svc));
+        }
+    }
+    svc
+}
+
+pub(super) fn path_field<'a>(at: &str, field: &str, value: &'a str) -> Result<&'a str, ConfigError> {
+    let layer = StripPrefixLayer::try_new(value).map_err(|e| ConfigError::new(format!("{at}.{field}"), e))?;
+    if layer.prefix().is_empty() {
+        return Err(ConfigError::new(format!("{at}.{field}"), "a route needs a path below '/'"));
+    }
+    Ok(value.trim_end_matches('/'))
+}
+
+pub(super) fn methods_of(at: &str, methods: &[String]) -> Result<Option<Box<[Method]>>, ConfigError> {
+    if methods.is_empty() {
+        return Ok(None);
+    }
+    let mut parsed: Vec<Method> = Vec::with_capacity(methods.len());
+    for (j, name) in methods.iter().enumerate() {
+        let field = || format!("{at}.methods[{j}]");
+        if name.is_empty() || name.bytes().any(|b| !b.is_ascii_uppercase()) {
+            return Err(ConfigError::new(field(), format!("{name:?} is not an upper-case method name like GET")));
+        }
+        let method = Method::from_bytes(name.as_bytes()).map_err(|e| ConfigError::new(field(), e))?;
+        if parsed.contains(&method) {
+            return Err(ConfigError::new(field(), format!("{name} is listed twice")));
+        }
+        parsed.push(method);
+    }
+    // HEAD is a GET without the body (RFC 9110 §9.3.2): it goes where GET goes,
+    // not to whatever broader route takes the other methods.
+    if parsed.contains(&Method::GET) && !parsed.contains(&Method::HEAD) {
+        parsed.push(Method::HEAD);
+    }
+    Ok(Some(parsed.into()))
+}
+
+/// How much a policy asks of a request: a route's other methods may fall
+/// through only to a route that asks at least as much.
+pub(super) fn strictness(access: &Access) -> u8 {
+    match access {
+        Access::Public => 0,
+        Access::Token => 1,
+        Access::Roles(_) => 2,
+    }
+}
+
+/// Refuses a route naming methods whose path, asked with another method, is
+/// taken by a route with a weaker policy: a method-restricted route must not
+/// open its path to a more lenient route by omission. `routes` are in matching
+/// order, each with its index in the configuration.
+pub(super) fn check_fallthrough(routes: &[(usize, &Route)]) -> Result<(), ConfigError> {
+    const METHODS: [Method; 7] =
+        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
+    for (at, route) in routes {
+        let Some(methods) = &route.methods else { continue };
+        let path = route.matcher.path();
+        for method in METHODS.iter().filter(|m| !methods.contains(m)) {
+            // The route `Table::recognize` would pick, given the request.
+            let taker = routes.iter().find(|(_, r)| r.takes(method, path));
+            if let Some((other, taker)) = taker
+                && strictness(&taker.access) < strictness(&route.access)
+            {
+                return Err(ConfigError::new(
+                    format!("routes[{at}].methods"),
+                    format!(
+                        "{method} {path} falls through to routes[{other}] ({}), more open than this route ({}): \
+                         give the other methods a route of their own",
+                        taker.access, route.access
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn route_of(
+    at: &str,
+    config: &RouteConfig,
+    upstreams: &BTreeMap<&str, Arc<Upstream>>,
+    auth: Option<&Authenticator>,
+    limits: &BTreeMap<String, Arc<BuiltLimit>>,
+    shared: &Shared,
+    settings: &Settings,
+) -> Result<Route, ConfigError> {
+    let matcher = match (&config.prefix, &config.path) {
+        (Some(prefix), None) => Matcher::Prefix(path_field(at, "prefix", prefix)?.into()),
+        (None, Some(path)) => Matcher::Path(path_field(at, "path", path)?.into()),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(format!("{at}.path"), "give either prefix or path, not both"));
+        }
+        (None, None) => return Err(ConfigError::new(format!("{at}.prefix"), "give a prefix or a path to match")),
+    };
+    let methods = methods_of(at, &config.methods)?;
+    let strip = match &config.strip_prefix {
+        Some(strip) => {
+            let strip = path_field(at, "strip_prefix", strip)?;
+            if !Matcher::Prefix(strip.into()).matches(matcher.path()) {
+                return Err(ConfigError::new(
+                    format!("{at}.strip_prefix"),
+                    format!("{strip:?} is not a prefix of {:?}", matcher.path()),
+                ));
+            }
+            strip
+        }
+        None => matcher.path(),
+    };
+    let upstream = upstreams.get(config.upstream.as_str()).ok_or_else(|| {
+        let known: Vec<&str> = upstreams.keys().copied().collect();
+        ConfigError::new(format!("{at}.upstream"), format!("{:?} is not one of {known:?}", config.upstream))
+    })?;
+    let access = config.access.clone().ok_or_else(|| {
+        ConfigError::new(format!("{at}.access"), r#"required: "public", "token" or { roles = ["..."] }"#)
+    })?;
+    let auth_layer = match (&access, auth) {
+        (Access::Public, _) => None,
+        (Access::Token, Some(auth)) => Some(JwtAuthLayer::new(auth.clone())),
+        (Access::Roles(roles), Some(auth)) => {
+            if roles.is_empty() || roles.iter().any(String::is_empty) {
+                return Err(ConfigError::new(format!("{at}.access.roles"), "name at least one role, none empty"));
+            }
+            Some(JwtAuthLayer::new(auth.clone()).any_role(roles.iter().cloned()))
+        }
+        (_, None) => unreachable!("an authenticator is built whenever a route needs a token"),
+    };
+    let name: Arc<str> = match &config.name {
+        Some(name) => name.as_str().into(),
+        None => {
+            let star = if matches!(matcher, Matcher::Prefix(_)) { "/*" } else { "" };
+            match &methods {
+                Some(methods) => {
+                    let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                    format!("{}{star} {}", matcher.path(), names.join(",")).into()
+                }
+                None => format!("{}{star}", matcher.path()).into(),
+            }
+        }
+    };
+    let mut named: Vec<&BuiltLimit> = Vec::with_capacity(config.limits.len());
+    for (j, limit) in config.limits.iter().enumerate() {
+        let field = || format!("{at}.limits[{j}]");
+        let built = limits.get(limit).ok_or_else(|| {
+            let known: Vec<&String> = limits.keys().collect();
+            ConfigError::new(field(), format!("{limit:?} is not one of {known:?}"))
+        })?;
+        if config.limits[..j].contains(limit) {
+            return Err(ConfigError::new(field(), format!("{limit} is listed twice")));
+        }
+        if built.needs_identity && access == Access::Public {
+            return Err(ConfigError::new(field(), format!("{limit} counts by the token, but the route is public")));
+        }
+        named.push(built);
+    }
+    // Limits by address, header or body are decided before the token is checked
+    // (a flood of bad tokens is limited before it costs verification); limits by
+    // the token's claims inside the auth layer.
+    let (inside, outside): (Vec<&BuiltLimit>, Vec<&BuiltLimit>) = named.into_iter().partition(|l| l.needs_identity);
+    let mut svc: Stack = stacked(upstream.service.clone());
+    if config.websocket {
+        svc = stacked(ReserveUpgrade { inner: svc, tunnels: shared.tunnels.clone() });
+    }
+    svc = limited(svc, &inside);
+    if let Some(layer) = auth_layer {
+        svc = stacked(layer.layer(svc));
+    }
+    svc = limited(svc, &outside);
+    let svc = stacked(StripPrefixLayer::new(strip).layer(svc));
+    let limits = config.limits.iter().map(|l| Arc::from(l.as_str())).collect();
+    Ok(Route {
+        metrics: shared.metrics.route(&name, &upstream.name),
+        name,
+        matcher,
+        methods,
+        access,
+        limits,
+        websocket: config.websocket,
+        svc,
+        // A share of the gateway's capacity per route: a route whose requests are
+        // slow (trickled bodies, a stuck upstream) is refused at its share while
+        // the others are served.
+        share: Arc::new(Semaphore::new(settings.max_route_concurrent_requests)),
+    })
+}

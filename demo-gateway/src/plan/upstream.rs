@@ -1,0 +1,117 @@
+//! Upstreams: each one's endpoints (listed or from DNS), connection pool,
+//! timeout, balancer and retries.
+
+use std::time::Duration;
+
+use tower::ServiceBuilder;
+use tower_gateway::balance::Endpoints;
+use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, TimeoutLayer};
+
+use super::{Counted, Shared, positive};
+use crate::abort_on_drop::AbortOnDrop;
+use crate::config::{ConfigError, RetryConfig, UpstreamConfig};
+use crate::routes::{Upstream, UpstreamService};
+
+pub(super) fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError> {
+    if !(1..=10).contains(&retry.attempts) {
+        return Err(ConfigError::new(format!("{at}.retry.attempts"), "must be between 1 and 10"));
+    }
+    let backoff = positive(&format!("{at}.retry.backoff_ms"), retry.backoff_ms)?;
+    if retry.max_backoff_ms < retry.backoff_ms {
+        return Err(ConfigError::new(format!("{at}.retry.max_backoff_ms"), "must be at least backoff_ms"));
+    }
+    if !(0.0..=10.0).contains(&retry.jitter) {
+        return Err(ConfigError::new(format!("{at}.retry.jitter"), "must be between 0 and 10"));
+    }
+    let policy = RetryPolicy::new()
+        .max_attempts(retry.attempts)
+        .retry_idempotency_key(retry.idempotency_key)
+        .backoff(backoff, Duration::from_millis(retry.max_backoff_ms), retry.jitter)
+        .map_err(|e| ConfigError::new(format!("{at}.retry"), e))?;
+    Ok(RetryLayer::new(policy).max_replay_body(retry.max_replay_body_bytes))
+}
+
+/// The upstream `name`, its DNS name (if it has one) watched for as long as it lives.
+pub(super) fn upstream_of(name: &str, config: &UpstreamConfig, shared: &Shared) -> Result<Upstream, ConfigError> {
+    let at = format!("upstreams.{name}");
+    let (endpoints, dns) = match (&config.dns, config.endpoints.is_empty()) {
+        (Some(_), false) => {
+            return Err(ConfigError::new(format!("{at}.dns"), "give either endpoints or dns, not both"));
+        }
+        (None, true) => return Err(ConfigError::new(format!("{at}.endpoints"), "give endpoints or dns")),
+        (Some(dns), true) => {
+            let ok = dns
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(ConfigError::new(format!("{at}.dns"), format!("{dns:?} is not host:port")));
+            }
+            // DNS answers are reached as http://ADDRESS:PORT: TLS settings would
+            // silently go unused, and the traffic they were meant to protect
+            // would cross the network in the clear.
+            for (field, set) in [
+                ("ca_file", config.ca_file.is_some()),
+                ("client_cert_file", config.client_cert_file.is_some()),
+                ("client_key_file", config.client_key_file.is_some()),
+            ] {
+                if set {
+                    let why =
+                        "a dns upstream is reached over plain HTTP, so this would not be used; list https:// endpoints";
+                    return Err(ConfigError::new(format!("{at}.{field}"), why));
+                }
+            }
+            let every = positive(&format!("{at}.dns_refresh_ms"), config.dns_refresh_ms)?;
+            let endpoints = Endpoints::new(Vec::<String>::new()).map_err(|e| ConfigError::new(&at, e))?;
+            (endpoints, Some((dns.clone(), every)))
+        }
+        (None, false) => {
+            for (j, endpoint) in config.endpoints.iter().enumerate() {
+                Endpoints::new([endpoint]).map_err(|e| ConfigError::new(format!("{at}.endpoints[{j}]"), e))?;
+            }
+            (Endpoints::new(&config.endpoints).map_err(|e| ConfigError::new(format!("{at}.endpoints"), e))?, None)
+        }
+    };
+    let mut proxy = Proxy::builder()
+        .connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?)
+        .tunnels(shared.tunnels.clone());
+    if let Some(tls) =
+        crate::tls::upstream_config(config).map_err(|(field, e)| ConfigError::new(format!("{at}.{field}"), e))?
+    {
+        proxy = proxy.tls_config(tls);
+    }
+    let proxy = proxy.build();
+    // Each attempt's wait for the response head, under the balancer: a 504 it
+    // counts against the endpoint, and the retry layer may retry.
+    let timeout = TimeoutLayer::new(positive(&format!("{at}.timeout_ms"), config.timeout_ms)?);
+    // One stack per upstream, cloned into every route that names it: one round
+    // robin, one ejection state, one retry budget, one connection pool.
+    let service: UpstreamService = ServiceBuilder::new()
+        .layer(retry_layer(&at, &config.retry)?)
+        .layer(
+            RoundRobinLayer::new(endpoints.clone())
+                .eject_after(config.eject_after)
+                .eject_after_gateway_failures(config.eject_after_gateway_failures)
+                .max_ejected_percent(config.max_ejected_percent)
+                .cool_down(Duration::from_millis(config.cool_down_ms)),
+        )
+        .layer(timeout)
+        .service(proxy);
+    // The watcher's first lookup is at once; `Plan::resolve_dns` waits for one
+    // before a plan serves.
+    let watcher = dns.as_ref().map(|(dns, every)| {
+        let watching = Counted::new(&shared.alive.dns_watchers);
+        let watch = tower_gateway::balance::dns::watch(dns.clone(), endpoints.clone(), *every);
+        AbortOnDrop(tokio::spawn(async move {
+            let _watching = watching;
+            watch.await;
+        }))
+    });
+    Ok(Upstream {
+        name: name.into(),
+        endpoints,
+        dns,
+        service,
+        _watcher: watcher,
+        _alive: Counted::new(&shared.alive.upstreams),
+    })
+}
