@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use demo_gateway::{Config, Plan};
+use clap::{Parser, Subcommand};
+use demo_gateway::{Config, Gateway, Plan};
 
 /// The seed's API gateway, built from tower-gateway's layers.
 ///
@@ -23,6 +23,19 @@ struct Cli {
     /// masked), and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compile the configuration as the server would, without serving: exit 0
+    /// with a one-line summary, or 2 with the field at fault.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +51,19 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        if let Some(Command::Check { config }) = &cli.command {
+            let path = config.as_deref().or(cli.config.as_deref());
+            return match Config::load(path, |name| std::env::var(name).ok()).and_then(Plan::compile) {
+                Ok(plan) => {
+                    println!("ok: {}", plan.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("demo-gateway check: {err}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         let config = Config::load(cli.config.as_deref(), |name| std::env::var(name).ok());
         let plan = match config.and_then(Plan::compile) {
             Ok(plan) => plan,
@@ -57,8 +83,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        tracing::info!(listen = %plan.listen(), routes = plan.config().routes.len(), "gateway listening");
-        match demo_gateway::serve(plan, listener, demo_gateway::shutdown_signal()).await {
+        tracing::info!(listen = %plan.listen(), summary = %plan.summary(), "gateway listening");
+        let mut gateway = Gateway::new(plan);
+        if let Some(path) = cli.config {
+            // SIGHUP, a change of the file, or POST /config/reload reads it again.
+            gateway = gateway.config_file(path);
+        }
+        match demo_gateway::serve(gateway, listener, demo_gateway::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("demo-gateway: {err}");

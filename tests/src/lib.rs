@@ -61,6 +61,9 @@ where
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         while let Ok((stream, peer)) = listener.accept().await {
+            // Finished connections let go of their tasks: a long test's
+            // backend does not grow with every connection it served.
+            while connections.try_join_next().is_some() {}
             let svc = svc.clone().map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(tower_gateway::PeerAddr(peer));
                 req
@@ -181,12 +184,14 @@ impl Gateway {
         Self::serve(demo_gateway::Plan::compile(config).expect("a valid configuration")).await
     }
 
-    /// Serves `plan` on a fresh loopback port.
-    pub async fn serve(plan: demo_gateway::Plan) -> Self {
+    /// Serves `gateway` (a plan, or a live gateway that can be reloaded) on a
+    /// fresh loopback port.
+    pub async fn serve(gateway: impl Into<demo_gateway::Gateway>) -> Self {
+        let gateway = gateway.into();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(demo_gateway::serve(plan, listener, async move {
+        tokio::spawn(demo_gateway::serve(gateway, listener, async move {
             let _ = stopped.await;
         }));
         Self { addr, stop: Some(stop) }
@@ -208,6 +213,23 @@ impl Drop for Gateway {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// The value of the first sample of `/metrics` at `url` whose line starts with
+/// `series` (a name, with labels if given), or `None`.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    let text = Client::new().get(&format!("{url}/metrics")).await.ok()?.body;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// Polls `check` every 20 ms for up to 10 s; panics naming `what` after that.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -173,8 +173,9 @@ impl Gateway {
         self.inner.current.load().plan.to_masked_toml()
     }
 
-    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<Generation>> {
-        self.inner.current.load()
+    /// The generation served now, held for as long as the caller keeps it.
+    pub(crate) fn current_full(&self) -> Arc<Generation> {
+        self.inner.current.load_full()
     }
 
     /// Reads the config file again (with the environment's overrides) and

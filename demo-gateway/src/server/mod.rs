@@ -65,11 +65,15 @@ pub async fn serve(
     let gateway = gateway.into();
     // What only a restart changes is read from the first generation: a reload
     // that would change it is refused.
-    let first = gateway.current();
-    first.plan.resolve_dns().await;
+    // that would change it is refused. Copied: a generation held here would
+    // live as long as the server.
+    let (settings, shared) = {
+        let first = gateway.current_full();
+        first.plan.resolve_dns().await;
+        (first.plan.settings.clone(), first.plan.shared.clone())
+    };
+    let settings = &settings;
     let _reloads = gateway.watch();
-    let settings = &first.plan.settings;
-    let shared = first.plan.shared.clone();
     let metrics = &shared.metrics;
     // Every connection task holds a receiver: `true` asks it to stop, and the
     // sender's `closed()` says every connection has ended.
