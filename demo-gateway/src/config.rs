@@ -119,6 +119,9 @@ pub struct Config {
     /// The longest a WebSocket stays open, busy or not (one opened with a
     /// token is closed when the token expires, if that is sooner).
     pub websocket_max_lifetime_ms: u64,
+    /// How long the WebSockets of a route a reload removed stay open before
+    /// they are closed (those of routes that stay are never touched).
+    pub websocket_removed_route_grace_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub grace_period_ms: u64,
     /// After SIGTERM, how long the gateway keeps accepting and serving with
@@ -594,6 +597,7 @@ impl Default for Config {
             websocket_idle_timeout_ms: 60_000,
             websocket_max_connections_per_client: 16,
             websocket_max_lifetime_ms: 3_600_000,
+            websocket_removed_route_grace_ms: 60_000,
             grace_period_ms: 10_000,
             drain_delay_ms: 0,
             cors_origins: Vec::new(),

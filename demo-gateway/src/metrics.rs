@@ -133,6 +133,7 @@ pub(crate) struct Metrics {
     websocket_upgrades: Family<OutcomeLabels, Counter>,
     websockets_closed_idle: Counter,
     websockets_closed_at_deadline: Counter,
+    websockets_closed_route_removed: Counter,
     limit_decisions: Family<DecisionLabels, Counter>,
     limit_store_errors: Family<LimitLabels, Counter>,
     config_reloads: Family<OutcomeLabels, Counter>,
@@ -185,6 +186,7 @@ impl Metrics {
         let websocket_upgrades = Family::<OutcomeLabels, Counter>::default();
         let websockets_closed_idle = Counter::default();
         let websockets_closed_at_deadline = Counter::default();
+        let websockets_closed_route_removed = Counter::default();
         let limit_decisions = Family::<DecisionLabels, Counter>::default();
         let limit_store_errors = Family::<LimitLabels, Counter>::default();
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
@@ -256,6 +258,11 @@ impl Metrics {
             websockets_closed_at_deadline.clone(),
         );
         registry.register(
+            "websockets_closed_route_removed",
+            "WebSocket connections closed websocket_removed_route_grace_ms after a reload removed their route",
+            websockets_closed_route_removed.clone(),
+        );
+        registry.register(
             "rate_limit_decisions",
             "Rate-limit decisions by limit and outcome (allowed, limited, fallback_allowed, fallback_limited, unavailable)",
             limit_decisions.clone(),
@@ -302,6 +309,7 @@ impl Metrics {
             websocket_upgrades,
             websockets_closed_idle,
             websockets_closed_at_deadline,
+            websockets_closed_route_removed,
             limit_decisions,
             limit_store_errors,
             scrape: std::sync::Mutex::new(()),
@@ -449,6 +457,7 @@ impl Metrics {
             catch_up(&self.websocket_upgrades.get_or_create(&OutcomeLabels { outcome: "refused" }), stats.refused);
             catch_up(&self.websockets_closed_idle, stats.closed_idle);
             catch_up(&self.websockets_closed_at_deadline, stats.closed_at_deadline);
+            catch_up(&self.websockets_closed_route_removed, stats.closed_by_group);
             self.websockets.set(i64::try_from(tunnels.active()).unwrap_or(i64::MAX));
         }
         for (upstream, endpoints) in upstreams {

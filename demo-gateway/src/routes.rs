@@ -92,6 +92,8 @@ pub(crate) struct Route {
     pub(crate) limits: Box<[Arc<str>]>,
     /// Whether WebSocket upgrades pass.
     pub(crate) websocket: bool,
+    /// The WebSockets it opened, closed together if a reload removes it.
+    pub(crate) tunnels: Option<tower_gateway::upgrade::TunnelGroup>,
     pub(crate) svc: RouteService,
     pub(crate) metrics: RouteMetrics,
     /// Requests this route may have in flight: its share of the gateway's capacity.

@@ -374,3 +374,41 @@ async fn the_admin_endpoint_reloads_with_the_token_and_refuses_without_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn websockets_of_a_removed_route_close_after_the_grace_and_the_others_stay_open() {
+    let (a, ws) = (backend("a").await, echo_backend().await);
+    let mut first = config(&a.url(), &ws.url(), false, 1000);
+    first.routes.push(RouteConfig { websocket: true, ..route("/chat", "ws") });
+    first.websocket_removed_route_grace_ms = 1500;
+    let live = Live::new(Plan::compile(first.clone()).unwrap());
+    let gw = Gateway::serve(live.clone()).await;
+    let open =
+        async |path: &str| tokio_tungstenite::connect_async(format!("ws://{}{path}", gw.addr())).await.unwrap().0;
+    let (mut staying, mut removed) = (open("/ws/1").await, open("/chat/1").await);
+    let echo = async |socket: &mut tokio_tungstenite::WebSocketStream<_>, text: &str| {
+        socket.send(Message::text(text)).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Ok(Some(Ok(Message::Text(got)))) => got.as_str() == text,
+            _ => false,
+        }
+    };
+    assert!(echo(&mut removed, "before").await);
+
+    let mut second = first.clone();
+    second.routes.pop();
+    live.apply(second).await.unwrap();
+    assert!(echo(&mut removed, "within the grace").await, "open until the grace ends");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match removed.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the removed route's WebSocket is closed after the grace");
+    assert!(echo(&mut staying, "after").await, "the staying route's WebSocket is untouched");
+    assert_eq!(metric(&gw.url(), "gateway_websockets_closed_route_removed_total").await, Some(1.0));
+}

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::routes::{Route, RouteBody, Table};
 use auth::authenticator;
 use limits::limits_of;
-use route::{check_fallthrough, route_of};
+use route::{Parts, check_fallthrough, route_of};
 use server::settings;
 use upstream::upstream_of;
 
@@ -264,22 +264,21 @@ impl Plan {
             return Err(ConfigError::new("routes", "at least one route is required"));
         }
         let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
+        let parts = Parts {
+            upstreams: &upstreams,
+            auth: auth.as_ref(),
+            limits: &limits,
+            shared: &shared,
+            settings: &settings,
+            before: previous.map_or(&[][..], |p| &p.table.routes[..]),
+        };
         for (i, route) in config.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            let built = route_of(&at, route, &upstreams, auth.as_ref(), &limits, &shared, &settings)?;
+            let built = route_of(&at, route, &parts)?;
             if let Some(j) = routes.iter().position(|r| r.overlaps(&built)) {
                 return Err(ConfigError::new(at, format!("matches the same requests as routes[{j}]")));
             }
             routes.push(built);
-        }
-        // A route that stays keeps its share of capacity: requests in flight
-        // on the old generation count against the new one's too.
-        if let Some(previous) = previous {
-            for route in &mut routes {
-                if let Some(old) = previous.table.routes.iter().find(|r| r.name == route.name) {
-                    route.share = old.share.clone();
-                }
-            }
         }
         // The most specific first: the longest path, an exact path over a prefix of
         // the same length, then a route naming methods over one taking any.

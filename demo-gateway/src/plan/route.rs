@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 use tower_gateway::rate_limit::{RateLimitLayer, ReadJsonLayer};
-use tower_gateway::upgrade::Tunnels;
+use tower_gateway::upgrade::{CloseAt, ReserveUpgradeLayer};
 use tower_gateway::{Body, StripPrefixLayer};
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
@@ -27,41 +27,6 @@ where
     B: Into<Body> + 'static,
 {
     BoxCloneSyncService::new(svc.map_response(|response: Response<B>| response.map(Into::into)))
-}
-
-/// Takes a WebSocket upgrade's place among the tunnels before the upstream's
-/// retries and balancer: a full set is answered `503` once, neither retried nor
-/// counted against an endpoint. Behind the auth layer: the tunnel of a request
-/// with a token is closed when the token expires.
-#[derive(Clone)]
-struct ReserveUpgrade {
-    inner: Stack,
-    tunnels: Tunnels,
-}
-
-impl Service<Request<RouteBody>> for ReserveUpgrade {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<Response<Body>, Infallible>>,
-        <Stack as Service<Request<RouteBody>>>::Future,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<RouteBody>) -> Self::Future {
-        // A tunnel opened with a token ends when the token does.
-        if let Some(exp) = req.extensions().get::<tower_gateway_auth::Authenticated>().map(|who| who.exp) {
-            let at = std::time::UNIX_EPOCH + Duration::from_secs(exp);
-            req.extensions_mut().insert(tower_gateway::upgrade::CloseAt(at));
-        }
-        match self.tunnels.reserve(&mut req) {
-            Ok(()) => futures_util::future::Either::Right(self.inner.call(req)),
-            Err(refused) => futures_util::future::Either::Left(std::future::ready(Ok(refused.into_response()))),
-        }
-    }
 }
 
 /// `svc` behind `limits`, the first listed outermost; the JSON body is read just
@@ -150,15 +115,20 @@ pub(super) fn check_fallthrough(routes: &[(usize, &Route)]) -> Result<(), Config
     Ok(())
 }
 
-pub(super) fn route_of(
-    at: &str,
-    config: &RouteConfig,
-    upstreams: &BTreeMap<&str, Arc<Upstream>>,
-    auth: Option<&Authenticator>,
-    limits: &BTreeMap<String, Arc<BuiltLimit>>,
-    shared: &Shared,
-    settings: &Settings,
-) -> Result<Route, ConfigError> {
+/// What routes are built from: the rest of the generation, compiled first.
+pub(super) struct Parts<'a> {
+    pub(super) upstreams: &'a BTreeMap<&'a str, Arc<Upstream>>,
+    pub(super) auth: Option<&'a Authenticator>,
+    pub(super) limits: &'a BTreeMap<String, Arc<BuiltLimit>>,
+    pub(super) shared: &'a Shared,
+    pub(super) settings: &'a Settings,
+    /// The routes of the generation before, if any: one of the same name
+    /// hands its capacity share and WebSocket group on.
+    pub(super) before: &'a [Route],
+}
+
+pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Result<Route, ConfigError> {
+    let Parts { upstreams, auth, limits, shared, settings, before } = *parts;
     let matcher = match (&config.prefix, &config.path) {
         (Some(prefix), None) => Matcher::Prefix(path_field(at, "prefix", prefix)?.into()),
         (None, Some(path)) => Matcher::Path(path_field(at, "path", path)?.into()),
@@ -231,9 +201,25 @@ pub(super) fn route_of(
     // (a flood of bad tokens is limited before it costs verification); limits by
     // the token's claims inside the auth layer.
     let (inside, outside): (Vec<&BuiltLimit>, Vec<&BuiltLimit>) = named.into_iter().partition(|l| l.needs_identity);
+    // A route that stays across a reload keeps its share of capacity (requests
+    // in flight on the old generation count against the new one's too) and its
+    // WebSockets' group.
+    let kept = before.iter().find(|r| r.name == name);
+    let tunnels = config.websocket.then(|| kept.and_then(|r| r.tunnels.clone()).unwrap_or_default());
     let mut svc: Stack = stacked(upstream.service.clone());
-    if config.websocket {
-        svc = stacked(ReserveUpgrade { inner: svc, tunnels: shared.tunnels.clone() });
+    if let Some(group) = &tunnels {
+        // Places among the tunnels before the upstream's retries and balancer: a
+        // full set is answered `503` once, neither retried nor counted against
+        // an endpoint. Behind the auth layer: the tunnel of a request with a
+        // token is closed when the token expires.
+        let reserve = ReserveUpgradeLayer::new(shared.tunnels.clone()).group(group.clone());
+        svc = stacked(reserve.layer(svc).map_request(|mut req: Request<RouteBody>| {
+            if let Some(exp) = req.extensions().get::<tower_gateway_auth::Authenticated>().map(|who| who.exp) {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(exp);
+                req.extensions_mut().insert(CloseAt(at));
+            }
+            req
+        }));
     }
     svc = limited(svc, &inside);
     if let Some(layer) = auth_layer {
@@ -250,10 +236,12 @@ pub(super) fn route_of(
         access,
         limits,
         websocket: config.websocket,
+        tunnels,
         svc,
         // A share of the gateway's capacity per route: a route whose requests are
         // slow (trickled bodies, a stuck upstream) is refused at its share while
         // the others are served.
-        share: Arc::new(Semaphore::new(settings.max_route_concurrent_requests)),
+        share: kept
+            .map_or_else(|| Arc::new(Semaphore::new(settings.max_route_concurrent_requests)), |r| r.share.clone()),
     })
 }

@@ -17,6 +17,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
+use tower_gateway::upgrade::TunnelGroup;
 
 use super::app::{ResponseBody, app};
 use super::ops::admin_app;
@@ -206,7 +207,17 @@ impl Gateway {
         let metrics = &next.plan.shared.metrics;
         metrics.config_served(number, next.hash.clone(), Some((current.number, current.hash.clone())));
         metrics.config_reload(true);
+        let removed = removed_tunnels(&current.plan, &next.plan);
+        let grace = Duration::from_millis(next.plan.config.websocket_removed_route_grace_ms);
         self.inner.current.store(Arc::new(next));
+        if !removed.is_empty() {
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                for group in removed {
+                    group.close();
+                }
+            });
+        }
         tracing::info!(generation = number, hash = %reloaded.hash, summary = %reloaded.summary, "configuration reloaded");
         Ok(reloaded)
     }
@@ -265,6 +276,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The WebSocket groups of `old`'s routes that `new` does not carry on: routes
+/// removed, or no longer taking WebSockets.
+fn removed_tunnels(old: &Plan, new: &Plan) -> Vec<TunnelGroup> {
+    let stays = |name: &str| new.table.routes.iter().any(|r| &*r.name == name && r.tunnels.is_some());
+    old.table.routes.iter().filter(|r| !stays(&r.name)).filter_map(|r| r.tunnels.clone()).collect()
 }
 
 /// Generation `number` of `plan`, its apps built; `gateway` is the gateway it

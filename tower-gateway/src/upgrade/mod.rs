@@ -18,8 +18,11 @@
 //! taken the request is answered `503` (`too_many_upgrades`) before it is sent
 //! upstream. Behind retries or a balancer, take the place in front of them
 //! with [`Tunnels::reserve`], so that a full set is answered once, not retried
-//! and not counted against an endpoint's health. HTTP/2's extended CONNECT (RFC 8441) is not supported: a WebSocket
-//! over HTTP/2 is forwarded as a plain request.
+//! and not counted against an endpoint's health: [`ReserveUpgradeLayer`] does
+//! that, and can put the requests' tunnels in a [`TunnelGroup`] (a route's,
+//! say) closed together when their owner says. HTTP/2's extended CONNECT (RFC
+//! 8441) is not supported: a WebSocket over HTTP/2 is forwarded as a plain
+//! request.
 //!
 //! # Example
 //!
@@ -55,6 +58,10 @@ use tokio::time::Instant;
 use crate::PeerAddr;
 use crate::client_addr::{ClientAddr, client_block};
 
+mod reserve;
+
+pub use reserve::{ReserveUpgrade, ReserveUpgradeLayer, ResponseFuture};
+
 /// The WebSocket connections a [`Proxy`](crate::Proxy) has spliced: a cap on
 /// how many are open, an idle timeout, counters, and a way to close them all.
 /// Clones share one set. See the [module docs](self).
@@ -78,6 +85,7 @@ struct Shared {
     refused: AtomicU64,
     closed_idle: AtomicU64,
     closed_at_deadline: AtomicU64,
+    closed_by_group: AtomicU64,
     /// `true` asks every tunnel to close.
     close: watch::Sender<bool>,
     /// Signalled whenever a tunnel ends.
@@ -97,6 +105,51 @@ pub struct TunnelStats {
     /// Tunnels closed at the end of their lifetime or at their request's
     /// [`CloseAt`] (the token that opened them expired).
     pub closed_at_deadline: u64,
+    /// Tunnels closed because their [`TunnelGroup`] was closed.
+    pub closed_by_group: u64,
+}
+
+/// Tunnels closed together, on their owner's word: put one in the extensions of
+/// the requests that may open a tunnel (a gateway puts its route's), and
+/// [`close`](Self::close) ends every tunnel those requests opened, leaving the
+/// others open. Clones are one group.
+///
+/// ```
+/// use tower_gateway::upgrade::TunnelGroup;
+///
+/// let route = TunnelGroup::new();
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(route.clone());
+/// // ... the proxy opens a tunnel for `req`; later, the route is removed:
+/// route.close();
+/// assert!(route.is_closed());
+/// ```
+#[derive(Debug, Clone)]
+pub struct TunnelGroup {
+    close: Arc<watch::Sender<bool>>,
+}
+
+impl Default for TunnelGroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TunnelGroup {
+    /// A group with no tunnel yet.
+    pub fn new() -> Self {
+        Self { close: Arc::new(watch::channel(false).0) }
+    }
+
+    /// Closes every tunnel of the group, and refuses the group new ones.
+    pub fn close(&self) {
+        self.close.send_replace(true);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        *self.close.borrow()
+    }
 }
 
 /// When the tunnel a request opens is to be closed, in its extensions: a layer
@@ -147,6 +200,7 @@ impl TunnelsBuilder {
             refused: AtomicU64::new(0),
             closed_idle: AtomicU64::new(0),
             closed_at_deadline: AtomicU64::new(0),
+            closed_by_group: AtomicU64::new(0),
             close: watch::channel(false).0,
             ended: Notify::new(),
         };
@@ -198,6 +252,7 @@ impl Tunnels {
             refused: s.refused.load(Ordering::Relaxed),
             closed_idle: s.closed_idle.load(Ordering::Relaxed),
             closed_at_deadline: s.closed_at_deadline.load(Ordering::Relaxed),
+            closed_by_group: s.closed_by_group.load(Ordering::Relaxed),
         }
     }
 
@@ -256,7 +311,14 @@ impl Tunnels {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.open(client.map(client_block), close_at)
+        let group = extensions.get::<TunnelGroup>();
+        if group.is_some_and(TunnelGroup::is_closed) {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut place = self.open(client.map(client_block), close_at)?;
+        place.group = group.map(|group| group.close.subscribe());
+        Some(place)
     }
 
     /// A place for one more tunnel from `client`, closed at `close_at`.
@@ -269,7 +331,7 @@ impl Tunnels {
             return None;
         }
         // From here the place is ours: dropped, it gives everything back.
-        let mut place = Place { tunnels: self.clone(), client: None, close_at };
+        let mut place = Place { tunnels: self.clone(), client: None, close_at, group: None };
         if let Some(client) = client {
             let mut open = s.per_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let count = open.entry(client).or_insert(0);
@@ -296,6 +358,10 @@ pub struct TooManyUpgrades;
 impl TooManyUpgrades {
     /// `503` with the JSON code `too_many_upgrades`.
     pub fn into_response(self) -> http::Response<crate::Body> {
+        self.answer()
+    }
+
+    fn answer<B: From<bytes::Bytes>>(self) -> http::Response<B> {
         crate::error::json_error(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "too_many_upgrades",
@@ -324,6 +390,8 @@ pub(crate) struct Place {
     tunnels: Tunnels,
     client: Option<IpAddr>,
     close_at: Option<Instant>,
+    /// Says `true` when the tunnel's [`TunnelGroup`] is closed.
+    group: Option<watch::Receiver<bool>>,
 }
 
 impl Drop for Place {
@@ -406,8 +474,9 @@ pub fn accepts(headers: &HeaderMap, key: &HeaderValue) -> bool {
 }
 
 /// Waits for both sides to switch protocols, then copies bytes both ways until
-/// either closes, the tunnel idles out, or [`Tunnels::close_all`] is called.
-pub(crate) async fn splice(place: Place, client: OnUpgrade, upstream: OnUpgrade) {
+/// either closes, the tunnel idles out, its deadline or its group's close
+/// comes, or [`Tunnels::close_all`] is called.
+pub(crate) async fn splice(mut place: Place, client: OnUpgrade, upstream: OnUpgrade) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(err) => {
@@ -436,6 +505,7 @@ pub(crate) async fn splice(place: Place, client: OnUpgrade, upstream: OnUpgrade)
         copied
     });
     let mut close = shared.close.subscribe();
+    let mut group = place.group.take();
     tokio::select! {
         () = both_ways(up, down) => tracing::debug!("tunnel closed"),
         () = idle(&last, epoch, shared.idle_timeout) => {
@@ -453,6 +523,20 @@ pub(crate) async fn splice(place: Place, client: OnUpgrade, upstream: OnUpgrade)
         }
         () = async { drop(close.wait_for(|close| *close).await) } => {
             tracing::debug!("tunnel closed: shutting down");
+        }
+        () = async {
+            match &mut group {
+                // A group dropped unclosed closes nothing.
+                Some(group) => {
+                    if group.wait_for(|close| *close).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        } => {
+            shared.closed_by_group.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("tunnel closed: its group was closed");
         }
     }
     drop(place);
@@ -658,6 +742,21 @@ mod tests {
         assert!(close_at <= Duration::from_secs(900) && close_at > Duration::from_secs(899), "{close_at:?}");
         let unbounded = Tunnels::new(1, Duration::from_secs(60));
         assert_eq!(unbounded.try_open(&Request::new(())).unwrap().close_at, None);
+    }
+
+    #[test]
+    fn a_closed_group_takes_no_new_tunnel_and_others_go_on() {
+        let tunnels = Tunnels::new(10, Duration::from_secs(60));
+        let group = TunnelGroup::new();
+        let mut req = Request::new(());
+        req.extensions_mut().insert(group.clone());
+        let mut place = tunnels.try_open(&req).unwrap();
+        let mut told = place.group.take().expect("the place hears its group");
+        assert!(!*told.borrow_and_update());
+        group.close();
+        assert!(told.has_changed().unwrap() && *told.borrow(), "the tunnel is told to close");
+        assert!(tunnels.try_open(&req).is_none(), "a closed group opens no tunnel");
+        assert!(tunnels.try_open(&Request::new(())).is_some(), "tunnels outside the group still open");
     }
 
     /// An upgrade request as a server that can hand over its connection gives it.
