@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use demo_common::shipped_jwt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tower_gateway_auth::KeyConfig;
 
@@ -566,12 +567,6 @@ pub fn shipped_limits() -> BTreeMap<String, LimitConfig> {
     ])
 }
 
-/// The key configuration of the shipped system, less the key files: tokens from
-/// user-service, for this gateway.
-pub fn shipped_jwt() -> KeyConfig {
-    KeyConfig { issuer: Some("user-service".into()), audience: Some("tower-gateway".into()), ..KeyConfig::default() }
-}
-
 impl Default for Config {
     /// The shipped system on 127.0.0.1: products on 3001 and 3003, users on 3002 and
     /// 3004, checkout on 3005, with the [shipped policy](shipped_routes).
@@ -627,24 +622,6 @@ impl Default for Config {
 /// [`KeyConfig::apply_env`].
 pub const ENV_OVERRIDES: &[&str] = &["GATEWAY_LISTEN", "GATEWAY_CORS_ORIGINS", "REDIS_URL", "REDIS_URL_FILE"];
 
-/// `REDIS_URL`, or the URL in the file `REDIS_URL_FILE` names (a Docker secret,
-/// when the URL holds a password), or neither.
-pub fn redis_url_from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
-    let var = |name: &str| env(name).filter(|v| !v.is_empty());
-    match (var("REDIS_URL"), var("REDIS_URL_FILE")) {
-        (Some(_), Some(_)) => Err(ConfigError::new("REDIS_URL_FILE", "give REDIS_URL or REDIS_URL_FILE, not both")),
-        (Some(url), None) => Ok(Some(url)),
-        (None, Some(path)) => {
-            let bytes = tower_gateway_auth::read_secret_file(path.as_ref())
-                .map_err(|e| ConfigError::new("REDIS_URL_FILE", format!("{path}: {e}")))?;
-            let url = String::from_utf8(bytes)
-                .map_err(|_| ConfigError::new("REDIS_URL_FILE", format!("{path}: not UTF-8")))?;
-            Ok(Some(url.trim().to_owned()))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 impl Config {
     /// Reads `path` (TOML), or the defaults without one, then applies the
     /// environment overrides.
@@ -675,7 +652,8 @@ impl Config {
         if let Some(origins) = var("GATEWAY_CORS_ORIGINS") {
             config.cors_origins = origins.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect();
         }
-        if let Some(url) = redis_url_from_env(&env)? {
+        let from_env = demo_common::redis_url_from_env(&env).map_err(|e| ConfigError::new(e.variable, e.message))?;
+        if let Some(url) = from_env {
             config.redis_url = Some(url);
         }
         config.jwt.apply_env(&env).map_err(|e| ConfigError::new(format!("jwt.{}", e.field), e.message))?;

@@ -35,44 +35,4 @@ pub use plan::Plan;
 pub use routes::RouteName;
 pub use server::{Gateway, ReloadError, Reloaded, bind, serve};
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a
-/// terminal. Off a terminal, fields are written as `name=value` without the
-/// styling machinery (an access log line costs about a fifth less).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let _ = builder.try_init();
-    } else {
-        use tracing_subscriber::field::MakeExt as _;
-        let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
-            "message" => write!(writer, "{value:?}"),
-            name => write!(writer, "{name}={value:?}"),
-        })
-        .delimited(" ");
-        let _ = builder.with_ansi(false).fmt_fields(fields).try_init();
-    }
-}
+pub use demo_common::{init_tracing, shutdown_signal};

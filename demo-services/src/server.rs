@@ -112,7 +112,7 @@ pub async fn run(name: &str, app: Router, port: u16) -> std::process::ExitCode {
         Err(err) => return fail(name, &format!("cannot listen on {addr}: {err}")),
     };
     tracing::info!(service = name, %addr, "listening");
-    match serve(listener, app, demo_gateway::shutdown_signal()).await {
+    match serve(listener, app, demo_common::shutdown_signal()).await {
         Ok(()) => {
             tracing::info!(service = name, "stopped");
             std::process::ExitCode::SUCCESS
@@ -124,7 +124,7 @@ pub async fn run(name: &str, app: Router, port: u16) -> std::process::ExitCode {
 /// The key configuration every service that checks tokens reads: the shipped
 /// issuer and audience, then the `JWT_*` environment.
 pub fn keys_from_env() -> Result<tower_gateway_auth::KeyConfig, String> {
-    let mut keys = demo_gateway::config::shipped_jwt();
+    let mut keys = demo_common::shipped_jwt();
     keys.apply_env(|name: &str| std::env::var(name).ok().filter(|v| !v.is_empty()))
         .map_err(|err| format!("JWT key: {err}"))?;
     Ok(keys)
@@ -138,7 +138,7 @@ pub fn authenticator_from_env(
     use std::sync::Arc;
     use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore};
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let store: Arc<dyn TokenStore> = match demo_gateway::config::redis_url_from_env(env).map_err(|e| e.to_string())? {
+    let store: Arc<dyn TokenStore> = match demo_common::redis_url_from_env(env).map_err(|e| e.to_string())? {
         Some(url) => Arc::new(RedisStore::new(url).map_err(|err| format!("REDIS_URL: {err}"))?),
         None => {
             tracing::warn!("no REDIS_URL: revocations are kept in this process only");

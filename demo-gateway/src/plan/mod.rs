@@ -145,9 +145,9 @@ impl Drop for Counted {
 
 /// The gateway, built from its configuration: what [`serve`](crate::serve) runs.
 ///
-/// A plan is one generation of the configuration: its [`Table`] (routes,
+/// A plan is one generation of the configuration: its route table (routes,
 /// upstreams, limits, the authenticator) is swapped whole on a reload, over
-/// the [`Shared`] state every generation uses, under server settings that
+/// the shared state every generation uses, under server settings that
 /// only a restart changes.
 pub struct Plan {
     pub(crate) config: Config,

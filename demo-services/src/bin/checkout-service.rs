@@ -20,7 +20,7 @@ use tower_gateway::balance::{Endpoints, dns};
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "checkout-service";
-    demo_gateway::init_tracing();
+    demo_common::init_tracing();
     let endpoints = match std::env::var("PRODUCT_SERVICE_DNS").ok().filter(|v| !v.is_empty()) {
         Some(name) => {
             let endpoints = Endpoints::new(Vec::<String>::new()).expect("an empty set is valid");

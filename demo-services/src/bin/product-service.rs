@@ -12,7 +12,7 @@ use demo_services::server;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    demo_gateway::init_tracing();
+    demo_common::init_tracing();
     let url = server::database_url("products.db");
     let state = match ProductsState::connect(&url).await {
         Ok(state) => state,

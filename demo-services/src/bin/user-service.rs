@@ -17,7 +17,7 @@ use tower_gateway_auth::read_secret_file;
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "user-service";
-    demo_gateway::init_tracing();
+    demo_common::init_tracing();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let keys = match server::keys_from_env() {
         Ok(keys) => keys,

@@ -28,7 +28,7 @@ use tower_gateway_auth::{Algorithm, KeyConfig, MemoryStore, RedisStore, TokenIss
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    demo_gateway::init_tracing();
+    demo_common::init_tracing();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -105,7 +105,7 @@ async fn run() -> Result<(), String> {
     let keys = KeyConfig {
         algorithm: Some("EdDSA".into()),
         public_key_file: Some(public_key_file.clone()),
-        ..demo_gateway::config::shipped_jwt()
+        ..demo_common::shipped_jwt()
     };
     let tokens = TokenIssuer::private_pem(Algorithm::EdDSA, private_pem.as_bytes()).map_err(|e| e.to_string())?;
     let tokens = keys.apply_to(tokens).map_err(|e| e.to_string())?;
@@ -231,7 +231,7 @@ async fn run() -> Result<(), String> {
         "  curl -s -X PUT {base}/api/products/1 -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Laptop\",\"price\":0.01}}'   # 403: needs admin\n"
     );
 
-    demo_gateway::shutdown_signal().await;
+    demo_common::shutdown_signal().await;
     println!("stopping: finishing requests in flight");
     let _ = shutdown_tx.send(true);
     while let Some(done) = tasks.join_next().await {
