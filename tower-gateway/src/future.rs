@@ -45,3 +45,25 @@ where
         }
     }
 }
+
+pin_project! {
+    /// The response future of a layer that answers at once or passes the
+    /// request on: [`StripPrefix`](crate::StripPrefix) and
+    /// [`ReserveUpgrade`](crate::upgrade::ReserveUpgrade).
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        pub(crate) inner: AnswerOrCall<F, B>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}

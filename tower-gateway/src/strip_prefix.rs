@@ -419,35 +419,7 @@ where
 pub mod future {
     //! The future of [`StripPrefix`](super::StripPrefix).
 
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use http::Response;
-    use pin_project_lite::pin_project;
-
-    use crate::body::ResponseBody;
-    use crate::future::AnswerOrCall;
-
-    pin_project! {
-        /// The response future of [`StripPrefix`](super::StripPrefix).
-        #[derive(Debug)]
-        pub struct ResponseFuture<F, B> {
-            #[pin]
-            pub(super) inner: AnswerOrCall<F, B>,
-        }
-    }
-
-    impl<F, B, E> Future for ResponseFuture<F, B>
-    where
-        F: Future<Output = Result<Response<B>, E>>,
-    {
-        type Output = Result<Response<ResponseBody<B>>, E>;
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            self.project().inner.poll(cx)
-        }
-    }
+    pub use crate::future::ResponseFuture;
 }
 
 #[cfg(test)]

@@ -1,18 +1,16 @@
 //! [`ReserveUpgradeLayer`]: a WebSocket upgrade's place among [`Tunnels`],
 //! taken in front of retries and balancing.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{TunnelGroup, Tunnels};
 use crate::body::ResponseBody;
 use crate::future::AnswerOrCall;
+pub use crate::future::ResponseFuture;
 
 /// Takes a place among [`Tunnels`] for each WebSocket upgrade before the inner
 /// service sees it; every place taken, the upgrade is answered `503`
@@ -92,26 +90,6 @@ where
             Err(refused) => AnswerOrCall::answer(refused.answer()),
         };
         ResponseFuture { inner }
-    }
-}
-
-pin_project! {
-    /// The response future of [`ReserveUpgrade`].
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        inner: AnswerOrCall<F, B>,
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
     }
 }
 
