@@ -1,234 +1,41 @@
 //! The life of one client connection: its TLS handshake (bounded, under the
-//! handshake budget), hyper's server for what it speaks, the activity that says
-//! when it idles, parking between HTTP/1.1 requests (no buffer held), closing at
-//! its timeouts, making room under pressure, and stopping on drain.
+//! handshake budget), hyper's server for what it speaks ([`Serving`]: parked,
+//! HTTP/1.1 or either), the [`activity`] that says when it idles, parking
+//! between HTTP/1.1 requests (no buffer held), closing at its timeouts, making
+//! room under pressure, and stopping on drain ([`Stop`]). When to park, time
+//! out and make room is decided by the pure functions of [`policy`]; what the
+//! rest of the gateway says is heard through a [`gate`].
+
+mod activity;
+mod gate;
+mod policy;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::uri::Scheme;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tower_gateway::error::BoxError;
-use tower_gateway::{ClientScheme, PeerAddr};
 
 use super::admission::{Budget, Places};
 use super::app::ResponseBody;
 use super::client_io::{ClientIo, IoState, Speaks, Transport};
 use super::workers::Workers;
-use crate::plan::{Drain, Shared};
-
-/// What one client connection is doing: requests in flight and when it was last
-/// busy, for closing it when it idles.
-struct Activity {
-    /// Says, once set, to close HTTP/1.1 connections after each response.
-    drain: Drain,
-    in_flight: AtomicUsize,
-    /// Milliseconds since `epoch` when a request last began or ended.
-    last: AtomicU64,
-    /// Whether any request has arrived yet.
-    started: AtomicBool,
-    /// Signalled when the first request arrives.
-    first_request: Notify,
-    /// Whether a response has ended since the connection's task last looked.
-    answered: AtomicBool,
-    /// Whether the last request came with a body: hyper may still be reading
-    /// it after the response, and the connection is not parked at once.
-    had_body: AtomicBool,
-    /// Whether the last request came within `HOT_GAP` of the response before.
-    hot: AtomicBool,
-    epoch: Instant,
-}
-
-impl Activity {
-    fn new(drain: Drain) -> Self {
-        Self {
-            drain,
-            in_flight: AtomicUsize::new(0),
-            last: AtomicU64::new(0),
-            started: AtomicBool::new(false),
-            first_request: Notify::new(),
-            answered: AtomicBool::new(false),
-            had_body: AtomicBool::new(false),
-            hot: AtomicBool::new(false),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// Milliseconds since `epoch`.
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn touch(&self) {
-        self.last.store(self.now(), Ordering::Relaxed);
-    }
-
-    /// When the connection may be closed if nothing happens meanwhile: the
-    /// header timeout after accept until a first request arrives, then the idle
-    /// timeout after the last request ended.
-    fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
-        let limit = if self.started.load(Ordering::Relaxed) { idle_timeout } else { header_timeout };
-        self.last_busy() + limit
-    }
-
-    /// When a request last began or ended (or the connection was accepted).
-    fn last_busy(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed))
-    }
-
-    /// Whether a response has ended since the last call, and none is in flight.
-    fn answered_and_idle(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0 && self.answered.swap(false, Ordering::Relaxed)
-    }
-
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        Some(self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed))))
-    }
-}
-
-/// Counts a request in flight on its connection until its response body is
-/// done: a long download is activity, not idleness.
-struct Tracked<S> {
-    /// The gateway's stack, one for all connections: a copy held by each would
-    /// cost every idle connection its size (~0.5 KB).
-    inner: Arc<S>,
-    activity: Arc<Activity>,
-    /// The client's address, given to each request as its `PeerAddr`.
-    peer: SocketAddr,
-    /// Whether the connection is TLS: its requests carry `ClientScheme(https)`
-    /// (the upstream proxies send `X-Forwarded-Proto: http` without one).
-    tls: bool,
-    /// `Strict-Transport-Security`, on a TLS connection with HSTS set.
-    hsts: Option<HeaderValue>,
-}
-
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.answered.store(true, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Release);
-    }
-}
-
-/// hyper's side of a connection's service: each request gets a clone of the
-/// gateway's stack, made ready and called once.
-impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
-{
-    type Response = Response<TrackedBody<B>>;
-    type Error = S::Error;
-    type Future = TrackedFuture<tower::util::Oneshot<S, Request<Incoming>>>;
-
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(PeerAddr(self.peer));
-        if self.tls {
-            req.extensions_mut().insert(ClientScheme(Scheme::HTTPS));
-        }
-        let activity = &self.activity;
-        let now = activity.now();
-        if !activity.started.swap(true, Ordering::AcqRel) {
-            activity.first_request.notify_one();
-        } else if activity.in_flight.load(Ordering::Acquire) == 0 {
-            let idle = Duration::from_millis(now.saturating_sub(activity.last.load(Ordering::Relaxed)));
-            activity.hot.store(idle < HOT_GAP, Ordering::Relaxed);
-        }
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.had_body.store(!http_body::Body::is_end_stream(req.body()), Ordering::Relaxed);
-        activity.last.store(now, Ordering::Relaxed);
-        let http1 = req.version() <= http::Version::HTTP_11;
-        TrackedFuture {
-            future: S::clone(&self.inner).oneshot(req),
-            in_flight: Some(InFlight(self.activity.clone())),
-            http1,
-            hsts: self.hsts.clone(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct TrackedFuture<F> {
-        #[pin]
-        future: F,
-        in_flight: Option<InFlight>,
-        http1: bool,
-        hsts: Option<HeaderValue>,
-    }
-}
-
-impl<F, B, E> Future for TrackedFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<TrackedBody<B>>, E>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        let mut result = std::task::ready!(this.future.poll(cx));
-        // While draining, HTTP/1.1 clients are told to close after this response:
-        // connections end between requests, not under one.
-        let draining = this.in_flight.as_ref().is_some_and(|f| f.0.drain.is_draining());
-        if let Ok(response) = &mut result
-            && *this.http1
-            && draining
-        {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if let (Ok(response), Some(hsts)) = (&mut result, this.hsts.take()) {
-            response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
-        }
-        // The count moves into the body, and ends when the body is done or dropped.
-        let in_flight = this.in_flight.take();
-        std::task::Poll::Ready(result.map(|res| res.map(|body| TrackedBody { body, _in_flight: in_flight })))
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted as in flight.
-    struct TrackedBody<B> {
-        #[pin]
-        body: B,
-        _in_flight: Option<InFlight>,
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
+use crate::plan::Shared;
+use activity::{Activity, Tracked};
+use gate::{Gate, Signal};
+use policy::Park;
 
 /// Serves accepted connections, plain or TLS: what every connection task needs.
 #[derive(Clone)]
@@ -334,7 +141,7 @@ where
         let evicted = async {
             loop {
                 pressure.notified().await;
-                if started.elapsed() >= SILENT_UNDER_PRESSURE {
+                if policy::handshake_makes_room(started.elapsed()) {
                     break;
                 }
             }
@@ -398,8 +205,7 @@ where
         let metrics = &shared.metrics;
         let _places = places;
         metrics.connections().inc();
-        // Asked to stop, and whether the connection was told to.
-        let (mut stop_asked, mut stop_sent) = (false, false);
+        let mut stop = Stop::Serving;
         // When to try parking again, after a try that found the last response
         // not yet written out.
         let mut park_retry: Option<Instant> = None;
@@ -422,7 +228,7 @@ where
             // once: its request may be on the wire (hyper would close it
             // unread). It gets until its header timeout, and is told to stop
             // when that request begins (HTTP/1.1: `Connection: close`).
-            if stop_asked && !stop_sent && started {
+            if stop == Stop::Asked && started {
                 match &mut serving {
                     // Between requests: nothing to finish.
                     Serving::Parked(_) => break,
@@ -430,17 +236,17 @@ where
                     Serving::Auto(conn) => conn.as_mut().graceful_shutdown(),
                     Serving::Gone => {}
                 }
-                stop_sent = true;
+                stop = Stop::Told;
             }
             // An idle HTTP/1.1 connection waits for its next request head for the
             // header timeout; HTTP/2 ones wait the idle timeout.
             let http1 = matches!(serving, Serving::Parked(_) | Serving::Http1(_));
-            let limit = if http1 { header_timeout.min(idle_timeout) } else { idle_timeout };
-            let parks = matches!(serving, Serving::Http1(_)) && !stop_sent;
+            let limit = policy::idle_limit(http1, header_timeout, idle_timeout);
+            let parks = matches!(serving, Serving::Http1(_)) && stop != Stop::Told;
             // Busy connections are looked at again later; idle ones at their
             // deadline, or when they may try parking again.
-            let deadline = match activity.idle_for() {
-                Some(_) => activity.deadline(header_timeout, limit),
+            let deadline = match policy::deadline(activity.snapshot(), header_timeout, limit) {
+                Some(deadline) => activity.at(deadline),
                 None => Instant::now() + limit,
             };
             let deadline = park_retry.map_or(deadline, |retry| deadline.min(retry));
@@ -470,13 +276,10 @@ where
                         }
                         break;
                     }
-                    // Later (once idle for `PARK_AFTER`) for a client that came
-                    // back quickly last time, and after a request with a body
-                    // (hyper may still be reading it: a response can end first).
-                    Event::Idle if activity.hot.load(Ordering::Relaxed) || activity.had_body.load(Ordering::Relaxed) => {
-                        park_retry = Some(Instant::now() + PARK_AFTER);
-                    }
-                    Event::Idle => park_now = parks,
+                    Event::Idle => match policy::when_answered(activity.snapshot()) {
+                        Park::Now => park_now = parks,
+                        Park::Later(after) => park_retry = Some(Instant::now() + after),
+                    },
                     Event::Client(Ok(Some(speaks))) => {
                         let Serving::Parked(parked) = std::mem::replace(&mut serving, Serving::Gone) else { break };
                         metrics.connection_parked(false);
@@ -493,23 +296,23 @@ where
                 () = &mut timer => {
                     // Put off until something comes due again.
                     timer.as_mut().reset((Instant::now() + limit).into());
-                    if activity.idle_for().is_some() && Instant::now() >= activity.deadline(header_timeout, limit) {
+                    if policy::timed_out(activity.snapshot(), activity.elapsed(), header_timeout, limit) {
                         metrics.connection_closed_idle();
                         break;
                     }
                     if park_retry.is_some_and(|retry| Instant::now() >= retry) {
                         park_retry = None;
-                        park_now = parks && activity.idle_for().is_some();
+                        park_now = parks && !activity.snapshot().busy;
                     }
                 }
                 signal = std::future::poll_fn(|cx| gate.poll(cx, |cx| {
-                    if !stop_asked && stop_changed.as_mut().poll(cx).is_ready() {
+                    if stop == Stop::Serving && stop_changed.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Signal::Stop);
                     }
                     if room.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Signal::MakeRoom);
                     }
-                    if stop_asked && !stop_sent && first.as_mut().poll(cx).is_ready() {
+                    if stop == Stop::Asked && first.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Signal::FirstRequest);
                     }
                     Poll::Pending
@@ -517,15 +320,10 @@ where
                     // Every signal is looked at again at the next poll.
                     gate.open();
                     match signal {
-                        Signal::Stop => stop_asked = true,
+                        Signal::Stop => stop = Stop::Asked,
                         Signal::MakeRoom => {
                             room.set(pressure.notified());
-                            let after = if activity.started.load(Ordering::Relaxed) {
-                                IDLE_UNDER_PRESSURE
-                            } else {
-                                SILENT_UNDER_PRESSURE
-                            };
-                            if activity.idle_for().is_some_and(|idle| idle >= after) {
+                            if policy::makes_room(activity.snapshot(), activity.elapsed()) {
                                 metrics.connection_closed_idle();
                                 break;
                             }
@@ -544,7 +342,7 @@ where
                 continue;
             }
             if io_state.write_pending.load(Ordering::Relaxed) {
-                park_retry = Some(Instant::now() + PARK_AFTER);
+                park_retry = Some(Instant::now() + policy::PARK_AFTER);
                 continue;
             }
             io_state.parking.store(true, Ordering::Relaxed);
@@ -552,7 +350,7 @@ where
             let polled = poll_once(conn.as_mut()).await;
             io_state.parking.store(false, Ordering::Relaxed);
             match polled {
-                Poll::Pending => stop_sent = true,
+                Poll::Pending => stop = Stop::Told,
                 Poll::Ready(Err(err)) => {
                     tracing::debug!(%err, "connection ended with an error");
                     break;
@@ -575,64 +373,17 @@ where
     }
 }
 
-/// What the rest of the gateway tells a connection's task.
-enum Signal {
-    /// The gateway is stopping.
-    Stop,
-    /// A connection was refused at `max_connections`: idle ones make room.
-    MakeRoom,
-    /// The first request arrived (looked for once stopping).
-    FirstRequest,
-}
-
-/// Lets a connection's task poll futures only after they have woken it: its
-/// own wakes (reads, writes, timers) pass them by.
-struct Gate {
-    flag: Arc<GateFlag>,
-    /// Wakes `flag`, and the task through it.
-    waker: std::task::Waker,
-}
-
-struct GateFlag {
-    woken: AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for GateFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl Gate {
-    fn new() -> Self {
-        let flag = Arc::new(GateFlag { woken: AtomicBool::new(true), task: Default::default() });
-        Self { waker: std::task::Waker::from(flag.clone()), flag }
-    }
-
-    /// Has the next [`Gate::poll`] poll its futures whether woken or not.
-    fn open(&self) {
-        self.flag.woken.store(true, Ordering::Release);
-    }
-
-    /// Runs `poll` (which polls the gated futures with the context it is given)
-    /// if one of them woke the task since the last time, or the gate was opened.
-    fn poll<T>(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        poll: impl FnOnce(&mut std::task::Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        self.flag.task.register(cx.waker());
-        if !self.flag.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        poll(&mut std::task::Context::from_waker(&self.waker))
-    }
+/// Where a connection is in stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Not asked to.
+    Serving,
+    /// The gateway is stopping, and the connection has not sent its first
+    /// request yet: it is told once that request begins (it may be on the wire).
+    Asked,
+    /// hyper was told to finish (a graceful shutdown: after the message in
+    /// hand, `Connection: close`), on stop or when parking found it busy.
+    Told,
 }
 
 /// What a connection's task waits for besides time.
@@ -649,33 +400,6 @@ enum Event {
 async fn poll_once<F: Future + ?Sized>(mut future: Pin<&mut F>) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
-
-/// A plain HTTP/1.1 connection is parked as soon as its response has gone out
-/// and it waits for the next request: hyper lets go of it, and its buffers are
-/// freed until the client speaks again (nginx frees its buffers between
-/// keep-alive requests the same way). Parking and coming back cost a request
-/// about a tenth more work (hyper builds its connection and buffers anew), so
-/// a connection whose client came back within `HOT_GAP` last time is parked
-/// only once idle for `PARK_AFTER`; so is one whose request had a body, or
-/// whose response was not all written yet.
-const PARK_AFTER: Duration = Duration::from_secs(1);
-
-/// A client whose next request came this soon after its response is likely to
-/// send another as soon: its connection is not parked at once.
-const HOT_GAP: Duration = Duration::from_millis(100);
-
-/// Under pressure, connections idle at least this long between requests make room.
-const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
-
-/// Under pressure, connections that have sent no request this long after they
-/// were taken on make room first. A client's request comes with its handshake's
-/// last packet (a TLS connection is taken on once its handshake is done), so a
-/// connection this silent at the cap is a flood's, or a browser's speculative
-/// preconnect, which it opens again when it needs one; nginx, out of
-/// connections, closes those waiting for their first request first as well.
-/// Held to the idle ones' second, a flood of fresh connections kept the cap
-/// full and a new client was refused for up to a second at a time.
-const SILENT_UNDER_PRESSURE: Duration = Duration::from_millis(250);
 
 /// hyper's servers for heads of at most `max_header_bytes`.
 pub(super) fn builders(settings: &crate::plan::Settings, max_header_bytes: usize) -> Arc<Builders> {
