@@ -7,6 +7,11 @@
 #                           trusting deploy/secrets/tls_ca.pem), with a WebSocket; plain
 #                           http://127.0.0.1:8080 only redirects. It changes and removes
 #                           only records it creates itself.
+#   deploy/swarm.sh reload FILE
+#                           apply FILE as the gateway's configuration without a restart: it
+#                           is written to the gateway's config volume, which the gateway
+#                           watches; says whether the gateway applied it or refused it (and
+#                           then why), in which case the configuration before goes on serving
 #   deploy/swarm.sh rolling a gateway rolling update under load, failures counted by kind
 #   deploy/swarm.sh down    remove the stack (and --volumes: its data; and the swarm
 #                           if `up` created it)
@@ -59,6 +64,43 @@ admin() { # PATH -> the body of GET PATH on the gateway's admin listener (not pu
   docker exec "$(docker ps -q -f "name=${stack}_gateway" | head -1)" /bin/probe --print "http://127.0.0.1:9090$1"
 }
 
+config_volume="${stack}_gateway-config"
+
+put_config() { # FILE: into the gateway's config volume (made if absent), through a
+  # container that is created, never started: the images have no shell to copy with
+  docker volume inspect "$config_volume" >/dev/null 2>&1 \
+    || docker volume create --label "com.docker.stack.namespace=$stack" "$config_volume" >/dev/null
+  local writer
+  writer=$(docker container create -v "$config_volume:/etc/tower-gateway/live" tower-gateway/gateway:local)
+  docker cp "$1" "$writer:/etc/tower-gateway/live/gateway.toml" >/dev/null
+  docker rm "$writer" >/dev/null
+}
+
+generation() { # the generation of the configuration the gateway serves
+  admin /metrics | sed -n 's/^gateway_config_info{generation="\([0-9]*\)".*/\1/p' | head -1
+}
+
+reload() { # FILE: the gateway's configuration, applied without a restart
+  local file=$1 before refused deadline
+  [ -f "$file" ] || fail "no such file: $file"
+  before=$(generation)
+  refused=$(metric 'gateway_config_reloads_total{outcome="refused"}')
+  put_config "$file"
+  deadline=$((SECONDS + 20))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if [ "$(generation)" != "$before" ]; then
+      echo "   applied: generation $(generation) (was $before)"
+      return 0
+    fi
+    if [ "$(metric 'gateway_config_reloads_total{outcome="refused"}')" != "$refused" ]; then
+      docker service logs --since 1m "${stack}_gateway" 2>&1 | grep 'configuration refused' | tail -5 >&2
+      fail "the gateway refused $file and serves generation $before still"
+    fi
+    sleep 0.5
+  done
+  fail "the gateway did not take $file within 20 s (the same as it serves?)"
+}
+
 metric() { # NAME_AND_LABELS -> value (0 if absent)
   admin /metrics | awk -v m="$1" 'index($0, m) == 1 {print $2; found=1} END {if (!found) print 0}' | head -1
 }
@@ -105,6 +147,8 @@ up() {
         "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth"))
     rm -f "$csr" "$here/secrets/tls_ca_key.pem" "$here/secrets/tls_ca.srl"
   fi
+  log "writing the gateway's configuration to its volume ($config_volume)"
+  put_config "$here/gateway.toml"
   log "deploying the stack $stack"
   (cd "$here" && docker stack deploy --resolve-image never -c stack.yml "$stack" >/dev/null)
   log "waiting for every service to run and the gateway to be ready"
@@ -376,6 +420,37 @@ check() {
   [ "$keys" -ge 1 ] || fail "the checkout limit is not kept in Redis"
   echo "   $keys checkout-user keys in Redis; gateway_rate_limit_decisions_total{limit=\"checkout-user\",outcome=\"limited\"} = $(metric 'gateway_rate_limit_decisions_total{limit="checkout-user",outcome="limited"}')"
 
+  log "6b. a route added and removed by reloads, under load: no restart, no failed request"
+  local gateway_task extra_config
+  gateway_task=$(docker ps -q -f "name=${stack}_gateway")
+  extra_config=$(mktemp)
+  # The shipped configuration and one more public route: /api/catalog, the product list.
+  { cat "$here/gateway.toml"; printf '\n[[routes]]\nprefix = "/api/catalog"\nmethods = ["GET", "HEAD"]\nupstream = "products"\nstrip_prefix = "/api/catalog"\naccess = "public"\n'; } > "$extra_config"
+  [ "$(status_of GET /api/catalog "")" = 404 ] || fail "/api/catalog answers before it is routed"
+  : > "$results"
+  (
+    for i in $(seq 1 400); do
+      sleep 0.01
+      hcurl -s -m 10 -o /dev/null -w '%{http_code}\n' "$base/api/products/$((1 + i % 4))" >> "$results"
+    done
+  ) &
+  loader=$!
+  wait_for 60 "the load started" loaded
+  reload "$extra_config"
+  [ "$(status_of GET /api/catalog "")" = 200 ] || fail "/api/catalog is not served after the reload"
+  echo "   GET /api/catalog: 200 once applied"
+  reload "$here/gateway.toml"
+  [ "$(status_of GET /api/catalog "")" = 404 ] || fail "/api/catalog is still served after the reload removed it"
+  echo "   GET /api/catalog: 404 once removed again"
+  wait "$loader"
+  rm -f "$extra_config"
+  total=$(wc -l < "$results")
+  bad=$(grep -cvE '^200$' "$results" || true)
+  echo "   $total requests during the two reloads, $bad failed"
+  [ "$bad" = 0 ] || fail "$bad of $total requests failed: $(sort "$results" | uniq -c | tr '\n' ' ')"
+  [ "$(docker ps -q -f "name=${stack}_gateway")" = "$gateway_task" ] || fail "the gateway's task changed"
+  echo "   the gateway task is the one before: $gateway_task"
+
   log "7. the check removes the users it created (each deletes itself; their orders stay on record)"
   local made id who own
   for made in "${made_users[@]}"; do
@@ -435,7 +510,8 @@ down() {
   wait_for 60 "the stack's containers are gone" sh -c "[ -z \"\$(docker ps -aq -f label=com.docker.stack.namespace=$stack)\" ]"
   wait_for 60 "the stack's network is gone" sh -c "! docker network inspect ${stack}_backend"
   if [ "${1:-}" = --volumes ]; then
-    docker volume rm "${stack}_products-data" "${stack}_users-data" "${stack}_orders-data" "${stack}_redis-data" >/dev/null 2>&1 || true
+    docker volume rm "${stack}_products-data" "${stack}_users-data" "${stack}_orders-data" "${stack}_redis-data" \
+      "$config_volume" >/dev/null 2>&1 || true
   fi
   if [ -f "$marker" ]; then
     log "leaving the swarm this script created"
@@ -448,6 +524,7 @@ case "${1:-}" in
   up) up ;;
   check) check ;;
   rolling) rolling ;;
+  reload) [ -n "${2:-}" ] || { echo "usage: $0 reload FILE" >&2; exit 2; }; reload "$2" ;;
   down) shift; down "$@" ;;
-  *) echo "usage: $0 up|check|rolling|down [--volumes]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|check|reload FILE|rolling|down [--volumes]" >&2; exit 2 ;;
 esac
