@@ -1,0 +1,142 @@
+//! A route's configuration, its access policy and the limits it names.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// One rate limit: `rate` requests `per` second, minute or hour for each key,
+/// at most `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Requests per period.
+    pub rate: u32,
+    /// `"second"`, `"minute"` or `"hour"`.
+    pub per: String,
+    /// The most at once (default: `rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// What requests are counted by: `"client_ip"`, `"subject"` (the token's
+    /// `sub`), `"claim:email"`, `"header:<name>"`, `"json:<field>"` (a field of a
+    /// JSON body), `"global"` (the whole limit one bucket), or a list of these
+    /// for their combination.
+    pub key: LimitKey,
+    /// `"redis"` (the default when `redis_url` is set: one quota across every
+    /// gateway replica) or `"memory"` (this process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// When Redis fails: `"open"` (decide locally from what Redis last said; the
+    /// default) or `"closed"` (`503`).
+    #[serde(default = "open", skip_serializing_if = "is_open")]
+    pub on_store_error: String,
+}
+
+pub(super) fn open() -> String {
+    "open".into()
+}
+
+fn is_open(value: &String) -> bool {
+    value == "open"
+}
+
+/// The key of a limit: one part or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LimitKey {
+    /// One part, e.g. `"client_ip"`.
+    One(String),
+    /// Several, counted together, e.g. `["client_ip", "json:email"]`.
+    Many(Vec<String>),
+}
+
+impl LimitKey {
+    /// The parts.
+    pub fn parts(&self) -> &[String] {
+        match self {
+            Self::One(part) => std::slice::from_ref(part),
+            Self::Many(parts) => parts,
+        }
+    }
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: `access = "public"`.
+    Public,
+    /// Any valid token: `access = "token"`.
+    Token,
+    /// A valid token with one of these roles: `access = { roles = ["admin"] }`.
+    Roles(Vec<String>),
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Public => f.write_str("public"),
+            Self::Token => f.write_str("token"),
+            Self::Roles(roles) => write!(f, "role {}", roles.join(" or ")),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum AccessRepr {
+    Named(String),
+    Roles { roles: Vec<String> },
+}
+
+impl Serialize for Access {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Public => AccessRepr::Named("public".into()),
+            Self::Token => AccessRepr::Named("token".into()),
+            Self::Roles(roles) => AccessRepr::Roles { roles: roles.clone() },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Access {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wrong = || serde::de::Error::custom(r#"access is "public", "token" or { roles = ["..."] }"#);
+        match AccessRepr::deserialize(d).map_err(|_| wrong())? {
+            AccessRepr::Named(name) if name == "public" => Ok(Self::Public),
+            AccessRepr::Named(name) if name == "token" => Ok(Self::Token),
+            AccessRepr::Named(_) => Err(wrong()),
+            AccessRepr::Roles { roles } => Ok(Self::Roles(roles)),
+        }
+    }
+}
+
+/// One route: what it matches, who may use it, where it goes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// A name for logs and metrics (default: the path or prefix and the methods).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Matches this path and everything under it, on segment boundaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Or matches this path alone (a trailing `/` allowed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The methods matched (upper-case); any method when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// What is stripped before forwarding (default: the prefix or path itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// The upstream's name, in `[upstreams]`.
+    pub upstream: String,
+    /// Who may use the route. Required: nothing is open by omission.
+    pub access: Option<Access>,
+    /// The names of the limits (in `[limits]`) requests count against, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<String>,
+    /// Whether a `GET` asking to `Upgrade: websocket` becomes a WebSocket to the
+    /// upstream, once the route's access policy and limits have passed it
+    /// (default `false`: the upgrade headers are dropped and it is a plain `GET`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
+}
