@@ -70,10 +70,14 @@ put_config() { # FILE: into the gateway's config volume (made if absent), throug
   # container that is created, never started: the images have no shell to copy with
   docker volume inspect "$config_volume" >/dev/null 2>&1 \
     || docker volume create --label "com.docker.stack.namespace=$stack" "$config_volume" >/dev/null
-  local writer
+  local writer stage
+  # docker cp keeps the file's mode: a copy readable by the gateway's user (65534).
+  stage=$(mktemp)
+  cp "$1" "$stage" && chmod 0644 "$stage"
   writer=$(docker container create -v "$config_volume:/etc/tower-gateway/live" tower-gateway/gateway:local)
-  docker cp "$1" "$writer:/etc/tower-gateway/live/gateway.toml" >/dev/null
+  docker cp "$stage" "$writer:/etc/tower-gateway/live/gateway.toml" >/dev/null
   docker rm "$writer" >/dev/null
+  rm -f "$stage"
 }
 
 generation() { # the generation of the configuration the gateway serves

@@ -261,9 +261,24 @@ impl Gateway {
         let mut pending: Option<Vec<u8>> = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Said once per new error, not every look.
+        let mut unreadable: Option<String> = None;
         loop {
             tick.tick().await;
-            let Ok(now) = tokio::fs::read(&path).await else { continue };
+            let now = match tokio::fs::read(&path).await {
+                Ok(now) => {
+                    unreadable = None;
+                    now
+                }
+                Err(err) => {
+                    let err = err.to_string();
+                    if unreadable.as_ref() != Some(&err) {
+                        tracing::warn!(path = %path.display(), %err, "cannot read the config file; serving the configuration before");
+                        unreadable = Some(err);
+                    }
+                    continue;
+                }
+            };
             if seen.as_ref() == Some(&now) {
                 pending = None;
             } else if pending.as_ref() == Some(&now) {
