@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tower_gateway::Limiter;
 use tower_gateway::balance::{Endpoint, Endpoints};
+use tower_gateway::rate_limit::LimitStats;
 use tower_gateway::upgrade::Tunnels;
 
 use crate::plan::Alive;
@@ -139,7 +140,10 @@ pub(crate) struct Metrics {
     config_reloads: Family<OutcomeLabels, Counter>,
     config_info: Family<ConfigLabels, Gauge>,
     config_alive: Family<KindLabels, Gauge>,
-    /// Scrapes bring the limiters' own counts over one at a time.
+    /// Each limit's limiter and its counts at the last scrape: scrapes bring
+    /// the limiters' own counts over, one at a time.
+    limits_seen: std::sync::Mutex<std::collections::HashMap<Arc<str>, (Limiter, LimitStats)>>,
+    /// Scrapes read the tunnels' counts one at a time.
     scrape: std::sync::Mutex<()>,
 }
 
@@ -312,6 +316,7 @@ impl Metrics {
             websockets_closed_route_removed,
             limit_decisions,
             limit_store_errors,
+            limits_seen: std::sync::Mutex::default(),
             scrape: std::sync::Mutex::new(()),
         }
     }
@@ -417,21 +422,38 @@ impl Metrics {
 
     /// Brings the counters of `limits` up to what the limiters counted.
     fn sync_limits(&self, limits: &[Limiter]) {
-        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.limits_seen.lock().unwrap_or_else(|e| e.into_inner());
         for limiter in limits {
-            let stats = limiter.stats();
             let limit = limiter.name().clone();
-            for (outcome, total) in [
-                ("allowed", stats.allowed),
-                ("limited", stats.limited),
-                ("fallback_allowed", stats.fallback_allowed),
-                ("fallback_limited", stats.fallback_limited),
-                ("unavailable", stats.unavailable),
-            ] {
-                catch_up(&self.limit_decisions.get_or_create(&DecisionLabels { limit: limit.clone(), outcome }), total);
+            let now = limiter.stats();
+            match seen.get(&limit) {
+                Some((same, before)) if same.is_same(limiter) => self.count_limit(&limit, *before, now),
+                // Made anew by a reload: what the one before counted since the
+                // last scrape, then the new one's from zero.
+                Some((old, before)) => {
+                    self.count_limit(&limit, *before, old.stats());
+                    self.count_limit(&limit, LimitStats::default(), now);
+                }
+                None => self.count_limit(&limit, LimitStats::default(), now),
             }
-            catch_up(&self.limit_store_errors.get_or_create(&LimitLabels { limit }), stats.store_errors);
+            seen.insert(limit, (limiter.clone(), now));
         }
+    }
+
+    /// Adds what a limiter counted between `before` and `now`.
+    fn count_limit(&self, limit: &Arc<str>, before: LimitStats, now: LimitStats) {
+        for (outcome, then, total) in [
+            ("allowed", before.allowed, now.allowed),
+            ("limited", before.limited, now.limited),
+            ("fallback_allowed", before.fallback_allowed, now.fallback_allowed),
+            ("fallback_limited", before.fallback_limited, now.fallback_limited),
+            ("unavailable", before.unavailable, now.unavailable),
+        ] {
+            let labels = DecisionLabels { limit: limit.clone(), outcome };
+            self.limit_decisions.get_or_create(&labels).inc_by(total.saturating_sub(then));
+        }
+        let errors = now.store_errors.saturating_sub(before.store_errors);
+        self.limit_store_errors.get_or_create(&LimitLabels { limit: limit.clone() }).inc_by(errors);
     }
 
     /// The text exposition, with the endpoint gauges of `upstreams`, the

@@ -275,7 +275,15 @@ async fn limiter_state_and_an_ejected_endpoint_survive_a_reload_that_does_not_to
     let mut third = second;
     third.limits.insert("api".into(), toml_limit("rate = 4\nper = \"hour\"\nkey = \"global\""));
     live.apply(third).await.unwrap();
-    assert_eq!(get("/api/6").await, 200, "a changed limit starts afresh");
+    for n in 6..10 {
+        assert_eq!(get(&format!("/api/{n}")).await, 200, "a changed limit starts afresh");
+    }
+    assert_eq!(get("/api/10").await, 429);
+    // Its decisions go on being counted from where the old limiter's stopped.
+    let decisions =
+        |outcome: &str| format!("gateway_rate_limit_decisions_total{{limit=\"api\",outcome=\"{outcome}\"}}");
+    assert_eq!(metric(&gw.url(), &decisions("allowed")).await, Some(7.0));
+    assert_eq!(metric(&gw.url(), &decisions("limited")).await, Some(3.0));
 }
 
 /// A free loopback address (bound, then let go).

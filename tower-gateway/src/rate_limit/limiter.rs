@@ -263,6 +263,12 @@ impl Limiter {
         &self.0.policy
     }
 
+    /// Whether `other` is this limiter (a clone of it), and not merely one of
+    /// the same name: a limiter made anew starts its [`stats`](Self::stats) at zero.
+    pub fn is_same(&self, other: &Limiter) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Counts of each outcome since the limiter was made.
     pub fn stats(&self) -> LimitStats {
         let c = &self.0.counters;
