@@ -89,19 +89,28 @@ reload() { # FILE: the gateway's configuration, applied without a restart
   [ -f "$file" ] || fail "no such file: $file"
   before=$(generation)
   refused=$(metric 'gateway_config_reloads_total{outcome="refused"}')
+  # The file served now, put back if the gateway refuses this one: a refused
+  # file left on the volume would stop a restarted gateway from starting.
+  local served
+  served=$(mktemp)
+  docker cp "$(docker ps -q -f "name=${stack}_gateway" | head -1):/etc/tower-gateway/live/gateway.toml" - | tar -xO > "$served"
   put_config "$file"
   deadline=$((SECONDS + 20))
   while [ "$SECONDS" -lt "$deadline" ]; do
     if [ "$(generation)" != "$before" ]; then
       echo "   applied: generation $(generation) (was $before)"
+      rm -f "$served"
       return 0
     fi
     if [ "$(metric 'gateway_config_reloads_total{outcome="refused"}')" != "$refused" ]; then
       docker service logs --since 1m "${stack}_gateway" 2>&1 | grep 'configuration refused' | tail -5 >&2
-      fail "the gateway refused $file and serves generation $before still"
+      put_config "$served"
+      rm -f "$served"
+      fail "the gateway refused $file and serves generation $before still (its file is back on the volume)"
     fi
     sleep 0.5
   done
+  rm -f "$served"
   fail "the gateway did not take $file within 20 s (the same as it serves?)"
 }
 
