@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use demo_gateway::config::{LimitConfig, LimitKey, RouteConfig, UpstreamConfig};
+use demo_gateway::config::{LimitConfig, LimitKey, LimitStore, Per, RouteConfig, StoreFailure, UpstreamConfig};
 use demo_gateway::{Access, Config, Plan};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -50,13 +50,13 @@ async fn main() {
     // this process, a limit kept in Redis. The quotas are never reached: this
     // measures what deciding costs.
     let redis = RedisServer::start().await;
-    let never_reached = |store: &str| LimitConfig {
+    let never_reached = |store: LimitStore| LimitConfig {
         rate: 500_000,
-        per: "second".into(),
+        per: Per::Second,
         burst: Some(1_000_000),
         key: LimitKey::One("client_ip".into()),
-        store: Some(store.into()),
-        on_store_error: "open".into(),
+        store: Some(store),
+        on_store_error: StoreFailure::Open,
     };
     let route = |prefix: &str, limits: &[&str]| RouteConfig {
         prefix: Some(prefix.into()),
@@ -70,7 +70,11 @@ async fn main() {
         redis_url: Some(redis.url()),
         upstreams: [("products".to_owned(), UpstreamConfig { endpoints: vec![backend.url()], ..Default::default() })]
             .into(),
-        limits: [("memory".to_owned(), never_reached("memory")), ("redis".to_owned(), never_reached("redis"))].into(),
+        limits: [
+            ("memory".to_owned(), never_reached(LimitStore::Memory)),
+            ("redis".to_owned(), never_reached(LimitStore::Redis)),
+        ]
+        .into(),
         routes: vec![
             route("/api/products", &[]),
             route("/limited/memory", &["memory"]),

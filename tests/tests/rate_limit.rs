@@ -6,19 +6,21 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use demo_gateway::Config;
-use demo_gateway::config::{LimitConfig, LimitKey, RouteConfig, UpstreamConfig};
+use demo_gateway::config::{
+    ForwardedHeaderName, LimitConfig, LimitKey, LimitStore, Per, RouteConfig, StoreFailure, UpstreamConfig,
+};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower_gateway_tests::{Client, Gateway, RedisServer, Reply, Server, backend};
 
-fn limit(rate: u32, per: &str, burst: u32, key: &str) -> LimitConfig {
+fn limit(rate: u32, per: Per, burst: u32, key: &str) -> LimitConfig {
     LimitConfig {
         rate,
-        per: per.into(),
+        per,
         burst: Some(burst),
         key: LimitKey::One(key.into()),
         store: None,
-        on_store_error: "open".into(),
+        on_store_error: StoreFailure::Open,
     }
 }
 
@@ -81,7 +83,7 @@ async fn alternate(client: &Client, gateways: &[&Gateway], path: &str, n: usize)
 async fn two_replicas_draw_on_one_quota_in_redis() {
     let redis = RedisServer::start().await;
     let backend = backend("b").await;
-    let slow = limit(1, "minute", 20, "client_ip");
+    let slow = limit(1, Per::Minute, 20, "client_ip");
     let a = Gateway::start(config(&backend, vec![("/api", "shared", slow.clone())], Some(&redis))).await;
     let b = Gateway::start(config(&backend, vec![("/api", "shared", slow.clone())], Some(&redis))).await;
     let client = Client::new();
@@ -94,14 +96,14 @@ async fn two_replicas_draw_on_one_quota_in_redis() {
     assert_eq!((ok, limited), (20 + refills, 40 - refills));
 
     // The same with each replica keeping its own count: twice the quota.
-    let memory = LimitConfig { store: Some("memory".into()), ..slow };
+    let memory = LimitConfig { store: Some(LimitStore::Memory), ..slow };
     let a = Gateway::start(config(&backend, vec![("/api", "local", memory.clone())], Some(&redis))).await;
     let b = Gateway::start(config(&backend, vec![("/api", "local", memory)], Some(&redis))).await;
     let (ok, _) = alternate(&client, &[&a, &b], "/api/x", 60).await;
     assert_eq!(ok, 40 + 2 * refills, "in-memory limits are per replica");
 
     // At a steady rate: 10 a second after a burst of 5, across both replicas.
-    let steady = limit(10, "second", 5, "client_ip");
+    let steady = limit(10, Per::Second, 5, "client_ip");
     let a = Gateway::start(config(&backend, vec![("/api", "steady", steady.clone())], Some(&redis))).await;
     let b = Gateway::start(config(&backend, vec![("/api", "steady", steady)], Some(&redis))).await;
     let first_sent = Instant::now();
@@ -127,12 +129,12 @@ async fn two_replicas_draw_on_one_quota_in_redis() {
 async fn a_redis_outage_fails_open_or_closed_as_configured_and_recovers() {
     let mut redis = RedisServer::start().await;
     let backend = backend("b").await;
-    let closed = LimitConfig { on_store_error: "closed".into(), ..limit(100, "second", 100, "client_ip") };
+    let closed = LimitConfig { on_store_error: StoreFailure::Closed, ..limit(100, Per::Second, 100, "client_ip") };
     let gw = Gateway::start(config(
         &backend,
         vec![
-            ("/open", "open", limit(1, "minute", 3, "client_ip")),
-            ("/steady", "steady", limit(10, "second", 1, "client_ip")),
+            ("/open", "open", limit(1, Per::Minute, 3, "client_ip")),
+            ("/steady", "steady", limit(10, Per::Second, 1, "client_ip")),
             ("/closed", "closed", closed),
         ],
         Some(&redis),
@@ -211,7 +213,7 @@ async fn a_redis_outage_fails_open_or_closed_as_configured_and_recovers() {
 #[tokio::test]
 async fn a_spoofed_forwarded_for_changes_the_key_only_through_a_trusted_proxy() {
     let backend = backend("b").await;
-    let once = limit(1, "minute", 1, "client_ip");
+    let once = limit(1, Per::Minute, 1, "client_ip");
     let client = Client::new();
 
     // Straight from the client: its X-Forwarded-For is not believed, nor passed on.
@@ -239,7 +241,7 @@ async fn a_spoofed_forwarded_for_changes_the_key_only_through_a_trusted_proxy() 
 #[tokio::test]
 async fn a_limit_named_by_several_routes_is_one_quota() {
     let backend = backend("b").await;
-    let two = limit(2, "minute", 2, "client_ip");
+    let two = limit(2, Per::Minute, 2, "client_ip");
     let gw = Gateway::start(config(
         &backend,
         vec![("/a", "api", two.clone()), ("/b", "api", two.clone()), ("/c", "own", two)],
@@ -258,28 +260,28 @@ async fn a_limit_named_by_several_routes_is_one_quota() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_header_kind_names_the_client_whatever_the_entry_removes() {
     let backend = backend("b").await;
-    let once = limit(1, "minute", 1, "client_ip");
+    let once = limit(1, Per::Minute, 1, "client_ip");
     let client = Client::new();
     for (kind, header, first, second) in [
-        ("forwarded", "forwarded", "for=198.51.100.1;proto=https", "for=\"198.51.100.2\""),
-        ("x-forwarded-for", "x-forwarded-for", "198.51.100.1", "198.51.100.2"),
+        (ForwardedHeaderName::Forwarded, "forwarded", "for=198.51.100.1;proto=https", "for=\"198.51.100.2\""),
+        (ForwardedHeaderName::XForwardedFor, "x-forwarded-for", "198.51.100.1", "198.51.100.2"),
     ] {
         let mut trusting = config(&backend, vec![("/api", "addr", once.clone())], None);
         trusting.trusted_proxies = vec!["127.0.0.1/32".into()];
-        trusting.forwarded_header = kind.into();
+        trusting.forwarded_header = kind;
         let gw = Gateway::start(trusting).await;
         let url = format!("{}/api/x", gw.url());
         // The proxy names the header hop-by-hop too: it is still read first.
         let send = async |value: &str| get(&client, &url, &[(header, value), ("connection", header)]).await;
         let one = send(first).await;
-        assert_eq!(one.status, StatusCode::OK, "{kind}");
-        assert_eq!(one.json()["headers"]["x-forwarded-for"], "198.51.100.1, 127.0.0.1", "{kind}");
+        assert_eq!(one.status, StatusCode::OK, "{kind:?}");
+        assert_eq!(one.json()["headers"]["x-forwarded-for"], "198.51.100.1, 127.0.0.1", "{kind:?}");
         let two = send(second).await;
-        assert_eq!(two.status, StatusCode::OK, "{kind}: another client behind the proxy has a quota of its own");
-        assert_eq!(two.json()["headers"]["x-forwarded-for"], "198.51.100.2, 127.0.0.1", "{kind}");
-        assert_eq!(send(first).await.status, StatusCode::TOO_MANY_REQUESTS, "{kind}: the first client again");
+        assert_eq!(two.status, StatusCode::OK, "{kind:?}: another client behind the proxy has a quota of its own");
+        assert_eq!(two.json()["headers"]["x-forwarded-for"], "198.51.100.2, 127.0.0.1", "{kind:?}");
+        assert_eq!(send(first).await.status, StatusCode::TOO_MANY_REQUESTS, "{kind:?}: the first client again");
         // The header itself never reaches the backend.
-        if kind == "forwarded" {
+        if kind == ForwardedHeaderName::Forwarded {
             assert!(one.json()["headers"].get("forwarded").is_none(), "{}", one.json());
         }
     }

@@ -140,7 +140,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
     /// The header those proxies append the client to: `"x-forwarded-for"` or `"forwarded"`.
-    pub forwarded_header: String,
+    pub forwarded_header: ForwardedHeaderName,
     /// Rate limits, by name; routes name the ones they count against. A limit
     /// named by several routes is one quota across all of them.
     pub limits: BTreeMap<String, LimitConfig>,
@@ -188,7 +188,12 @@ impl Config {
     /// Parses `text` (TOML, from `origin`, which errors name), then applies the
     /// environment overrides.
     pub fn from_toml(text: &str, origin: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::new(origin, e.message()))?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(0, |span| span.start).min(text.len());
+            let line = text[..at].matches('\n').count() + 1;
+            let field = key_path(text, at).unwrap_or_else(|| origin.to_owned());
+            ConfigError::new(field, format!("{} ({origin}, line {line})", e.message()))
+        })?;
         config.with_env(env)
     }
 
@@ -231,6 +236,45 @@ fn mask_url_password(url: &str) -> String {
     }
 }
 
+/// The dotted path of the key written at byte `at` of the TOML `text` (as
+/// errors name fields: `limits.login.per`, `routes[2].methods`): the table
+/// header above it, and the key on its line.
+fn key_path(text: &str, at: usize) -> Option<String> {
+    let unquote = |name: &str| -> String {
+        name.split('.').map(|part| part.trim().trim_matches('"')).collect::<Vec<_>>().join(".")
+    };
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    for line in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("[[").and_then(|rest| rest.split("]]").next()) {
+            let name = unquote(name);
+            let index = arrays.entry(name.clone()).and_modify(|n| *n += 1).or_insert(0);
+            table = format!("{name}[{index}]");
+        } else if let Some(name) = line.strip_prefix('[').and_then(|rest| rest.split(']').next()) {
+            table = unquote(name);
+        }
+    }
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let key = match line.split_once('=') {
+        Some((key, _)) if !line.starts_with('[') => unquote(key),
+        _ => return (!table.is_empty()).then_some(table),
+    };
+    Some(if table.is_empty() { key } else { format!("{table}.{key}") })
+}
+
+/// The header trusted proxies append the client to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ForwardedHeaderName {
+    /// `"x-forwarded-for"`.
+    #[default]
+    #[serde(rename = "x-forwarded-for", alias = "X-Forwarded-For")]
+    XForwardedFor,
+    /// `"forwarded"` (RFC 7239).
+    #[serde(rename = "forwarded", alias = "Forwarded")]
+    Forwarded,
+}
+
 /// The environment variables that override the file, besides the `JWT_*` ones of
 /// [`KeyConfig::apply_env`].
 pub const ENV_OVERRIDES: &[&str] = &["GATEWAY_LISTEN", "GATEWAY_CORS_ORIGINS", "REDIS_URL", "REDIS_URL_FILE"];
@@ -242,7 +286,7 @@ mod tests;
 mod tls;
 mod upstream;
 
-pub use route::{Access, LimitConfig, LimitKey, RouteConfig};
+pub use route::{Access, LimitConfig, LimitKey, LimitStore, Per, RouteConfig, RouteMethod, StoreFailure};
 pub use shipped::{shipped_limits, shipped_routes};
 pub use tls::{SniCertificate, TlsConfig};
 pub use upstream::{RetryConfig, UpstreamConfig};

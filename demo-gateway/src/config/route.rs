@@ -1,5 +1,7 @@
 //! A route's configuration, its access policy and the limits it names.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One rate limit: `rate` requests `per` second, minute or hour for each key,
@@ -10,7 +12,7 @@ pub struct LimitConfig {
     /// Requests per period.
     pub rate: u32,
     /// `"second"`, `"minute"` or `"hour"`.
-    pub per: String,
+    pub per: Per,
     /// The most at once (default: `rate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
@@ -22,19 +24,100 @@ pub struct LimitConfig {
     /// `"redis"` (the default when `redis_url` is set: one quota across every
     /// gateway replica) or `"memory"` (this process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<String>,
+    pub store: Option<LimitStore>,
     /// When Redis fails: `"open"` (decide locally from what Redis last said; the
     /// default) or `"closed"` (`503`).
-    #[serde(default = "open", skip_serializing_if = "is_open")]
-    pub on_store_error: String,
+    #[serde(default, skip_serializing_if = "StoreFailure::is_open")]
+    pub on_store_error: StoreFailure,
 }
 
-pub(super) fn open() -> String {
-    "open".into()
+/// The period of a limit's rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Per {
+    /// `"second"`.
+    Second,
+    /// `"minute"`.
+    Minute,
+    /// `"hour"`.
+    Hour,
 }
 
-fn is_open(value: &String) -> bool {
-    value == "open"
+impl Per {
+    /// The period.
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Second => 1,
+            Self::Minute => 60,
+            Self::Hour => 3600,
+        })
+    }
+}
+
+impl std::fmt::Display for Per {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Second => "second",
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+        })
+    }
+}
+
+/// Where a limit's counts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitStore {
+    /// In Redis (`redis_url`): one quota across every gateway replica.
+    Redis,
+    /// In this process.
+    Memory,
+}
+
+/// What a limit does while its store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreFailure {
+    /// Decide in this process from what the store last said.
+    #[default]
+    Open,
+    /// Answer `503`.
+    Closed,
+}
+
+impl StoreFailure {
+    fn is_open(&self) -> bool {
+        *self == Self::Open
+    }
+}
+
+/// A method a route can name: the methods the gateway forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[allow(missing_docs)]
+pub enum RouteMethod {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+}
+
+impl RouteMethod {
+    /// As `http` names it.
+    pub fn as_http(self) -> http::Method {
+        match self {
+            Self::Get => http::Method::GET,
+            Self::Head => http::Method::HEAD,
+            Self::Post => http::Method::POST,
+            Self::Put => http::Method::PUT,
+            Self::Delete => http::Method::DELETE,
+            Self::Patch => http::Method::PATCH,
+            Self::Options => http::Method::OPTIONS,
+        }
+    }
 }
 
 /// The key of a limit: one part or several.
@@ -121,9 +204,10 @@ pub struct RouteConfig {
     /// Or matches this path alone (a trailing `/` allowed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// The methods matched (upper-case); any method when empty.
+    /// The methods matched (`"GET"`, `"HEAD"`, `"POST"`, `"PUT"`, `"DELETE"`,
+    /// `"PATCH"`, `"OPTIONS"`); any method when empty. `GET` brings `HEAD`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
+    pub methods: Vec<RouteMethod>,
     /// What is stripped before forwarding (default: the prefix or path itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strip_prefix: Option<String>,

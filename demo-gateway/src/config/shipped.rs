@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use super::route::open;
 use super::{
-    Access, Config, LimitConfig, LimitKey, RetryConfig, RevocationConfig, RouteConfig, UpstreamConfig, shipped_jwt,
+    Access, Config, ForwardedHeaderName, LimitConfig, LimitKey, Per, RetryConfig, RevocationConfig, RouteConfig,
+    RouteMethod, StoreFailure, UpstreamConfig, shipped_jwt,
 };
 
 fn local(ports: &[u16]) -> UpstreamConfig {
@@ -17,9 +17,9 @@ fn local(ports: &[u16]) -> UpstreamConfig {
 /// The shipped policy, over upstreams named `products`, `users` and `checkout`.
 pub fn shipped_routes() -> Vec<RouteConfig> {
     let admin = || Some(Access::Roles(vec!["admin".into()]));
-    let route = |prefix: &str, methods: &[&str], upstream: &str, access| RouteConfig {
+    let route = |prefix: &str, methods: &[RouteMethod], upstream: &str, access| RouteConfig {
         prefix: Some(prefix.into()),
-        methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        methods: methods.to_vec(),
         upstream: upstream.into(),
         access,
         ..RouteConfig::default()
@@ -28,7 +28,7 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
         |path: &str, access| RouteConfig { prefix: None, path: Some(path.into()), ..route("", &[], "users", access) };
     // Forwarded as /signup and /login, under user-service's own root.
     let users_post = |path: &str| RouteConfig {
-        methods: vec!["POST".into()],
+        methods: vec![RouteMethod::Post],
         strip_prefix: Some("/api/users".into()),
         ..users_path(path, Some(Access::Public))
     };
@@ -41,14 +41,17 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
         // The price feed (`GET /api/products/feed`) is a WebSocket.
         RouteConfig {
             websocket: true,
-            ..limited(route("/api/products", &["GET", "HEAD"], "products", Some(Access::Public)), &[])
+            ..limited(
+                route("/api/products", &[RouteMethod::Get, RouteMethod::Head], "products", Some(Access::Public)),
+                &[],
+            )
         },
         limited(route("/api/products", &[], "products", admin()), &[]),
         limited(users_post("/api/users/signup"), &["signup-address"]),
         limited(users_post("/api/users/login"), &["login-address", "login-account"]),
         limited(users_path("/api/users", admin()), &[]),
         // A change of a user's record may hash two passwords: counted per user.
-        limited(route("/api/users", &["PUT"], "users", Some(Access::Token)), &["account-change"]),
+        limited(route("/api/users", &[RouteMethod::Put], "users", Some(Access::Token)), &["account-change"]),
         limited(route("/api/users", &[], "users", Some(Access::Token)), &[]),
         limited(route("/api/checkout", &[], "checkout", Some(Access::Token)), &["checkout-user"]),
     ]
@@ -70,24 +73,24 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
 /// user out with a request every 6 s), and sign-ups, which name an email too,
 /// count against a limit of their own.
 pub fn shipped_limits() -> BTreeMap<String, LimitConfig> {
-    let limit = |rate, per: &str, burst, key: &[&str]| LimitConfig {
+    let limit = |rate, per: Per, burst, key: &[&str]| LimitConfig {
         rate,
-        per: per.into(),
+        per,
         burst: Some(burst),
         key: match key {
             [one] => LimitKey::One((*one).into()),
             parts => LimitKey::Many(parts.iter().map(|p| (*p).into()).collect()),
         },
         store: None,
-        on_store_error: open(),
+        on_store_error: StoreFailure::Open,
     };
     BTreeMap::from([
-        ("per-address".into(), limit(100, "second", 200, &["client_ip"])),
-        ("login-address".into(), limit(30, "minute", 10, &["client_ip"])),
-        ("login-account".into(), limit(10, "minute", 5, &["client_ip", "json:email"])),
-        ("signup-address".into(), limit(20, "hour", 10, &["client_ip"])),
-        ("account-change".into(), limit(10, "minute", 5, &["subject"])),
-        ("checkout-user".into(), limit(120, "minute", 30, &["subject"])),
+        ("per-address".into(), limit(100, Per::Second, 200, &["client_ip"])),
+        ("login-address".into(), limit(30, Per::Minute, 10, &["client_ip"])),
+        ("login-account".into(), limit(10, Per::Minute, 5, &["client_ip", "json:email"])),
+        ("signup-address".into(), limit(20, Per::Hour, 10, &["client_ip"])),
+        ("account-change".into(), limit(10, Per::Minute, 5, &["subject"])),
+        ("checkout-user".into(), limit(120, Per::Minute, 30, &["subject"])),
     ])
 }
 
@@ -122,7 +125,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             redis_url: None,
             trusted_proxies: Vec::new(),
-            forwarded_header: "x-forwarded-for".into(),
+            forwarded_header: ForwardedHeaderName::XForwardedFor,
             limits: shipped_limits(),
             jwt: shipped_jwt(),
             revocation: RevocationConfig::default(),

@@ -57,6 +57,16 @@ fn load_reports_the_file_and_the_problem() {
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, "request_timeout_ms = \"soon\"").unwrap();
     let err = Config::load(Some(&path), |_| None).unwrap_err();
-    assert_eq!(err.field, path.display().to_string());
+    assert_eq!(err.field, "request_timeout_ms");
     assert!(err.message.contains("invalid type"), "{err}");
+    assert!(err.message.contains(&format!("{}, line 1", path.display())), "{err}");
+    // Below a table header, in an array of tables, quoted: the whole path.
+    let text = "[upstreams.u]\nendpoints = []\n[[routes]]\nprefix = \"/a\"\n[[routes]]\nprefix = \"/b\"\n\
+                methods = [\"get\"]\n[limits.\"a b\"]\nrate = 1\nper = \"day\"\nkey = \"global\"";
+    let err = Config::from_toml(&text.replace("day", "hour"), "gateway.toml", |_| None).unwrap_err();
+    assert_eq!((err.field.as_str(), err.message.contains("line 7")), ("routes[1].methods", true), "{err}");
+    let err = Config::from_toml(&text.replace("get", "GET"), "gateway.toml", |_| None).unwrap_err();
+    assert_eq!(err.field, "limits.a b.per", "{err}");
+    let err = Config::load(Some(&dir.path().join("missing.toml")), |_| None).unwrap_err();
+    assert!(err.field.ends_with("missing.toml"), "a file that cannot be read is named: {err}");
 }

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderName;
 use tower_gateway::rate_limit::key::{ClientIp, Global, Header, JsonField};
@@ -10,7 +9,7 @@ use tower_gateway::rate_limit::{self, Limiter, OnStoreError, Quota};
 use tower_gateway_auth::{Claim, ClaimKey};
 
 use super::{BuiltLimit, RouteKey};
-use crate::config::{Config, ConfigError, LimitConfig};
+use crate::config::{Config, ConfigError, LimitConfig, LimitStore, StoreFailure};
 
 /// One part of a limit's key, from its name in the configuration.
 pub(super) fn key_part(at: &str, part: &str, built: &mut BuiltLimit) -> Result<RouteKey, ConfigError> {
@@ -52,17 +51,7 @@ pub(super) fn limit_of(
     redis: Option<&Arc<dyn rate_limit::Store>>,
 ) -> Result<BuiltLimit, ConfigError> {
     let at = format!("limits.{name}");
-    let period = match config.per.as_str() {
-        "second" => Duration::from_secs(1),
-        "minute" => Duration::from_secs(60),
-        "hour" => Duration::from_secs(3600),
-        other => {
-            return Err(ConfigError::new(
-                format!("{at}.per"),
-                format!("{other:?} is not \"second\", \"minute\" or \"hour\""),
-            ));
-        }
-    };
+    let period = config.per.duration();
     let mut quota = Quota::try_new(config.rate, period).map_err(|e| ConfigError::new(format!("{at}.rate"), e))?;
     if let Some(burst) = config.burst {
         if burst == 0 {
@@ -71,23 +60,16 @@ pub(super) fn limit_of(
         quota = quota.burst(burst);
     }
     let mut builder = Limiter::builder(name, quota);
-    match (config.store.as_deref(), redis) {
-        (None | Some("redis"), Some(redis)) => builder = builder.store(redis.clone()),
-        (Some("redis"), None) => return Err(ConfigError::new(format!("{at}.store"), "\"redis\" needs redis_url")),
-        (None | Some("memory"), _) => {}
-        (Some(other), _) => {
-            return Err(ConfigError::new(format!("{at}.store"), format!("{other:?} is not \"redis\" or \"memory\"")));
+    match (config.store, redis) {
+        (None | Some(LimitStore::Redis), Some(redis)) => builder = builder.store(redis.clone()),
+        (Some(LimitStore::Redis), None) => {
+            return Err(ConfigError::new(format!("{at}.store"), "\"redis\" needs redis_url"));
         }
+        (None | Some(LimitStore::Memory), _) => {}
     }
-    builder = builder.on_store_error(match config.on_store_error.as_str() {
-        "open" => OnStoreError::FailOpen,
-        "closed" => OnStoreError::FailClosed,
-        other => {
-            return Err(ConfigError::new(
-                format!("{at}.on_store_error"),
-                format!("{other:?} is not \"open\" or \"closed\""),
-            ));
-        }
+    builder = builder.on_store_error(match config.on_store_error {
+        StoreFailure::Open => OnStoreError::FailOpen,
+        StoreFailure::Closed => OnStoreError::FailClosed,
     });
     let limiter = builder.build().map_err(|e| ConfigError::new(&at, e))?;
     let mut built = BuiltLimit { limiter, key: Arc::new(Global), needs_identity: false, json_fields: Vec::new() };

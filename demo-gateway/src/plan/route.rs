@@ -15,7 +15,7 @@ use tower_gateway::{Body, StripPrefixLayer};
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
 use super::{BuiltLimit, Settings, Shared};
-use crate::config::{Access, ConfigError, RouteConfig};
+use crate::config::{Access, ConfigError, RouteConfig, RouteMethod};
 use crate::routes::{Matcher, Route, RouteBody, Stack, Upstream};
 
 /// A layer's service as a piece of a route: boxed, its answers one [`Body`]
@@ -51,19 +51,15 @@ pub(super) fn path_field<'a>(at: &str, field: &str, value: &'a str) -> Result<&'
     Ok(value.trim_end_matches('/'))
 }
 
-pub(super) fn methods_of(at: &str, methods: &[String]) -> Result<Option<Box<[Method]>>, ConfigError> {
+pub(super) fn methods_of(at: &str, methods: &[RouteMethod]) -> Result<Option<Box<[Method]>>, ConfigError> {
     if methods.is_empty() {
         return Ok(None);
     }
     let mut parsed: Vec<Method> = Vec::with_capacity(methods.len());
-    for (j, name) in methods.iter().enumerate() {
-        let field = || format!("{at}.methods[{j}]");
-        if name.is_empty() || name.bytes().any(|b| !b.is_ascii_uppercase()) {
-            return Err(ConfigError::new(field(), format!("{name:?} is not an upper-case method name like GET")));
-        }
-        let method = Method::from_bytes(name.as_bytes()).map_err(|e| ConfigError::new(field(), e))?;
+    for (j, method) in methods.iter().enumerate() {
+        let method = method.as_http();
         if parsed.contains(&method) {
-            return Err(ConfigError::new(field(), format!("{name} is listed twice")));
+            return Err(ConfigError::new(format!("{at}.methods[{j}]"), format!("{method} is listed twice")));
         }
         parsed.push(method);
     }

@@ -9,7 +9,7 @@ use tower_gateway::upgrade::Tunnels;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use super::{Settings, TlsSettings, at_least_one, positive};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ForwardedHeaderName};
 
 pub(super) fn settings(config: &Config) -> Result<Settings, ConfigError> {
     let listen = config.listen.parse().map_err(|e| ConfigError::new("listen", format!("{:?}: {e}", config.listen)))?;
@@ -47,15 +47,9 @@ pub(super) fn settings(config: &Config) -> Result<Settings, ConfigError> {
             .max_age(Duration::from_secs(600))
     });
     let trusted = TrustedProxies::parse(&config.trusted_proxies).map_err(|e| ConfigError::new("trusted_proxies", e))?;
-    let header = match config.forwarded_header.to_ascii_lowercase().as_str() {
-        "x-forwarded-for" => ForwardedHeader::XForwardedFor,
-        "forwarded" => ForwardedHeader::Forwarded,
-        other => {
-            return Err(ConfigError::new(
-                "forwarded_header",
-                format!("{other:?} is not \"x-forwarded-for\" or \"forwarded\""),
-            ));
-        }
+    let header = match config.forwarded_header {
+        ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
+        ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
     };
     let admin_listen = match &config.admin_listen {
         Some(addr) => Some(addr.parse().map_err(|e| ConfigError::new("admin_listen", format!("{addr:?}: {e}")))?),
