@@ -18,7 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
-use tower_gateway::balance::{ChosenEndpoint, Endpoints};
+use tower_gateway::balance::ChosenEndpoint;
+use tower_gateway::balance::dns::Discovered;
 use tower_gateway::error::{UpstreamError, json_error};
 use tower_gateway::retry::{Attempts, ReplayBody};
 use tower_gateway::strip_prefix::canonicalize;
@@ -74,12 +75,10 @@ impl Matcher {
 
 pub(crate) struct Upstream {
     pub(crate) name: Arc<str>,
-    pub(crate) endpoints: Endpoints,
-    /// A DNS name re-resolved every so often, while the gateway serves.
-    pub(crate) dns: Option<(String, Duration)>,
+    /// Its endpoints, listed or from a DNS name watched for as long as it lives.
+    pub(crate) discovered: Discovered,
     pub(crate) service: UpstreamService,
-    /// The task re-resolving `dns`, stopped with the upstream.
-    pub(crate) _watcher: Option<crate::abort_on_drop::AbortOnDrop>,
+    pub(crate) _watching: Option<Counted>,
     pub(crate) _alive: Counted,
 }
 
@@ -181,7 +180,7 @@ impl Table {
         if self.shared.drain.is_draining() {
             return Err("draining: shutting down".into());
         }
-        if let Some(upstream) = self.upstreams.iter().find(|u| u.endpoints.is_empty()) {
+        if let Some(upstream) = self.upstreams.iter().find(|u| u.discovered.endpoints().is_empty()) {
             return Err(format!("upstream {} has no endpoint", upstream.name));
         }
         if let Some(auth) = &self.auth {
@@ -193,7 +192,7 @@ impl Table {
     pub(crate) fn metrics_text(&self) -> String {
         let shared = &self.shared;
         shared.metrics.encode(
-            self.upstreams.iter().map(|u| (&u.name, &u.endpoints)),
+            self.upstreams.iter().map(|u| (&u.name, u.discovered.endpoints())),
             &self.limits,
             &shared.tunnels,
             &shared.alive,

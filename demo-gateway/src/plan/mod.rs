@@ -301,11 +301,8 @@ impl Plan {
     /// plan serves, so that its first requests find one.
     pub(crate) async fn resolve_dns(&self) {
         for upstream in &self.table.upstreams {
-            if let Some((name, _)) = &upstream.dns
-                && upstream.endpoints.is_empty()
-                && let Err(err) = tower_gateway::balance::dns::resolve(name, &upstream.endpoints).await
-            {
-                tracing::warn!(%name, %err, "no endpoints from DNS yet");
+            if let Err(err) = upstream.discovered.first_lookup().await {
+                tracing::warn!(upstream = %upstream.name, %err, "no endpoints from DNS yet");
             }
         }
     }
@@ -370,7 +367,7 @@ impl Plan {
 
     /// The endpoints of the upstream `name`.
     pub fn endpoints(&self, name: &str) -> Option<&Endpoints> {
-        self.table.upstreams.iter().find(|u| &*u.name == name).map(|u| &u.endpoints)
+        self.table.upstreams.iter().find(|u| &*u.name == name).map(|u| u.discovered.endpoints())
     }
 }
 

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tower::ServiceBuilder;
 use tower_gateway::balance::Endpoints;
+use tower_gateway::balance::dns::{Discovered, Source};
 use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, TimeoutLayer};
 
 use super::{Counted, Shared, positive};
-use crate::abort_on_drop::AbortOnDrop;
 use crate::config::{ConfigError, RetryConfig, UpstreamConfig};
 use crate::routes::{Upstream, UpstreamService};
 
@@ -34,7 +34,7 @@ pub(super) fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, C
 /// The upstream `name`, its DNS name (if it has one) watched for as long as it lives.
 pub(super) fn upstream_of(name: &str, config: &UpstreamConfig, shared: &Shared) -> Result<Upstream, ConfigError> {
     let at = format!("upstreams.{name}");
-    let (endpoints, dns) = match (&config.dns, config.endpoints.is_empty()) {
+    let source = match (&config.dns, config.endpoints.is_empty()) {
         (Some(_), false) => {
             return Err(ConfigError::new(format!("{at}.dns"), "give either endpoints or dns, not both"));
         }
@@ -61,16 +61,20 @@ pub(super) fn upstream_of(name: &str, config: &UpstreamConfig, shared: &Shared) 
                 }
             }
             let every = positive(&format!("{at}.dns_refresh_ms"), config.dns_refresh_ms)?;
-            let endpoints = Endpoints::new(Vec::<String>::new()).map_err(|e| ConfigError::new(&at, e))?;
-            (endpoints, Some((dns.clone(), every)))
+            Source::Dns { name: dns.clone(), every }
         }
         (None, false) => {
             for (j, endpoint) in config.endpoints.iter().enumerate() {
                 Endpoints::new([endpoint]).map_err(|e| ConfigError::new(format!("{at}.endpoints[{j}]"), e))?;
             }
-            (Endpoints::new(&config.endpoints).map_err(|e| ConfigError::new(format!("{at}.endpoints"), e))?, None)
+            Source::Static(config.endpoints.clone())
         }
     };
+    // A DNS name's watcher starts here, its first lookup at once
+    // (`Plan::resolve_dns` waits for one before a plan serves), and stops when
+    // the upstream is dropped: a field refused below stops it at once. The
+    // balancer below shares its set.
+    let discovered = Discovered::new(source).map_err(|e| ConfigError::new(format!("{at}.endpoints"), e))?;
     let mut proxy = Proxy::builder()
         .connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?)
         .tunnels(shared.tunnels.clone());
@@ -88,7 +92,7 @@ pub(super) fn upstream_of(name: &str, config: &UpstreamConfig, shared: &Shared) 
     let service: UpstreamService = ServiceBuilder::new()
         .layer(retry_layer(&at, &config.retry)?)
         .layer(
-            RoundRobinLayer::new(endpoints.clone())
+            RoundRobinLayer::new(discovered.endpoints().clone())
                 .eject_after(config.eject_after)
                 .eject_after_gateway_failures(config.eject_after_gateway_failures)
                 .max_ejected_percent(config.max_ejected_percent)
@@ -96,22 +100,11 @@ pub(super) fn upstream_of(name: &str, config: &UpstreamConfig, shared: &Shared) 
         )
         .layer(timeout)
         .service(proxy);
-    // The watcher's first lookup is at once; `Plan::resolve_dns` waits for one
-    // before a plan serves.
-    let watcher = dns.as_ref().map(|(dns, every)| {
-        let watching = Counted::new(&shared.alive.dns_watchers);
-        let watch = tower_gateway::balance::dns::watch(dns.clone(), endpoints.clone(), *every);
-        AbortOnDrop(tokio::spawn(async move {
-            let _watching = watching;
-            watch.await;
-        }))
-    });
     Ok(Upstream {
         name: name.into(),
-        endpoints,
-        dns,
+        _watching: discovered.is_watched().then(|| Counted::new(&shared.alive.dns_watchers)),
+        discovered,
         service,
-        _watcher: watcher,
         _alive: Counted::new(&shared.alive.upstreams),
     })
 }

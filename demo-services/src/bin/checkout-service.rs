@@ -15,29 +15,26 @@ use demo_services::checkout::{self, CheckoutState, ProductClient};
 use demo_services::server;
 use std::time::Duration;
 
-use tower_gateway::balance::{Endpoints, dns};
+use tower_gateway::balance::dns::{Discovered, Source};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "checkout-service";
     demo_common::init_tracing();
-    let endpoints = match std::env::var("PRODUCT_SERVICE_DNS").ok().filter(|v| !v.is_empty()) {
-        Some(name) => {
-            let endpoints = Endpoints::new(Vec::<String>::new()).expect("an empty set is valid");
-            if let Err(err) = dns::resolve(&name, &endpoints).await {
-                tracing::warn!(%name, %err, "no product-service instance in DNS yet");
-            }
-            tokio::spawn(dns::watch(name, endpoints.clone(), Duration::from_secs(5)));
-            endpoints
-        }
+    let source = match std::env::var("PRODUCT_SERVICE_DNS").ok().filter(|v| !v.is_empty()) {
+        Some(name) => Source::Dns { name, every: Duration::from_secs(5) },
         None => {
             let urls = server::env_or("PRODUCT_SERVICE_URLS", "http://127.0.0.1:3001,http://127.0.0.1:3003");
-            match Endpoints::new(urls.split(',').map(str::trim).filter(|u| !u.is_empty())) {
-                Ok(endpoints) => endpoints,
-                Err(err) => return server::fail(NAME, &format!("PRODUCT_SERVICE_URLS: {err}")),
-            }
+            Source::Static(urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect())
         }
     };
+    let products = match Discovered::new(source) {
+        Ok(products) => products,
+        Err(err) => return server::fail(NAME, &format!("PRODUCT_SERVICE_URLS: {err}")),
+    };
+    if let Err(err) = products.first_lookup().await {
+        tracing::warn!(%err, "no product-service instance in DNS yet");
+    }
     let url = server::database_url("orders.db");
     let db = match checkout::connect(&url).await {
         Ok(db) => db,
@@ -54,6 +51,7 @@ async fn main() -> ExitCode {
         Ok(auth) => auth,
         Err(err) => return server::fail(NAME, &err),
     };
-    let state = CheckoutState { db, products: ProductClient::new(endpoints), auth: Some(auth) };
+    let state = CheckoutState { db, products: ProductClient::new(products.endpoints().clone()), auth: Some(auth) };
+    // `products` lives until the service ends: its DNS watcher with it.
     server::run(NAME, checkout::app(state), 3005).await
 }
