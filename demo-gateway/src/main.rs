@@ -53,22 +53,25 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         if let Some(Command::Check { config }) = &cli.command {
             let path = config.as_deref().or(cli.config.as_deref());
-            return match Config::load(path, |name| std::env::var(name).ok()).and_then(Plan::compile) {
+            return match checked(path) {
                 Ok(plan) => {
                     println!("ok: {}", plan.summary());
                     ExitCode::SUCCESS
                 }
-                Err(err) => {
-                    eprintln!("demo-gateway check: {err}");
+                Err(errors) => {
+                    for err in errors {
+                        eprintln!("demo-gateway check: {err}");
+                    }
                     ExitCode::from(2)
                 }
             };
         }
-        let config = Config::load(cli.config.as_deref(), |name| std::env::var(name).ok());
-        let plan = match config.and_then(Plan::compile) {
+        let plan = match checked(cli.config.as_deref()) {
             Ok(plan) => plan,
-            Err(err) => {
-                eprintln!("demo-gateway: {err}");
+            Err(errors) => {
+                for err in errors {
+                    eprintln!("demo-gateway: {err}");
+                }
                 return ExitCode::from(2);
             }
         };
@@ -97,4 +100,11 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The configuration at `path` (or the defaults), with the environment's
+/// overrides, compiled: every field at fault when it does not.
+fn checked(path: Option<&std::path::Path>) -> Result<Plan, Vec<demo_gateway::ConfigError>> {
+    let config = Config::load(path, |name| std::env::var(name).ok()).map_err(|e| vec![e])?;
+    Plan::check(config)
 }

@@ -30,6 +30,26 @@ fn a_good_configuration_is_summed_up_in_one_line() {
 }
 
 #[test]
+fn every_field_at_fault_is_named_not_the_first_alone() {
+    let (code, _, err) = check(&format!(
+        "{UPSTREAM}[upstreams.v]\nendpoints = [\"ftp://x\"]\n[limits.l]\nrate = 0\nper = \"second\"\nkey = \"global\"\n\
+         [[routes]]\nprefix = \"/a\"\nupstream = \"u\"\n\
+         [[routes]]\nprefix = \"/b\"\nupstream = \"nowhere\"\naccess = \"public\"\n\
+         [[routes]]\nprefix = \"/c\"\nupstream = \"v\"\naccess = \"public\"\n\
+         [[routes]]\nprefix = \"/d\"\nupstream = \"u\"\naccess = \"public\"\nlimits = [\"l\"]"
+    ));
+    assert_eq!(code, 2);
+    let fields: Vec<&str> = err.lines().filter_map(|line| line.split(": ").nth(2)).collect();
+    // The route on the refused upstream `v` and the one on the refused limit
+    // `l` are left to those errors.
+    assert_eq!(
+        fields,
+        ["upstreams.v.endpoints[0]", "limits.l.rate", "routes[0].access", "routes[1].upstream"],
+        "{err}"
+    );
+}
+
+#[test]
 fn an_error_exits_2_naming_its_field() {
     for (config, field) in [
         (format!("{UPSTREAM}[[routes]]\nprefix = \"/a\"\nupstream = \"v\"\naccess = \"public\""), "routes[0].upstream"),

@@ -90,27 +90,34 @@ pub(super) fn limit_of(
 }
 
 /// Every named limit; one whose configuration (and Redis) is as in `previous`
-/// is kept, with its state and counts.
+/// is kept, with its state and counts. Each limit refused adds to `errors`.
 pub(super) fn limits_of(
     config: &Config,
     previous: Option<(&Config, &BTreeMap<String, Arc<BuiltLimit>>)>,
-) -> Result<BTreeMap<String, Arc<BuiltLimit>>, ConfigError> {
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Arc<BuiltLimit>> {
+    let mut limits = BTreeMap::new();
     let redis: Option<Arc<dyn rate_limit::Store>> = match &config.redis_url {
-        Some(url) if !config.limits.is_empty() => Some(Arc::new(
-            rate_limit::RedisStore::builder(url.clone()).build().map_err(|e| ConfigError::new("redis_url", e))?,
-        )),
+        Some(url) if !config.limits.is_empty() => match rate_limit::RedisStore::builder(url.clone()).build() {
+            Ok(store) => Some(Arc::new(store)),
+            Err(err) => {
+                errors.push(ConfigError::new("redis_url", err));
+                return limits;
+            }
+        },
         _ => None,
     };
-    let mut limits = BTreeMap::new();
     for (name, limit) in &config.limits {
         let kept = previous
             .filter(|(old, _)| old.redis_url == config.redis_url && old.limits.get(name) == Some(limit))
             .and_then(|(_, built)| built.get(name));
-        let built = match kept {
-            Some(kept) => kept.clone(),
-            None => Arc::new(limit_of(name, limit, redis.as_ref())?),
-        };
-        limits.insert(name.clone(), built);
+        match kept {
+            Some(kept) => drop(limits.insert(name.clone(), kept.clone())),
+            None => match limit_of(name, limit, redis.as_ref()) {
+                Ok(built) => drop(limits.insert(name.clone(), Arc::new(built))),
+                Err(err) => errors.push(err),
+            },
+        }
     }
-    Ok(limits)
+    limits
 }

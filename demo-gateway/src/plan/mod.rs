@@ -205,7 +205,13 @@ impl Plan {
     /// Like [`compile`](Self::compile), with revocations in `store` (shared with
     /// the code that revokes, as the one-process demo does) instead of `redis_url`.
     pub fn compile_with_store(config: Config, store: Option<Arc<dyn TokenStore>>) -> Result<Self, ConfigError> {
-        Self::build(config, store, None)
+        Self::build(config, store, None).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Like [`compile`](Self::compile), with every field at fault reported, not
+    /// the first alone (what `demo-gateway check` prints).
+    pub fn check(config: Config) -> Result<Self, Vec<ConfigError>> {
+        Self::build(config, None, None)
     }
 
     /// The next generation: `config` compiled over this plan's shared state,
@@ -225,11 +231,19 @@ impl Plan {
         if !restart.is_empty() {
             return Err(restart);
         }
-        Self::build(config, self.store.clone(), Some(self)).map_err(|e| vec![e])
+        Self::build(config, self.store.clone(), Some(self))
     }
 
-    fn build(config: Config, store: Option<Arc<dyn TokenStore>>, previous: Option<&Plan>) -> Result<Self, ConfigError> {
-        let settings = settings(&config)?;
+    /// Compiles `config` over `previous`, if any, and reports every field at
+    /// fault: each upstream, limit and route is checked even after one is
+    /// refused (a route naming a refused upstream, limit or authenticator is
+    /// left to that one's error).
+    fn build(
+        config: Config,
+        store: Option<Arc<dyn TokenStore>>,
+        previous: Option<&Plan>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let settings = settings(&config).map_err(|e| vec![e])?;
         let shared = match previous {
             Some(previous) => previous.shared.clone(),
             None => Arc::new(Shared {
@@ -241,27 +255,30 @@ impl Plan {
                 alive: Alive::default(),
             }),
         };
+        let mut errors = Vec::new();
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in &config.upstreams {
             let kept = previous
                 .filter(|p| p.config.upstreams.get(name) == Some(upstream))
                 .and_then(|p| p.table.upstreams.iter().find(|u| &*u.name == name));
-            let upstream = match kept {
-                Some(kept) => kept.clone(),
-                None => Arc::new(upstream_of(name, upstream, &shared)?),
-            };
-            upstreams.insert(name.as_str(), upstream);
+            match kept {
+                Some(kept) => drop(upstreams.insert(name.as_str(), kept.clone())),
+                None => match upstream_of(name, upstream, &shared) {
+                    Ok(built) => drop(upstreams.insert(name.as_str(), Arc::new(built))),
+                    Err(err) => errors.push(err),
+                },
+            }
         }
         let needs_token = config.routes.iter().any(|r| !matches!(r.access, Some(Access::Public) | None));
         let auth_source = auth::source(&config);
         let auth = match previous {
             _ if !needs_token => None,
             Some(p) if p.auth_source == auth_source && p.table.auth.is_some() => p.table.auth.clone(),
-            _ => Some(authenticator(&config, store.clone())?),
+            _ => authenticator(&config, store.clone()).map_err(|e| errors.push(e)).ok(),
         };
-        let limits = limits_of(&config, previous.map(|p| (&p.config, &p.limits)))?;
+        let limits = limits_of(&config, previous.map(|p| (&p.config, &p.limits)), &mut errors);
         if config.routes.is_empty() {
-            return Err(ConfigError::new("routes", "at least one route is required"));
+            errors.push(ConfigError::new("routes", "at least one route is required"));
         }
         let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
         let parts = Parts {
@@ -273,18 +290,30 @@ impl Plan {
             before: previous.map_or(&[][..], |p| &p.table.routes[..]),
         };
         for (i, route) in config.routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            let built = route_of(&at, route, &parts)?;
-            if let Some(j) = routes.iter().position(|r| r.overlaps(&built)) {
-                return Err(ConfigError::new(at, format!("matches the same requests as routes[{j}]")));
+            let refused_upstream =
+                config.upstreams.contains_key(&route.upstream) && !upstreams.contains_key(route.upstream.as_str());
+            let refused_limit = route.limits.iter().any(|l| config.limits.contains_key(l) && !limits.contains_key(l));
+            let refused_auth = needs_token && auth.is_none() && !matches!(route.access, Some(Access::Public) | None);
+            if refused_upstream || refused_limit || refused_auth {
+                continue;
             }
-            routes.push(built);
+            let at = format!("routes[{i}]");
+            match route_of(&at, route, &parts) {
+                Ok(built) => match routes.iter().position(|r| r.overlaps(&built)) {
+                    Some(j) => errors.push(ConfigError::new(at, format!("matches the same requests as routes[{j}]"))),
+                    None => routes.push(built),
+                },
+                Err(err) => errors.push(err),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         // The most specific first: the longest path, an exact path over a prefix of
         // the same length, then a route naming methods over one taking any.
         let mut order: Vec<(usize, &Route)> = routes.iter().enumerate().collect();
         order.sort_by_key(|(_, r)| r.specificity());
-        check_fallthrough(&order)?;
+        check_fallthrough(&order).map_err(|e| vec![e])?;
         routes.sort_by_key(|r| r.specificity());
         let table = Table {
             routes,
