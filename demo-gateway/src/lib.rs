@@ -21,6 +21,7 @@
 
 mod abort_on_drop;
 mod access_log;
+mod alive;
 pub mod config;
 mod idle_body;
 mod metrics;
@@ -28,6 +29,7 @@ mod plan;
 mod request_id;
 mod routes;
 mod server;
+mod shared;
 mod tls;
 
 pub use config::{Access, Config, ConfigError};

@@ -16,7 +16,7 @@ use tower_gateway::balance::{Endpoint, Endpoints};
 use tower_gateway::rate_limit::LimitStats;
 use tower_gateway::upgrade::Tunnels;
 
-use crate::plan::Alive;
+use crate::alive::Alive;
 
 /// A route's name in labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

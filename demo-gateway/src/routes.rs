@@ -27,9 +27,10 @@ use tower_gateway::upgrade::OnUpgrade;
 use tower_gateway::{Body, Limiter, Proxy, Retry, RoundRobin, Timeout};
 use tower_gateway_auth::{Authenticator, Rejection};
 
+use crate::alive::Counted;
 use crate::config::Access;
 use crate::metrics::{Metrics, Observed, RouteMetrics};
-use crate::plan::{Counted, Shared};
+use crate::shared::Shared;
 
 /// The request body routes receive.
 pub(crate) type RouteBody = AxumBody;

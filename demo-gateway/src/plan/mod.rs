@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -17,9 +16,11 @@ use tower_gateway::upgrade::Tunnels;
 use tower_gateway_auth::{Authenticator, TokenStore};
 use tower_http::cors::CorsLayer;
 
+use crate::alive::{Alive, Counted};
 use crate::config::{Access, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::routes::{Route, RouteBody, Table};
+use crate::shared::{Drain, Shared};
 use auth::authenticator;
 use limits::limits_of;
 use route::{Parts, check_fallthrough, route_of};
@@ -77,70 +78,6 @@ pub(super) struct BuiltLimit {
     pub(super) needs_identity: bool,
     /// The JSON body fields the key reads.
     pub(super) json_fields: Vec<String>,
-}
-
-/// What lives as long as the process, whatever its configuration: every
-/// generation of the plan shares these, and a reload changes none of them.
-pub(crate) struct Shared {
-    pub(crate) metrics: Metrics,
-    /// The WebSockets every upstream's proxy has open: one cap, one idle
-    /// timeout, closed at shutdown.
-    pub(crate) tunnels: Tunnels,
-    /// Requests forwarded at once through every route; beyond, `503 overloaded`.
-    pub(crate) capacity: Arc<Semaphore>,
-    /// Of those, what public routes may hold together: the rest is kept for
-    /// requests with a token.
-    pub(crate) anonymous: Arc<Semaphore>,
-    pub(crate) drain: Drain,
-    /// What generations of the plan have alive: tables, upstreams, DNS watchers.
-    pub(crate) alive: Alive,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("alive", &self.alive).finish_non_exhaustive()
-    }
-}
-
-/// Set when the gateway starts to shut down: readiness fails, and HTTP/1.1
-/// connections are told to close after their response.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Drain(Arc<AtomicBool>);
-
-impl Drain {
-    pub(crate) fn start(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn is_draining(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// How many of the things a generation owns are alive, so that a reload can be
-/// seen to leave nothing of an old one behind.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Alive {
-    pub(crate) tables: Arc<AtomicUsize>,
-    pub(crate) upstreams: Arc<AtomicUsize>,
-    pub(crate) dns_watchers: Arc<AtomicUsize>,
-}
-
-/// One counted in an [`Alive`] count for as long as it lives.
-#[derive(Debug)]
-pub(crate) struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// The gateway, built from its configuration: what [`serve`](crate::serve) runs.

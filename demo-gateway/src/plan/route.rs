@@ -14,9 +14,10 @@ use tower_gateway::upgrade::{CloseAt, ReserveUpgradeLayer};
 use tower_gateway::{Body, StripPrefixLayer};
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
-use super::{BuiltLimit, Settings, Shared};
+use super::{BuiltLimit, Settings};
 use crate::config::{Access, ConfigError, RouteConfig, RouteMethod};
 use crate::routes::{Matcher, Route, RouteBody, Stack, Upstream};
+use crate::shared::Shared;
 
 /// A layer's service as a piece of a route: boxed, its answers one [`Body`]
 /// again (the layers' `ResponseBody` flattens with no allocation).

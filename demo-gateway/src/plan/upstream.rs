@@ -8,9 +8,11 @@ use tower_gateway::balance::Endpoints;
 use tower_gateway::balance::dns::{Discovered, Source};
 use tower_gateway::{Proxy, RetryLayer, RetryPolicy, RoundRobinLayer, TimeoutLayer};
 
-use super::{Counted, Shared, positive};
+use super::positive;
+use crate::alive::Counted;
 use crate::config::{ConfigError, RetryConfig, UpstreamConfig};
 use crate::routes::{Upstream, UpstreamService};
+use crate::shared::Shared;
 
 pub(super) fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, ConfigError> {
     if !(1..=10).contains(&retry.attempts) {

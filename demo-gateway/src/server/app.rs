@@ -20,13 +20,24 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use super::live::App;
 use super::ops::{OPS_PATHS, ops_router};
 use crate::access_log::AccessLogLayer;
 use crate::idle_body::IdleBody;
 use crate::plan::Plan;
 use crate::request_id::RequestIdLayer;
 use crate::routes::{self, Routes};
+
+/// A whole service as a connection runs it.
+pub(super) type App = tower::util::BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
+
+/// An axum router as a listener's app.
+pub(super) fn side_app(router: Router) -> App {
+    use http_body_util::BodyExt;
+    let to_body = |response: Response<axum::body::Body>| -> Response<ResponseBody> {
+        response.map(|body| Either::Left(UnsyncBoxBody::new(body.map_err(BoxError::from))))
+    };
+    App::new(tower::util::MapResponse::new(router, to_body))
+}
 
 /// The body of every response the server sends: what the stack answered, or a
 /// JSON error put in place of a bare one.

@@ -15,17 +15,21 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 use tower_gateway::upgrade::TunnelGroup;
 
-use super::app::{ResponseBody, app};
-use super::ops::admin_app;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tower_gateway::Body;
+use tower_gateway::error::json_error;
+
+use super::app::{App, ResponseBody, app, side_app};
+use super::ops::admin_router;
 use crate::config::{Config, ConfigError};
 use crate::plan::Plan;
-
-/// A whole service as a connection runs it.
-pub(super) type App = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
 
 /// One generation of the configuration, and the services built from it.
 pub(crate) struct Generation {
@@ -306,6 +310,102 @@ fn generation(number: u64, plan: Plan, gateway: &std::sync::Weak<Inner>) -> Gene
     let gateway = gateway.clone();
     let handle = move || gateway.upgrade().map(|inner| Gateway { inner });
     Generation { number, hash: plan.hash(), app: app(&plan), admin: admin_app(&plan, Arc::new(handle)), plan }
+}
+
+/// What finds the gateway a generation is served by, for a reload.
+type Reloader = Arc<dyn Fn() -> Option<Gateway> + Send + Sync>;
+
+/// The admin listener's app: `/readyz` and `/metrics`, and with an admin token
+/// `GET /config` (the configuration served, secrets masked) and `POST
+/// /config/reload` (the config file read again or, with a body, that TOML
+/// applied), each refused `401` without the token.
+fn admin_app(plan: &Plan, reloader: Reloader) -> App {
+    let mut router = admin_router(plan);
+    if let Some(token) = &plan.settings.admin_token {
+        let (token, masked) = (token.clone(), plan.to_masked_toml());
+        let show = move |headers: HeaderMap| {
+            let response = if is_authorized(&headers, &token) {
+                ([(header::CONTENT_TYPE, "application/toml")], masked.clone()).into_response()
+            } else {
+                unauthorized()
+            };
+            std::future::ready(response)
+        };
+        let token = plan.settings.admin_token.clone().expect("checked above");
+        let reload = move |headers: HeaderMap, body: Bytes| {
+            let (token, reloader) = (token.clone(), reloader.clone());
+            async move {
+                if !is_authorized(&headers, &token) {
+                    return unauthorized();
+                }
+                let Some(gateway) = reloader() else {
+                    return json_error::<Body>(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "shutting_down",
+                        "the gateway is stopping",
+                    )
+                    .into_response();
+                };
+                let outcome = if body.is_empty() {
+                    gateway.reload().await
+                } else {
+                    match std::str::from_utf8(&body)
+                        .map_err(|e| ConfigError::new("body", e))
+                        .and_then(|text| Config::from_toml(text, "body", |name| std::env::var(name).ok()))
+                    {
+                        Ok(config) => gateway.apply(config).await,
+                        Err(err) => Err(ReloadError { errors: vec![err] }),
+                    }
+                };
+                match outcome {
+                    Ok(reloaded) => axum::Json(serde_json::json!({
+                        "status": "applied",
+                        "generation": reloaded.generation,
+                        "hash": reloaded.hash,
+                        "summary": reloaded.summary,
+                    }))
+                    .into_response(),
+                    Err(refused) => refused_response(&refused).into_response(),
+                }
+            }
+        };
+        router = router.route("/config", get(show)).route("/config/reload", post(reload));
+    }
+    let router = router.method_not_allowed_fallback(|| async {
+        json_error::<Body>(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes another method")
+    });
+    let router = router.fallback(|| async { json_error::<Body>(StatusCode::NOT_FOUND, "not_found", "no such path") });
+    side_app(router)
+}
+
+/// `422` with every refused field, the configuration before kept.
+fn refused_response(refused: &ReloadError) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let fields: Vec<serde_json::Value> =
+        refused.errors.iter().map(|e| serde_json::json!({ "field": e.field, "message": e.message })).collect();
+    let body = serde_json::json!({ "error": {
+        "code": "config_refused",
+        "message": format!("the configuration was refused, and the one before is still served: {refused}"),
+        "fields": fields,
+    }});
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body))
+}
+
+/// Whether `headers` carry `Authorization: Bearer TOKEN`, compared in constant time.
+fn is_authorized(headers: &HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+/// The `401` for a request without the admin token.
+fn unauthorized() -> axum::response::Response {
+    let mut refused =
+        json_error::<Body>(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token is missing or wrong");
+    refused.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    refused.into_response()
 }
 
 /// A listener's service: the current generation's app for each request, or one

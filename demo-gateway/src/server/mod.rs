@@ -6,7 +6,8 @@
 //! threads. A plain HTTP/1.1 connection waiting for its next request is parked:
 //! hyper lets go of it and its buffers are freed until the client speaks again.
 //!
-//! By concern: [`app`] (the HTTP app), [`ops`] (the gateway's own routes),
+//! By concern: [`live`] (the generation served, its reloads and the admin's
+//! config endpoints), [`app`] (the HTTP app), [`ops`] (the gateway's own routes),
 //! [`listeners`] (binding and admission), [`conn`] (one connection's life),
 //! [`admission`] (the caps), [`workers`] (the runtimes connections run on) and
 //! [`client_io`] (a connection's transport, which parking takes back from hyper).
@@ -33,13 +34,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::abort_on_drop::AbortOnDrop;
 use admission::{Budget, PerClient};
+use app::side_app;
 use conn::{Conns, Handshake, builders};
 use listeners::{
     ADMIN_MAX_CONNECTIONS, REDIRECT_MAX_CONNECTIONS, SIDE_MAX_HEADER_BYTES, SideListener, Which, accept_maybe, admit,
     side_listener, tell,
 };
 use live::Current;
-use ops::{side_app, to_https};
+use ops::to_https;
 use workers::Workers;
 
 /// Serves `gateway` (or a plan: its first generation) on `listener` until

@@ -15,7 +15,7 @@ use tower::{Service, ServiceExt};
 use tower_gateway::{ClientScheme, PeerAddr};
 
 use super::policy::{self, Snapshot};
-use crate::plan::Drain;
+use crate::shared::Drain;
 
 /// What one client connection is doing: requests in flight and when it was last
 /// busy, for closing it when it idles.

@@ -32,7 +32,7 @@ use super::admission::{Budget, Places};
 use super::app::ResponseBody;
 use super::client_io::{ClientIo, IoState, Speaks, Transport};
 use super::workers::Workers;
-use crate::plan::Shared;
+use crate::shared::Shared;
 use activity::{Activity, Tracked};
 use gate::{Gate, Signal};
 use policy::Park;
