@@ -13,18 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
-use tower_gateway::upgrade::TunnelGroup;
-
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
 use tower_gateway::Body;
 use tower_gateway::error::json_error;
+use tower_gateway::upgrade::TunnelGroup;
 
 use super::app::{App, ResponseBody, app, side_app};
 use super::ops::admin_router;
@@ -208,12 +206,12 @@ impl Gateway {
         let number = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let next = generation(number, plan, &Arc::downgrade(&self.inner));
         let reloaded = Reloaded { generation: number, hash: next.hash.clone(), summary: next.plan.summary() };
-        let metrics = &next.plan.shared.metrics;
-        metrics.config_served(number, next.hash.clone(), Some((current.number, current.hash.clone())));
-        metrics.config_reload(true);
         let removed = removed_tunnels(&current.plan, &next.plan);
         let grace = Duration::from_millis(next.plan.config.websocket_removed_route_grace_ms);
+        let shared = next.plan.shared.clone();
         self.inner.current.store(Arc::new(next));
+        shared.metrics.config_served(number, reloaded.hash.clone(), Some((current.number, current.hash.clone())));
+        shared.metrics.config_reload(true);
         if !removed.is_empty() {
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
@@ -239,12 +237,14 @@ impl Gateway {
     pub(super) fn watch(&self) -> tokio::task::JoinSet<()> {
         let mut tasks = tokio::task::JoinSet::new();
         let source = self.source();
+        // Registered before this returns, not when the task first runs: from
+        // then on a SIGHUP reloads and never ends the process.
         #[cfg(unix)]
-        if source.file.is_some() {
+        if source.file.is_some()
+            && let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             let gateway = self.clone();
             tasks.spawn(async move {
-                let kind = tokio::signal::unix::SignalKind::hangup();
-                let Ok(mut hangups) = tokio::signal::unix::signal(kind) else { return };
                 while hangups.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading the configuration");
                     let _ = gateway.reload().await;
@@ -354,7 +354,7 @@ fn admin_app(plan: &Plan, reloader: Reloader) -> App {
                         .and_then(|text| Config::from_toml(text, "body", |name| std::env::var(name).ok()))
                     {
                         Ok(config) => gateway.apply(config).await,
-                        Err(err) => Err(ReloadError { errors: vec![err] }),
+                        Err(err) => Err(gateway.refused(vec![err])),
                     }
                 };
                 match outcome {
