@@ -180,7 +180,10 @@ impl Plan {
         store: Option<Arc<dyn TokenStore>>,
         previous: Option<&Plan>,
     ) -> Result<Self, Vec<ConfigError>> {
-        let settings = settings(&config).map_err(|e| vec![e])?;
+        // Called for a next generation only once `next` found no restart-only
+        // setting changed, `tls` among them.
+        let loaded_tls = previous.and_then(|p| p.settings.tls.as_ref());
+        let settings = settings(&config, loaded_tls).map_err(|e| vec![e])?;
         let shared = match previous {
             Some(previous) => previous.shared.clone(),
             None => Arc::new(Shared {

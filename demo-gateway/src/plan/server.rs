@@ -11,7 +11,11 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use super::{Settings, TlsSettings, at_least_one, positive};
 use crate::config::{Config, ConfigError, ForwardedHeaderName};
 
-pub(super) fn settings(config: &Config) -> Result<Settings, ConfigError> {
+/// The settings of `config`; `loaded`, the TLS listener's of the generation
+/// before, is taken as it is: the `tls` section only changes with a restart,
+/// and its certificate reloads on its own (files caught mid-rotation do not
+/// refuse a reload of the routes, nor are they read again for nothing).
+pub(super) fn settings(config: &Config, loaded: Option<&TlsSettings>) -> Result<Settings, ConfigError> {
     let listen = config.listen.parse().map_err(|e| ConfigError::new("listen", format!("{:?}: {e}", config.listen)))?;
     at_least_one("max_concurrent_requests", config.max_concurrent_requests)?;
     if config.max_header_bytes < 8 * 1024 {
@@ -76,8 +80,9 @@ pub(super) fn settings(config: &Config) -> Result<Settings, ConfigError> {
             Some(token.into())
         }
     };
-    let tls = match &config.tls {
-        Some(tls) => Some(TlsSettings {
+    let tls = match (&config.tls, loaded) {
+        (Some(_), Some(loaded)) => Some(loaded.clone()),
+        (Some(tls), None) => Some(TlsSettings {
             listen: tls.listen.parse().map_err(|e| ConfigError::new("tls.listen", format!("{:?}: {e}", tls.listen)))?,
             certificate: crate::tls::Certificates::new(tls).map_err(|(field, e)| ConfigError::new(field, e))?,
             hsts: tls.hsts_max_age_secs.map(|secs| {
@@ -93,7 +98,7 @@ pub(super) fn settings(config: &Config) -> Result<Settings, ConfigError> {
             max_handshakes: at_least_one("tls.max_handshakes", tls.max_handshakes)?,
             reload_every: positive("tls.reload_interval_ms", tls.reload_interval_ms)?,
         }),
-        None => None,
+        (None, _) => None,
     };
     Ok(Settings {
         admin_listen,

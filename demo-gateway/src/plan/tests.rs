@@ -193,3 +193,25 @@ fn errors_name_the_field() {
 fn keyed_unless_jwt(config: Config, dir: &tempfile::TempDir, text: &str) -> Config {
     if text.contains("[jwt]") { config } else { keyed(config, dir) }
 }
+
+#[tokio::test]
+async fn a_reload_takes_the_tls_listener_as_loaded_and_reads_no_certificate_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let text = "[upstreams.u]\nendpoints = [\"http://a:1\"]\n\
+                [[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"public\"";
+    let mut config: Config = toml::from_str(text).unwrap();
+    config.tls = Some(crate::config::TlsConfig::new("127.0.0.1:0", &cert_file, &key_file));
+    let plan = Plan::compile(config.clone()).unwrap();
+    // Mid-rotation, the files are gone: a reload of the routes is not refused for it.
+    std::fs::remove_file(&cert_file).unwrap();
+    let next = plan.next(config.clone()).unwrap();
+    let (before, after) = (plan.settings.tls.as_ref().unwrap(), next.settings.tls.as_ref().unwrap());
+    assert!(Arc::ptr_eq(&before.certificate, &after.certificate), "the certificate the server serves, kept");
+    // A first compile does read them.
+    assert_eq!(Plan::compile(config).unwrap_err().field, "tls.cert_file");
+}
