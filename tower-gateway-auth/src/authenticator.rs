@@ -7,10 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::cache::Cache;
-use crate::claims::{Authenticated, Verified};
+use crate::claims::{Authenticated, Claims, Verified};
 use crate::error::{ConfigError, Rejection, StoreError};
+use crate::issuer::Issuer;
+use crate::jwks::{RemoteKeys, Trigger};
 use crate::store::{MemoryStore, TokenState, TokenStore, unix_now};
-use crate::verify::{Key, Rules, Verifier};
+use crate::verify::{Key, Rules, Verdict, Verifier};
 
 /// The longest `Authorization` header accepted.
 pub const MAX_AUTHORIZATION_LEN: usize = 8 * 1024;
@@ -26,6 +28,15 @@ pub(crate) enum Step {
     Reject(Rejection),
     /// Valid locally; the store must be asked.
     Check(Box<str>, Arc<Verified>),
+    /// Its key may be in a fresher set of the issuer's: fetch, then verify.
+    Fetch(Box<str>),
+}
+
+/// Why a token did not verify at once.
+enum Unverified {
+    Rejected(Rejection),
+    /// Its issuer's keys must be fetched first.
+    Fetch(RemoteKeys),
 }
 
 struct Inner {
@@ -61,6 +72,7 @@ impl fmt::Debug for Authenticator {
 #[derive(Debug)]
 pub struct AuthenticatorBuilder {
     keys: Vec<Key>,
+    issuers: Vec<Issuer>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
@@ -75,19 +87,30 @@ pub struct AuthenticatorBuilder {
 }
 
 impl AuthenticatorBuilder {
-    /// Another key, told apart by its `kid` (see [`Key::with_kid`]).
+    /// Another key, told apart by its `kid` (see [`Key::with_kid`]), for the
+    /// keys given to [`Authenticator::builder`].
     pub fn key(mut self, key: Key) -> Self {
         self.keys.push(key);
         self
     }
 
-    /// Tokens must carry this `iss`.
+    /// Tokens verified by the keys given to [`Authenticator::builder`] must carry
+    /// this `iss`.
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());
         self
     }
 
-    /// Tokens must carry this `aud`.
+    /// Tokens of another issuer are accepted too, with its own keys, audiences
+    /// and algorithms; a token is matched to its issuer by `iss`. Every issuer
+    /// then needs an `iss`.
+    pub fn trust(mut self, issuer: Issuer) -> Self {
+        self.issuers.push(issuer);
+        self
+    }
+
+    /// Tokens verified by the keys given to [`Authenticator::builder`] must carry
+    /// this `aud`.
     pub fn audience(mut self, audience: impl Into<String>) -> Self {
         self.audience = Some(audience.into());
         self
@@ -160,20 +183,31 @@ impl AuthenticatorBuilder {
         let header = |name: Option<String>| {
             name.map(|n| HeaderName::try_from(n.as_str()).map_err(|_| ConfigError::InvalidHeaderName(n))).transpose()
         };
-        let rules = Rules {
-            issuer: self.issuer,
-            audience: self.audience,
-            leeway: self.leeway.as_secs(),
-            max_lifetime: self.max_lifetime.as_secs(),
-        };
+        let rules = Rules { leeway: self.leeway.as_secs(), max_lifetime: self.max_lifetime.as_secs() };
+        let mut issuers = self.issuers;
+        if !self.keys.is_empty() {
+            let mut own = match self.issuer {
+                Some(iss) => Issuer::new(iss, self.keys),
+                None => Issuer::any(self.keys),
+            };
+            own.audiences.extend(self.audience);
+            issuers.insert(0, own);
+        }
         let subject_header = header(self.subject_header)?;
         let email_header = header(self.email_header)?;
+        let verifier = Verifier::new(issuers, &rules)?;
+        let mut identity_names: Vec<HeaderName> = subject_header.iter().chain(email_header.iter()).cloned().collect();
+        for name in verifier.forwarded_names() {
+            if !identity_names.contains(name) {
+                identity_names.push(name.clone());
+            }
+        }
         Ok(Authenticator {
             inner: Arc::new(Inner {
-                verifier: Verifier::new(self.keys, &rules)?,
+                verifier,
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
                 cache: Cache::new(self.cache_bound, self.cache_capacity, self.cache_max_bytes),
-                identity_names: subject_header.iter().chain(email_header.iter()).cloned().collect(),
+                identity_names,
                 subject_header,
                 email_header,
                 fail_open: self.fail_open,
@@ -209,8 +243,22 @@ impl Authenticator {
     /// check, an in-memory store, a 1 s cache bound, identity headers `x-user-id`
     /// and `x-user-email`, fail closed.
     pub fn builder(key: Key) -> AuthenticatorBuilder {
+        let mut builder = Self::builder_for_none();
+        builder.keys.push(key);
+        builder
+    }
+
+    /// A builder accepting the tokens of `issuer` (keys from a JWKS URL or OpenID
+    /// discovery, say); more with [`AuthenticatorBuilder::trust`]. The other
+    /// defaults are those of [`builder`](Self::builder).
+    pub fn builder_for(issuer: Issuer) -> AuthenticatorBuilder {
+        Self::builder_for_none().trust(issuer)
+    }
+
+    fn builder_for_none() -> AuthenticatorBuilder {
         AuthenticatorBuilder {
-            keys: vec![key],
+            keys: Vec::new(),
+            issuers: Vec::new(),
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(2),
@@ -241,8 +289,27 @@ impl Authenticator {
         &self.inner.identity_names
     }
 
-    fn verify(&self, token: &str) -> Result<Verified, Rejection> {
-        let claims = self.inner.verifier.verify(token, unix_now())?;
+    /// Every issuer's remote key source, with its `iss`: for metrics.
+    pub fn key_sources(&self) -> Vec<(Option<String>, RemoteKeys)> {
+        self.inner.verifier.remote_sources().map(|(iss, keys)| (iss.map(str::to_owned), keys.clone())).collect()
+    }
+
+    /// Fetches every remote key set now and starts their background refresh, so
+    /// that the first token finds its keys; whether every source holds a set.
+    pub async fn prefetch(&self) -> bool {
+        let mut all = true;
+        for (_, keys) in self.inner.verifier.remote_sources() {
+            all &= keys.prefetch().await;
+        }
+        all
+    }
+
+    fn verify(&self, token: &str, may_fetch: bool) -> Result<Verified, Unverified> {
+        let (claims, issuer) = match self.inner.verifier.verify(token, unix_now(), may_fetch) {
+            Verdict::Valid(claims, issuer) => (claims, issuer),
+            Verdict::Reject(rejection) => return Err(Unverified::Rejected(rejection)),
+            Verdict::Fetch(keys) => return Err(Unverified::Fetch(keys)),
+        };
         let id: Box<str> = match &claims.jti {
             Some(jti) => jti.as_str().into(),
             // Without a jti, the signature names the token uniquely.
@@ -256,7 +323,37 @@ impl Authenticator {
         };
         add(&self.inner.subject_header, Some(&claims.sub));
         add(&self.inner.email_header, claims.email.as_deref());
+        for (claim, name) in self.inner.verifier.forwarded(issuer) {
+            let value = claim_text(&claims, claim).and_then(|v| HeaderValue::from_str(&v).ok());
+            if let Some(value) = value {
+                headers.retain(|(n, _)| n != name);
+                headers.push((name.clone(), value));
+            }
+        }
         Ok(Verified { who: Authenticated(Arc::new(claims)), id, headers })
+    }
+
+    /// Verifies `token`, fetching its issuer's keys first if they may have
+    /// rotated (or were never fetched), within the source's wait bound.
+    async fn verify_fetching(&self, token: &str) -> Result<Verified, Rejection> {
+        match self.verify(token, true) {
+            Ok(verified) => Ok(verified),
+            Err(Unverified::Rejected(rejection)) => Err(rejection),
+            Err(Unverified::Fetch(keys)) => {
+                keys.refresh(Trigger::Missing).await;
+                match self.verify(token, false) {
+                    Ok(verified) => Ok(verified),
+                    Err(Unverified::Rejected(rejection)) => Err(rejection),
+                    Err(Unverified::Fetch(_)) => Err(Rejection::KeySourceUnavailable),
+                }
+            }
+        }
+    }
+
+    /// The second step for a token whose keys must be fetched.
+    pub(crate) async fn fetch_and_finish(&self, token: Box<str>) -> Result<Arc<Verified>, Rejection> {
+        let verified = Arc::new(self.verify_fetching(&token).await?);
+        self.finish(token, verified).await
     }
 
     pub(crate) fn begin(&self, headers: &HeaderMap) -> Step {
@@ -267,9 +364,10 @@ impl Authenticator {
         if let Some(verified) = self.inner.cache.get(token) {
             return Step::Allow(verified);
         }
-        match self.verify(token) {
+        match self.verify(token, true) {
             Ok(verified) => Step::Check(token.into(), Arc::new(verified)),
-            Err(rejection) => Step::Reject(rejection),
+            Err(Unverified::Rejected(rejection)) => Step::Reject(rejection),
+            Err(Unverified::Fetch(_)) => Step::Fetch(token.into()),
         }
     }
 
@@ -297,7 +395,7 @@ impl Authenticator {
         if let Some(verified) = self.inner.cache.get(token) {
             return Ok(verified.who.clone());
         }
-        let verified = Arc::new(self.verify(token)?);
+        let verified = Arc::new(self.verify_fetching(token).await?);
         Ok(self.finish(token.into(), verified).await?.who.clone())
     }
 
@@ -305,7 +403,7 @@ impl Authenticator {
     /// at once; other processes see it within their cache bound. The token must
     /// be valid (an invalid one is refused anyway). Returns its claims.
     pub async fn revoke_token(&self, token: &str) -> Result<Authenticated, Rejection> {
-        let verified = self.verify(token)?;
+        let verified = self.verify_fetching(token).await?;
         self.inner.store.revoke(verified.record()).await.map_err(|err| {
             tracing::warn!(%err, "could not revoke a token");
             Rejection::StoreUnavailable
@@ -327,5 +425,31 @@ impl Authenticator {
     #[cfg(test)]
     pub(crate) fn cached(&self) -> usize {
         self.inner.cache.len()
+    }
+}
+
+/// A claim as header text: a string, number or boolean, or an array of strings
+/// joined by commas; registered claims by their names.
+fn claim_text(claims: &Claims, path: &str) -> Option<String> {
+    let registered = match path {
+        "sub" => Some(claims.sub.clone()),
+        "email" => claims.email.clone(),
+        "iss" => claims.iss.clone(),
+        "jti" => claims.jti.clone(),
+        "roles" if claims.get("roles").is_none() => Some(claims.roles.join(",")).filter(|r| !r.is_empty()),
+        _ => None,
+    };
+    if registered.is_some() {
+        return registered;
+    }
+    match claims.get(path)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::Array(items) => {
+            let words: Option<Vec<&str>> = items.iter().map(serde_json::Value::as_str).collect();
+            Some(words?.join(","))
+        }
+        _ => None,
     }
 }

@@ -14,12 +14,7 @@ type Entry = (Arc<Verified>, Instant);
 /// What an entry holds, roughly: the token, its claims and headers, and the
 /// table's own overhead.
 fn cost(token: &str, verified: &Verified) -> usize {
-    let who = &verified.who;
-    let claims = who.sub.len()
-        + who.email.as_ref().map_or(0, String::len)
-        + who.jti.as_ref().map_or(0, String::len)
-        + who.iss.as_ref().map_or(0, String::len)
-        + who.roles.iter().map(String::len).sum::<usize>();
+    let claims = verified.who.weight();
     let headers: usize = verified.headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
     token.len() + verified.id.len() + claims + headers + 256
 }
@@ -121,17 +116,8 @@ mod tests {
     use crate::claims::{Authenticated, Claims};
 
     fn verified(sub: &str) -> Arc<Verified> {
-        let claims = Claims {
-            sub: sub.into(),
-            exp: u64::MAX,
-            iat: None,
-            nbf: None,
-            jti: None,
-            iss: None,
-            aud: None,
-            email: Some(format!("{sub}@example.com")),
-            roles: Vec::new(),
-        };
+        let mut claims = Claims::new(sub, u64::MAX);
+        claims.email = Some(format!("{sub}@example.com"));
         Arc::new(Verified { who: Authenticated(Arc::new(claims)), id: sub.into(), headers: Vec::new() })
     }
 

@@ -27,8 +27,11 @@ pub enum Rejection {
     Revoked,
     /// The token store could not be reached (fail closed).
     StoreUnavailable,
-    /// The token is valid but carries none of the roles the route requires.
+    /// The token is valid but lacks a role or scope the route requires.
     Forbidden,
+    /// The issuer's keys could not be fetched, or the last set fetched is older
+    /// than its bound: the token can be neither accepted nor refused.
+    KeySourceUnavailable,
 }
 
 impl Rejection {
@@ -44,6 +47,7 @@ impl Rejection {
             Self::Revoked => "revoked_token",
             Self::StoreUnavailable => "auth_unavailable",
             Self::Forbidden => "forbidden",
+            Self::KeySourceUnavailable => "key_source_unavailable",
         }
     }
 
@@ -57,17 +61,19 @@ impl Rejection {
             Self::ClaimsRejected => "the token was not issued for this service",
             Self::Revoked => "the token has been revoked",
             Self::StoreUnavailable => "authentication is temporarily unavailable",
-            Self::Forbidden => "the token does not carry a role this route requires",
+            Self::Forbidden => "the token does not carry a role or scope this route requires",
+            Self::KeySourceUnavailable => "the token issuer's keys are unavailable; try again later",
         }
     }
 
     /// The response for this rejection: 401 with `WWW-Authenticate` (RFC 6750
     /// §3: no error code when no token was sent), 403 with `error="insufficient_scope"`
-    /// for a missing role, or 503 with `Retry-After` when the store is down. The body
+    /// for a missing role or scope, or 503 with `Retry-After` when the store or
+    /// the issuer's keys are out of reach (the token may well be good). The body
     /// is `{"error":{"code","message"}}`.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let (status, challenge) = match self {
-            Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
+            Self::StoreUnavailable | Self::KeySourceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
             Self::MissingToken => (StatusCode::UNAUTHORIZED, Some("Bearer")),
             Self::Forbidden => (StatusCode::FORBIDDEN, Some("Bearer error=\"insufficient_scope\"")),
             _ => (StatusCode::UNAUTHORIZED, Some("Bearer error=\"invalid_token\"")),
@@ -79,6 +85,10 @@ impl Rejection {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match challenge {
             Some(challenge) => headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)),
+            None if self == Self::KeySourceUnavailable => {
+                // Tokens may ask for a fetch once per cooldown (default 10 s).
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"))
+            }
             None => headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1")),
         };
         response.extensions_mut().insert(self);
@@ -182,6 +192,14 @@ pub enum ConfigError {
     ZeroMaxLifetime,
     /// An identity header name that is not a valid header name.
     InvalidHeaderName(String),
+    /// Several issuers, one of them without an `iss` to tell its tokens apart.
+    IssuerRequired,
+    /// Two issuers with the same `iss`.
+    DuplicateIssuer(String),
+    /// An issuer's allowed algorithms and its keys have none in common.
+    NoUsableAlgorithm,
+    /// A remote key source that cannot work (its URL, its bounds).
+    InvalidKeySource(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -196,6 +214,10 @@ impl fmt::Display for ConfigError {
             Self::LeewayTooLong => write!(f, "leeway must be at most {:?}", crate::MAX_LEEWAY),
             Self::ZeroMaxLifetime => f.write_str("max_lifetime must be positive"),
             Self::InvalidHeaderName(name) => write!(f, "header {name:?} is not a valid header name"),
+            Self::IssuerRequired => f.write_str("with several issuers, each needs its iss"),
+            Self::DuplicateIssuer(iss) => write!(f, "the issuer {iss:?} is trusted twice"),
+            Self::NoUsableAlgorithm => f.write_str("none of the allowed algorithms fits the issuer's keys"),
+            Self::InvalidKeySource(reason) => write!(f, "key source: {reason}"),
         }
     }
 }

@@ -287,6 +287,18 @@ impl TokenIssuer {
         self
     }
 
+    /// Tokens carry this key id (`kid`), by which verifiers pick the key from a
+    /// published set (a JWKS).
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.header.kid = Some(kid.into());
+        self
+    }
+
+    /// The key id tokens carry, if any.
+    pub fn kid(&self) -> Option<&str> {
+        self.header.kid.as_deref()
+    }
+
     /// How long tokens live.
     pub fn token_ttl(&self) -> Duration {
         self.ttl
@@ -295,17 +307,13 @@ impl TokenIssuer {
     /// A signed token for `subject`.
     pub fn issue(&self, subject: &str, email: Option<&str>, roles: &[String]) -> Result<String, SigningError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let claims = Claims {
-            sub: subject.to_owned(),
-            exp: now + self.ttl.as_secs(),
-            iat: Some(now),
-            nbf: None,
-            jti: Some(uuid::Uuid::new_v4().simple().to_string()),
-            iss: self.issuer.clone(),
-            aud: self.audience.clone().map(Audience::One),
-            email: email.map(str::to_owned),
-            roles: roles.to_vec(),
-        };
+        let mut claims = Claims::new(subject, now + self.ttl.as_secs());
+        claims.iat = Some(now);
+        claims.jti = Some(uuid::Uuid::new_v4().simple().to_string());
+        claims.iss.clone_from(&self.issuer);
+        claims.aud = self.audience.clone().map(Audience::One);
+        claims.email = email.map(str::to_owned);
+        claims.roles = roles.to_vec();
         jsonwebtoken::encode(&self.header, &claims, &self.signing).map_err(SigningError)
     }
 }

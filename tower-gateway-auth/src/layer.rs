@@ -17,8 +17,15 @@ use crate::claims::Verified;
 use crate::error::Rejection;
 use crate::store::BoxFuture;
 
-/// The roles a route requires: the token must carry at least one of them.
-type Roles = Option<Arc<[String]>>;
+/// What a route requires of a token beyond being valid: one of `roles`, and
+/// every one of `scopes`.
+#[derive(Debug, Clone, Default)]
+struct Required {
+    roles: Option<Arc<[String]>>,
+    scopes: Option<Arc<[String]>>,
+}
+
+type Roles = Option<Arc<Required>>;
 
 /// Requires a valid, unrevoked `Authorization: Bearer` JWT, and optionally a role.
 /// See the [crate docs](crate).
@@ -58,7 +65,37 @@ impl JwtAuthLayer {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        self.roles = Some(roles.into_iter().map(Into::into).collect());
+        let mut required = self.roles.as_deref().cloned().unwrap_or_default();
+        required.roles = Some(roles.into_iter().map(Into::into).collect());
+        self.roles = Some(Arc::new(required));
+        self
+    }
+
+    /// Also requires the token to carry every one of `scopes` (read from `scope`
+    /// or `scp`, or the issuer's [`scopes_claim`](crate::Issuer::scopes_claim));
+    /// a valid token without them is answered `403` `insufficient_scope`.
+    ///
+    /// ```
+    /// use axum::{Router, routing::post};
+    /// use tower_gateway_auth::{Authenticator, JwtAuthLayer, Key};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let auth = Authenticator::builder(Key::hs256(b"a shared secret of at least 32 bytes!")?).build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/orders", post(|| async { "ordered" }))
+    ///     .route_layer(JwtAuthLayer::new(auth).all_scopes(["orders:write"]));
+    /// # let _ = app;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn all_scopes<I>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let mut required = self.roles.as_deref().cloned().unwrap_or_default();
+        required.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self.roles = Some(Arc::new(required));
         self
     }
 }
@@ -128,10 +165,17 @@ fn scrub(headers: &mut HeaderMap, names: &[HeaderName]) {
 
 /// Lets the request in with the verified identity, if it carries a required role.
 fn admit<B>(req: &mut Request<B>, verified: &Verified, roles: &Roles) -> Result<(), Rejection> {
-    if let Some(roles) = roles
-        && !roles.iter().any(|role| verified.who.has_role(role))
-    {
-        return Err(Rejection::Forbidden);
+    if let Some(required) = roles {
+        if let Some(roles) = &required.roles
+            && !roles.iter().any(|role| verified.who.has_role(role))
+        {
+            return Err(Rejection::Forbidden);
+        }
+        if let Some(scopes) = &required.scopes
+            && !scopes.iter().all(|scope| verified.who.has_scope(scope))
+        {
+            return Err(Rejection::Forbidden);
+        }
     }
     for (name, value) in &verified.headers {
         req.headers_mut().insert(name.clone(), value.clone());
@@ -163,9 +207,13 @@ where
                 tracing::debug!(reason = rejection.code(), "request refused");
                 State::Refused { rejection }
             }
-            Step::Check(token, verified) => {
+            step @ (Step::Check(..) | Step::Fetch(..)) => {
                 let auth = self.auth.clone();
-                let check: BoxFuture<'static, _> = Box::pin(async move { auth.finish(token, verified).await });
+                let check: BoxFuture<'static, _> = match step {
+                    Step::Check(token, verified) => Box::pin(async move { auth.finish(token, verified).await }),
+                    Step::Fetch(token) => Box::pin(async move { auth.fetch_and_finish(token).await }),
+                    _ => unreachable!("matched above"),
+                };
                 // The ready service goes into the future; a fresh clone stays behind.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);

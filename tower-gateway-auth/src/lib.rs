@@ -113,6 +113,8 @@ mod cache;
 mod claims;
 mod crypto;
 mod error;
+mod issuer;
+pub mod jwks;
 pub mod keys;
 mod layer;
 pub mod store;
@@ -122,6 +124,8 @@ pub use self::authenticator::{Authenticator, AuthenticatorBuilder, MAX_AUTHORIZA
 pub use self::claims::{Audience, Authenticated, Claim, ClaimKey, Claims};
 pub use self::crypto::install_default_crypto;
 pub use self::error::{ConfigError, Rejection, StoreError, StoreErrorKind};
+pub use self::issuer::{Issuer, KeySource};
+pub use self::jwks::{FetchOutcome, KeySourceStats, RemoteKeys, RemoteKeysBuilder};
 pub use self::keys::{KeyConfig, KeyConfigError, TokenIssuer, read_secret_file};
 pub use self::layer::{JwtAuth, JwtAuthLayer};
 

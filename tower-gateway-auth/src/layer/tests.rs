@@ -24,17 +24,13 @@ const ED_PUBLIC: &[u8] = include_bytes!("../../tests/fixtures/ed25519-public.pem
 
 fn claims(sub: &str) -> Claims {
     let now = unix_now();
-    Claims {
-        sub: sub.into(),
-        exp: now + 900,
-        iat: Some(now),
-        nbf: None,
-        jti: Some(format!("jti-{sub}-{now}")),
-        iss: Some("user-service".into()),
-        aud: Some(Audience::One("gateway".into())),
-        email: Some(format!("{sub}@example.com")),
-        roles: Vec::new(),
-    }
+    let mut claims = Claims::new(sub, now + 900);
+    claims.iat = Some(now);
+    claims.jti = Some(format!("jti-{sub}-{now}"));
+    claims.iss = Some("user-service".into());
+    claims.aud = Some(Audience::One("gateway".into()));
+    claims.email = Some(format!("{sub}@example.com"));
+    claims
 }
 
 fn sign_with(header: &Header, claims: &impl Serialize, key: &EncodingKey) -> String {
@@ -472,10 +468,18 @@ async fn a_required_role_is_403_without_it_and_checked_on_every_path() {
         |token: String| Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
 
     let user = hs256(&claims("1"));
-    let admin = hs256(&Claims { roles: vec!["reader".into(), "ops".into()], ..claims("2") });
-    let roles_not_a_list = raw_hs256(
+    let admin = hs256(&{
+        let mut claims = claims("2");
+        claims.roles = vec!["reader".into(), "ops".into()];
+        claims
+    });
+    let roles_as_words = raw_hs256(
         r#"{"alg":"HS256","typ":"JWT"}"#,
-        &format!(r#"{{"sub":"3","exp":{},"iss":"user-service","aud":"gateway","roles":"admin"}}"#, unix_now() + 60),
+        &format!(r#"{{"sub":"3","exp":{},"iss":"user-service","aud":"gateway","roles":"reader admin"}}"#, unix_now() + 60),
+    );
+    let roles_a_number = raw_hs256(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"4","exp":{},"iss":"user-service","aud":"gateway","roles":7}}"#, unix_now() + 60),
     );
     // Twice each: the first asks the store, the second is served from the cache.
     for round in ["store", "cache"] {
@@ -492,7 +496,10 @@ async fn a_required_role_is_403_without_it_and_checked_on_every_path() {
         assert_eq!(res.status(), StatusCode::OK, "{round}");
         assert_eq!(res.extensions().get::<Seen>().unwrap().user_id.as_deref(), Some("2"));
     }
-    assert_invalid(&flat(admin_only(&auth).oneshot(send_with(roles_not_a_list)).await.unwrap()), "invalid_token");
+    let res = admin_only(&auth).oneshot(send_with(roles_as_words)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "roles as a space-separated string, as `scope` is");
+    let res = flat(admin_only(&auth).oneshot(send_with(roles_a_number)).await.unwrap());
+    assert_eq!(refusal(&res).0, StatusCode::FORBIDDEN, "a roles claim of no words gives no role");
     // No token at all is still 401, not 403.
     let res = flat(admin_only(&auth).oneshot(Request::get("/").body(()).unwrap()).await.unwrap());
     assert_eq!(refusal(&res).0, StatusCode::UNAUTHORIZED);
