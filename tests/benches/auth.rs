@@ -27,17 +27,11 @@ const RSA_PUBLIC: &[u8] = include_bytes!("../../tower-gateway-auth/tests/fixture
 
 fn claims() -> Claims {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    Claims {
-        sub: "42".into(),
-        exp: now + 3600,
-        iat: Some(now),
-        nbf: None,
-        jti: Some("bench-token".into()),
-        iss: None,
-        aud: None,
-        email: Some("user42@example.com".into()),
-        roles: Vec::new(),
-    }
+    let mut claims = Claims::new("42", now + 3600);
+    claims.iat = Some(now);
+    claims.jti = Some("bench-token".into());
+    claims.email = Some("user42@example.com".into());
+    claims
 }
 
 fn inner() -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone {

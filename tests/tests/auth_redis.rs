@@ -21,17 +21,9 @@ fn now() -> u64 {
 
 fn token(sub: &str, jti: &str, lifetime: u64) -> String {
     let now = now();
-    let claims = Claims {
-        sub: sub.into(),
-        exp: now + lifetime,
-        iat: Some(now),
-        nbf: None,
-        jti: Some(jti.into()),
-        iss: None,
-        aud: None,
-        email: None,
-        roles: Vec::new(),
-    };
+    let mut claims = Claims::new(sub, now + lifetime);
+    claims.iat = Some(now);
+    claims.jti = Some(jti.into());
     tower_gateway_auth::install_default_crypto();
     jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
 }

@@ -351,8 +351,9 @@ impl Inner {
             Err(err) => {
                 self.fetches[err.outcome.index()].fetch_add(1, Ordering::Relaxed);
                 state.failures = state.failures.saturating_add(1);
-                let backoff = self.settings.cooldown.saturating_mul(1 << state.failures.min(10).saturating_sub(1));
-                let retry = backoff.min(self.settings.refresh_min.max(self.settings.cooldown));
+                // 1 s, 2 s, 4 s… up to the shortest refresh interval.
+                let backoff = Duration::from_secs(1 << state.failures.min(10).saturating_sub(1));
+                let retry = backoff.min(self.settings.refresh_min);
                 state.next_refresh = Some(now + retry);
                 let age = self.current.load().as_ref().map(|s| now.duration_since(s.fetched_at));
                 tracing::warn!(
