@@ -12,9 +12,31 @@
 //! ```
 //!
 //! or, with one shared secret, `secret_file = "/run/secrets/jwt_secret"` (HS256).
+//!
+//! A verifier can take its keys from the issuer instead — no key file at all, and
+//! rotations followed (see [`RemoteKeys`](crate::RemoteKeys)):
+//!
+//! ```toml
+//! issuer = "https://sso.example.com/realms/shop"
+//! discovery_url = "https://sso.example.com/realms/shop/.well-known/openid-configuration"
+//! # or: jwks_url = "https://sso.example.com/realms/shop/protocol/openid-connect/certs"
+//! audience = "orders"
+//! roles_claim = "realm_access.roles"      # default "roles"
+//! scopes_claim = "scope"                  # default "scope", then "scp"
+//! ca_file = "/run/secrets/sso-ca.pem"     # default: the Mozilla roots
+//! keys_max_stale_secs = 86400             # serve the last set this long while the issuer is down
+//! forward_claims = { "x-user-roles" = "roles" }
+//!
+//! [[issuers]]                             # more issuers, each with its own keys and audience
+//! issuer = "https://shop.eu.auth0.com/"
+//! discovery_url = "https://shop.eu.auth0.com/.well-known/openid-configuration"
+//! audience = "https://api.shop.example"
+//! ```
+//!
 //! The same fields come from the environment with [`KeyConfig::apply_env`]:
 //! `JWT_ALGORITHM`, `JWT_SECRET_FILE`, `JWT_PUBLIC_KEY_FILE`, `JWT_PRIVATE_KEY_FILE`,
-//! `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_TTL_SECS`.
+//! `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_TTL_SECS`, `JWT_JWKS_URL`, `JWT_DISCOVERY_URL`,
+//! `JWT_CA_FILE`, `JWT_ROLES_CLAIM`, `JWT_SCOPES_CLAIM`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +47,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::authenticator::{Authenticator, AuthenticatorBuilder};
 use crate::claims::{Audience, Claims};
+use crate::issuer::{Issuer, KeySource};
+use crate::jwks::RemoteKeys;
 use crate::verify::Key;
 
 /// A key configuration that cannot work, naming its field (`secret_file`, …).
@@ -69,6 +93,26 @@ pub struct KeyConfig {
     pub audience: Option<String>,
     /// How long issued tokens live; verifiers refuse longer-lived ones.
     pub token_ttl_secs: u64,
+    /// Verify with the keys published at this JWKS URL, refreshed and rotated.
+    pub jwks_url: Option<String>,
+    /// Verify with the keys found by OpenID discovery at this URL
+    /// (`{issuer}/.well-known/openid-configuration`), whose `issuer` must be `issuer`.
+    pub discovery_url: Option<String>,
+    /// The CA certificates (PEM) that `https://` key URLs are verified with,
+    /// instead of the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long the last fetched key set serves while its issuer cannot be
+    /// reached (then tokens are answered 503).
+    pub keys_max_stale_secs: u64,
+    /// Where tokens carry roles: a claim name or dotted path (default `roles`).
+    pub roles_claim: Option<String>,
+    /// Where tokens carry scopes (default `scope`, then `scp`).
+    pub scopes_claim: Option<String>,
+    /// Claims sent to the service behind as headers: header name to claim name or path.
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// More issuers whose tokens are accepted, each with its own keys (files, a
+    /// JWKS URL, discovery), audience and claims; each needs its `issuer`.
+    pub issuers: Vec<KeyConfig>,
 }
 
 impl Default for KeyConfig {
@@ -81,6 +125,14 @@ impl Default for KeyConfig {
             issuer: None,
             audience: None,
             token_ttl_secs: 15 * 60,
+            jwks_url: None,
+            discovery_url: None,
+            ca_file: None,
+            keys_max_stale_secs: 24 * 60 * 60,
+            roles_claim: None,
+            scopes_claim: None,
+            forward_claims: std::collections::BTreeMap::new(),
+            issuers: Vec::new(),
         }
     }
 }
@@ -123,12 +175,95 @@ impl KeyConfig {
         if let Some(v) = env("JWT_TTL_SECS") {
             self.token_ttl_secs = v.parse().map_err(|e| KeyConfigError::new("token_ttl_secs", e))?;
         }
+        if let Some(v) = env("JWT_JWKS_URL") {
+            self.jwks_url = Some(v);
+        }
+        if let Some(v) = env("JWT_DISCOVERY_URL") {
+            self.discovery_url = Some(v);
+        }
+        if let Some(v) = env("JWT_CA_FILE") {
+            self.ca_file = Some(v.into());
+        }
+        if let Some(v) = env("JWT_ROLES_CLAIM") {
+            self.roles_claim = Some(v);
+        }
+        if let Some(v) = env("JWT_SCOPES_CLAIM") {
+            self.scopes_claim = Some(v);
+        }
         Ok(())
     }
 
-    /// Whether any key is configured.
+    /// Whether any key, or a place to fetch keys from, is configured.
     pub fn is_set(&self) -> bool {
-        self.secret_file.is_some() || self.public_key_file.is_some() || self.private_key_file.is_some()
+        self.secret_file.is_some()
+            || self.public_key_file.is_some()
+            || self.private_key_file.is_some()
+            || self.is_remote()
+    }
+
+    /// Whether keys are fetched from the issuer (a JWKS URL or discovery).
+    pub fn is_remote(&self) -> bool {
+        self.jwks_url.is_some() || self.discovery_url.is_some()
+    }
+
+    /// The issuer this configuration trusts: its keys (from files, or fetched),
+    /// `iss`, audience and claim paths.
+    fn trusted_issuer(&self) -> Result<Issuer, KeyConfigError> {
+        let keys: KeySource = match (&self.jwks_url, &self.discovery_url) {
+            (None, None) => self.verifying_key()?.into(),
+            (Some(_), Some(_)) => return Err(KeyConfigError::new("discovery_url", "give jwks_url or discovery_url, not both")),
+            (jwks, discovery) => {
+                for (field, set) in [
+                    ("secret_file", self.secret_file.is_some()),
+                    ("public_key_file", self.public_key_file.is_some()),
+                ] {
+                    if set {
+                        return Err(KeyConfigError::new(field, "keys come from the issuer's URL: no key file"));
+                    }
+                }
+                let builder = match (jwks, discovery) {
+                    (Some(url), _) => RemoteKeys::jwks(url),
+                    (_, Some(url)) => {
+                        let issuer = self.issuer.as_deref().ok_or_else(|| {
+                            KeyConfigError::new("issuer", "discovery needs the issuer its document must name")
+                        })?;
+                        RemoteKeys::discovery_at(issuer, url)
+                    }
+                    (None, None) => unreachable!("matched above"),
+                };
+                let field = if jwks.is_some() { "jwks_url" } else { "discovery_url" };
+                let mut builder = builder.max_stale(Duration::from_secs(self.keys_max_stale_secs));
+                if let Some(ca_file) = &self.ca_file {
+                    builder = builder.tls_config(client_tls(ca_file)?);
+                }
+                builder.build().map_err(|e| KeyConfigError::new(field, e))?.into()
+            }
+        };
+        let mut issuer = match &self.issuer {
+            Some(iss) => Issuer::new(iss.clone(), keys),
+            None => Issuer::any(keys),
+        };
+        if let Some(audience) = &self.audience {
+            issuer = issuer.audience(audience.clone());
+        }
+        if let Some(algorithm) = &self.algorithm {
+            let algorithm =
+                algorithm.parse().map_err(|e| KeyConfigError::new("algorithm", format!("{algorithm:?}: {e}")))?;
+            issuer = issuer.algorithms([algorithm]);
+        }
+        if let Some(path) = &self.roles_claim {
+            issuer = issuer.roles_claim(path.clone());
+        }
+        if let Some(path) = &self.scopes_claim {
+            issuer = issuer.scopes_claim(path.clone());
+        }
+        for (header, claim) in &self.forward_claims {
+            if http::HeaderName::try_from(header.as_str()).is_err() {
+                return Err(KeyConfigError::new("forward_claims", format!("{header:?} is not a header name")));
+            }
+            issuer = issuer.forward_claim(claim.clone(), header.clone());
+        }
+        Ok(issuer)
     }
 
     fn algorithm(&self) -> Result<Algorithm, KeyConfigError> {
@@ -178,15 +313,27 @@ impl KeyConfig {
 
     /// An authenticator builder accepting exactly the tokens this configuration
     /// issues: its key, `iss` and `aud` when set, and at most its token lifetime.
+    ///
+    /// With [`issuers`](Self::issuers), their tokens too, each issuer with its own
+    /// keys; the longest lifetime accepted is then the longest of all.
     pub fn authenticator(&self) -> Result<AuthenticatorBuilder, KeyConfigError> {
-        let mut builder = Authenticator::builder(self.verifying_key()?).max_lifetime(self.ttl()?);
-        if let Some(issuer) = &self.issuer {
-            builder = builder.issuer(issuer.clone());
+        let mut builder = Authenticator::builder_for(self.trusted_issuer()?);
+        let mut ttl = self.ttl()?;
+        for (i, more) in self.issuers.iter().enumerate() {
+            let named = |e: KeyConfigError| KeyConfigError { field: issuers_field(i, e.field), message: e.message };
+            if more.issuer.is_none() {
+                return Err(named(KeyConfigError::new("issuer", "each of several issuers needs its issuer")));
+            }
+            if !more.issuers.is_empty() {
+                return Err(named(KeyConfigError::new("issuers", "issuers do not nest")));
+            }
+            builder = builder.trust(more.trusted_issuer().map_err(named)?);
+            ttl = ttl.max(more.ttl().map_err(named)?);
         }
-        if let Some(audience) = &self.audience {
-            builder = builder.audience(audience.clone());
+        if !self.issuers.is_empty() && self.issuer.is_none() {
+            return Err(KeyConfigError::new("issuer", "each of several issuers needs its issuer"));
         }
-        Ok(builder)
+        Ok(builder.max_lifetime(ttl))
     }
 
     /// What signs tokens: the shared secret, or the private key.
@@ -208,6 +355,31 @@ impl KeyConfig {
         issuer.audience.clone_from(&self.audience);
         Ok(issuer)
     }
+}
+
+/// `issuers[i].field`, leaked once per configuration error (a handful at start-up).
+fn issuers_field(i: usize, field: &'static str) -> &'static str {
+    Box::leak(format!("issuers[{i}].{field}").into_boxed_str())
+}
+
+/// A TLS client configuration trusting the CA certificates in `ca_file`.
+fn client_tls(ca_file: &Path) -> Result<rustls::ClientConfig, KeyConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let fail = |e: &dyn fmt::Display| KeyConfigError::new("ca_file", format!("{}: {e}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| fail(&e))? {
+        roots.add(cert.map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(fail(&"no certificate"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Why a token could not be signed or a signing key read.
@@ -370,5 +542,27 @@ mod tests {
         let mut env = KeyConfig::default();
         let err = env.apply_env(|n| (n == "JWT_TTL_SECS").then(|| "soon".to_owned())).unwrap_err();
         assert_eq!(err.field, "token_ttl_secs");
+    }
+
+    #[test]
+    fn remote_key_errors_name_the_field() {
+        let field = |config: KeyConfig| config.authenticator().unwrap_err().field;
+        let jwks = KeyConfig { jwks_url: Some("https://idp.example/jwks".into()), ..KeyConfig::default() };
+        assert!(jwks.is_set() && jwks.is_remote());
+        assert!(jwks.authenticator().is_ok(), "a JWKS URL alone will do");
+        let both = KeyConfig { discovery_url: Some("https://idp.example/.well-known/openid-configuration".into()), ..jwks.clone() };
+        assert_eq!(field(both), "discovery_url");
+        let discovery = KeyConfig { jwks_url: None, discovery_url: Some("https://idp.example/d".into()), ..KeyConfig::default() };
+        assert_eq!(field(discovery.clone()), "issuer", "discovery checks the issuer the document names");
+        assert_eq!(field(KeyConfig { jwks_url: Some("ftp://idp.example/jwks".into()), ..KeyConfig::default() }), "jwks_url");
+        assert_eq!(field(KeyConfig { secret_file: Some("s".into()), ..jwks.clone() }), "secret_file");
+        assert_eq!(field(KeyConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..jwks.clone() }), "ca_file");
+        let header = KeyConfig { forward_claims: [("bad header".into(), "sub".into())].into(), ..jwks.clone() };
+        assert_eq!(field(header), "forward_claims");
+        let unnamed = KeyConfig { issuer: Some("a".into()), issuers: vec![jwks.clone()], ..jwks.clone() };
+        assert_eq!(field(unnamed), "issuers[0].issuer");
+        let named = KeyConfig { issuer: Some("b".into()), ..jwks.clone() };
+        let two = KeyConfig { issuer: Some("a".into()), issuers: vec![named], ..jwks.clone() };
+        assert!(two.authenticator().unwrap().build().is_ok());
     }
 }
