@@ -15,6 +15,7 @@ use tower_gateway::Limiter;
 use tower_gateway::balance::{Endpoint, Endpoints};
 use tower_gateway::rate_limit::LimitStats;
 use tower_gateway::upgrade::Tunnels;
+use tower_gateway_auth::{FetchOutcome, KeySourceStats, RemoteKeys};
 
 use crate::alive::Alive;
 
@@ -52,6 +53,17 @@ struct OutcomeLabels {
 struct ConfigLabels {
     generation: u64,
     hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IssuerOutcomeLabels {
+    issuer: String,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -143,6 +155,12 @@ pub(crate) struct Metrics {
     /// Each limit's limiter and its counts at the last scrape: scrapes bring
     /// the limiters' own counts over, one at a time.
     limits_seen: std::sync::Mutex<std::collections::HashMap<Arc<str>, (Limiter, LimitStats)>>,
+    key_fetches: Family<IssuerOutcomeLabels, Counter>,
+    keys: Family<IssuerLabels, Gauge>,
+    key_set_age: Family<IssuerLabels, Gauge>,
+    keys_skipped: Family<IssuerLabels, Counter>,
+    /// Each issuer's key source as last scraped, and what it had counted then.
+    keys_seen: std::sync::Mutex<std::collections::HashMap<String, (RemoteKeys, KeySourceStats)>>,
     /// Scrapes read the tunnels' counts one at a time.
     scrape: std::sync::Mutex<()>,
 }
@@ -282,6 +300,22 @@ impl Metrics {
             config_reloads.clone(),
         );
         registry.register("config_info", "The configuration served: its generation and hash", config_info.clone());
+        let key_fetches = Family::<IssuerOutcomeLabels, Counter>::default();
+        let keys = Family::<IssuerLabels, Gauge>::default();
+        let key_set_age = Family::<IssuerLabels, Gauge>::default();
+        let keys_skipped = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "jwt_key_fetches",
+            "Fetches of an issuer's published keys, by outcome (ok, unreachable, timeout, status, too_large, redirect, invalid)",
+            key_fetches.clone(),
+        );
+        registry.register("jwt_keys", "Keys held of an issuer's published set", keys.clone());
+        registry.register(
+            "jwt_key_set_age_seconds",
+            "Age of the key set held of an issuer (-1 before the first fetch)",
+            key_set_age.clone(),
+        );
+        registry.register("jwt_keys_skipped", "Published keys skipped as unusable, by issuer", keys_skipped.clone());
         registry.register(
             "config_alive",
             "What generations of the configuration have alive (tables, upstreams, dns_watchers)",
@@ -317,6 +351,11 @@ impl Metrics {
             limit_decisions,
             limit_store_errors,
             limits_seen: std::sync::Mutex::default(),
+            key_fetches,
+            keys,
+            key_set_age,
+            keys_skipped,
+            keys_seen: std::sync::Mutex::default(),
             scrape: std::sync::Mutex::new(()),
         }
     }
@@ -456,6 +495,32 @@ impl Metrics {
         self.limit_store_errors.get_or_create(&LimitLabels { limit: limit.clone() }).inc_by(errors);
     }
 
+    /// Brings the key-source metrics up to what `sources` counted; a source made
+    /// anew by a reload counts from zero on top of what the one before counted.
+    fn sync_key_sources(&self, sources: &[(Option<String>, RemoteKeys)]) {
+        let mut seen = self.keys_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (issuer, source) in sources {
+            let issuer = issuer.clone().unwrap_or_else(|| "any".into());
+            let now = source.stats();
+            let before = match seen.get(&issuer) {
+                Some((same, before)) if same.is_same(source) => Some(before.clone()),
+                _ => None,
+            };
+            for outcome in FetchOutcome::ALL {
+                let then = before.as_ref().map_or(0, |b| b.fetched(outcome));
+                let labels = IssuerOutcomeLabels { issuer: issuer.clone(), outcome: outcome.label() };
+                self.key_fetches.get_or_create(&labels).inc_by(now.fetched(outcome).saturating_sub(then));
+            }
+            let labels = IssuerLabels { issuer: issuer.clone() };
+            let skipped = now.skipped.saturating_sub(before.as_ref().map_or(0, |b| b.skipped));
+            self.keys_skipped.get_or_create(&labels).inc_by(skipped);
+            self.keys.get_or_create(&labels).set(i64::try_from(now.keys).unwrap_or(i64::MAX));
+            let age = now.age.map_or(-1, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+            self.key_set_age.get_or_create(&labels).set(age);
+            seen.insert(issuer, (source.clone(), now));
+        }
+    }
+
     /// The text exposition, with the endpoint gauges of `upstreams`, the
     /// counts of `limits` and those of `tunnels` read now.
     pub(crate) fn encode<'a>(
@@ -464,8 +529,10 @@ impl Metrics {
         limits: &[Limiter],
         tunnels: &Tunnels,
         alive: &Alive,
+        key_sources: &[(Option<String>, RemoteKeys)],
     ) -> String {
         self.sync_limits(limits);
+        self.sync_key_sources(key_sources);
         for (kind, count) in
             [("tables", &alive.tables), ("upstreams", &alive.upstreams), ("dns_watchers", &alive.dns_watchers)]
         {

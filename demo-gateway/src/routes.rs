@@ -197,6 +197,7 @@ impl Table {
             &self.limits,
             &shared.tunnels,
             &shared.alive,
+            &self.auth.as_ref().map(|auth| auth.key_sources()).unwrap_or_default(),
         )
     }
 }

@@ -13,4 +13,5 @@ pub mod error;
 pub mod money;
 pub mod products;
 pub mod server;
+pub mod signing;
 pub mod users;

@@ -11,6 +11,12 @@
 //! | `POST /signup` `{name, email, password}` | anyone | `202`, the same answer whether the email was free (the account is made) or not: log in to know |
 //! | `POST /login` `{email, password}` | anyone | `200 {"token", "user"}` with the user's `roles`; wrong credentials `401`, never saying which part |
 //! | `POST /logout` | a token | revokes that token: `204` |
+//! | `GET /.well-known/openid-configuration` | anyone | OpenID discovery: the `issuer` and `jwks_uri` |
+//! | `GET /.well-known/jwks.json` | anyone | the public keys tokens are signed with |
+//! | `POST /keys/rotate` | admin | rotate the signing key: `200 {"previous","current"}` |
+//!
+//! The last three need [`Tokens::Rotating`]: keys kept in the users database and
+//! rotated (see [`signing`](crate::signing)); with a fixed key they are `404`.
 //!
 //! The service checks tokens itself (the same [`Authenticator`] and store as the
 //! gateway), so it holds even if reached around the gateway. Deleting a user, or
@@ -37,6 +43,7 @@ use tower_gateway_auth::{Authenticated, Authenticator, JwtAuthLayer, Rejection, 
 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
+use crate::signing::SigningKeys;
 
 /// The schema and the seed's users.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/users");
@@ -292,12 +299,61 @@ pub struct UsersState {
     /// The users database.
     pub db: SqlitePool,
     /// How login signs tokens.
-    pub tokens: Arc<TokenIssuer>,
+    pub tokens: Tokens,
     /// Verifies the callers of protected routes, and revokes tokens in the store
     /// the gateway reads: one store, so a logout or a changed password is seen there.
     pub auth: Authenticator,
     /// How passwords are hashed.
     pub passwords: Passwords,
+}
+
+/// How user-service signs tokens.
+#[derive(Debug, Clone)]
+pub enum Tokens {
+    /// With one key, from a file, never rotated nor published.
+    Fixed(Arc<TokenIssuer>),
+    /// With keys kept in the users database, rotated and published for
+    /// verifiers at `jwks_uri`.
+    Rotating {
+        /// The keys.
+        keys: SigningKeys,
+        /// Where verifiers fetch the public keys: this service's
+        /// `/.well-known/jwks.json` as they reach it.
+        jwks_uri: String,
+    },
+}
+
+impl From<Arc<TokenIssuer>> for Tokens {
+    fn from(issuer: Arc<TokenIssuer>) -> Self {
+        Self::Fixed(issuer)
+    }
+}
+
+impl Tokens {
+    async fn issue(&self, subject: &str, email: Option<&str>, roles: &[String]) -> Result<String, ApiError> {
+        match self {
+            Self::Fixed(issuer) => issuer.issue(subject, email, roles).map_err(ApiError::internal),
+            Self::Rotating { keys, .. } => keys.issue(subject, email, roles).await.map_err(ApiError::internal),
+        }
+    }
+
+    fn token_ttl(&self) -> Duration {
+        match self {
+            Self::Fixed(issuer) => issuer.token_ttl(),
+            Self::Rotating { keys, .. } => keys.token_ttl(),
+        }
+    }
+
+    fn rotating(&self) -> Result<(&SigningKeys, &str), ApiError> {
+        match self {
+            Self::Rotating { keys, jwks_uri } => Ok((keys, jwks_uri)),
+            Self::Fixed(_) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this service signs with a fixed key: it publishes no key set",
+            )),
+        }
+    }
 }
 
 /// The role that may list, create and change anyone, and grant roles.
@@ -315,7 +371,10 @@ pub fn app(state: UsersState) -> Router {
         .route("/{id}", get(one).put(replace).delete(remove).route_layer(token.clone()))
         .route("/logout", post(logout).route_layer(token))
         .route("/signup", post(signup))
-        .route("/login", post(login));
+        .route("/login", post(login))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/keys/rotate", post(rotate).route_layer(JwtAuthLayer::new(state.auth.clone()).any_role([ADMIN])));
     crate::server::with_common(routes, state, crate::server::Readiness::db(db))
 }
 
@@ -645,11 +704,37 @@ async fn login(State(s): State<UsersState>, ApiJson(login): ApiJson<Login>) -> R
     let Some(id) = id.filter(|_| verified) else {
         return Err(ApiError::unauthorized("invalid_credentials", "wrong email or password"));
     };
-    let token = s.tokens.issue(&id.to_string(), Some(&email), &roles).map_err(ApiError::internal)?;
+    let token = s.tokens.issue(&id.to_string(), Some(&email), &roles).await?;
     let expires_in = s.tokens.token_ttl().as_secs();
     let user =
         fetch(&s, id).await?.ok_or_else(|| ApiError::unauthorized("invalid_credentials", "wrong email or password"))?;
     Ok(Json(serde_json::json!({ "token": token, "token_type": "Bearer", "expires_in": expires_in, "user": user })))
+}
+
+/// OpenID discovery: enough of it for a verifier to find the keys.
+async fn discovery(State(s): State<UsersState>) -> Result<impl IntoResponse, ApiError> {
+    let (keys, jwks_uri) = s.tokens.rotating()?;
+    let document = serde_json::json!({
+        "issuer": keys.issuer(),
+        "jwks_uri": jwks_uri,
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["token"],
+    });
+    Ok(([(header::CACHE_CONTROL, "max-age=60")], Json(document)))
+}
+
+/// The published keys; verifiers refetch them every minute.
+async fn jwks(State(s): State<UsersState>) -> Result<impl IntoResponse, ApiError> {
+    let (keys, _) = s.tokens.rotating()?;
+    let set = keys.jwks().await.map_err(ApiError::internal)?;
+    Ok(([(header::CACHE_CONTROL, "max-age=60")], Json(set)))
+}
+
+/// Behind the admin layer.
+async fn rotate(State(s): State<UsersState>) -> Result<impl IntoResponse, ApiError> {
+    let (keys, _) = s.tokens.rotating()?;
+    Ok(Json(keys.rotate().await.map_err(ApiError::internal)?))
 }
 
 /// Behind the token layer, so the header holds a valid bearer token.

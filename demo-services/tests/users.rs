@@ -17,15 +17,16 @@ async fn state(url: &str) -> UsersState {
     let auth = Authenticator::builder(Key::hs256(SECRET).unwrap()).issuer("user-service").build().unwrap();
     UsersState {
         db: users::connect(url).await.unwrap(),
-        tokens: Arc::new(tokens),
+        tokens: Arc::new(tokens).into(),
         auth,
         passwords: Passwords::for_tests(),
     }
 }
 
 /// `Authorization` for an admin who is not in the database.
-fn admin(state: &UsersState) -> String {
-    format!("Bearer {}", state.tokens.issue("1000", None, &["admin".into()]).unwrap())
+fn admin() -> String {
+    let tokens = TokenIssuer::hmac(Algorithm::HS256, SECRET).unwrap().issuer("user-service");
+    format!("Bearer {}", tokens.issue("1000", None, &["admin".into()]).unwrap())
 }
 
 async fn signup_and_login(app: &axum::Router, email: &str) -> (i64, String) {
@@ -68,7 +69,7 @@ async fn password_hash_is_stored_hashed_and_never_returned() {
     let (_, user) =
         call(&app, Method::GET, &format!("/{id}"), None, &[("authorization", &format!("Bearer {token}"))]).await;
     assert_eq!(user, json!({"id": id, "name": "Carol", "email": "dave@example.com", "roles": []}));
-    let (_, list) = call(&app, Method::GET, "/", None, &[("authorization", &admin(&state))]).await;
+    let (_, list) = call(&app, Method::GET, "/", None, &[("authorization", &admin())]).await;
     assert!(!list.to_string().contains("password"), "{list}");
     let hash: String =
         sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?").bind(id).fetch_one(&state.db).await.unwrap();
@@ -104,7 +105,7 @@ async fn wrong_credentials_do_not_say_which_part_was_wrong() {
 async fn duplicate_email_is_409_whatever_its_case_but_signup_does_not_say() {
     let (_dir, url) = temp_db("users.db");
     let state = state(&url).await;
-    let admin = admin(&state);
+    let admin = admin();
     let admin = [("authorization", admin.as_str())];
     let app = users::app(state);
     let signup = |email: &str| {
@@ -151,7 +152,7 @@ async fn logout_revokes_the_token() {
 async fn crud_and_validation() {
     let (_dir, url) = temp_db("users.db");
     let state = state(&url).await;
-    let admin = admin(&state);
+    let admin = admin();
     let admin = [("authorization", admin.as_str())];
     let app = users::app(state);
     let (_, list) = call(&app, Method::GET, "/", None, &admin).await;
@@ -216,7 +217,7 @@ async fn users_act_on_themselves_admins_on_anyone_and_only_admins_grant_roles() 
     let (jon, _) = signup_and_login(&app, "jon@example.com").await;
     let ivy_auth = format!("Bearer {ivy_token}");
     let as_ivy = [("authorization", ivy_auth.as_str())];
-    let admin = admin(&state);
+    let admin = admin();
     let as_admin = [("authorization", admin.as_str())];
     let body = json!({"name": "Jon", "email": "jon@example.com"});
 
@@ -317,7 +318,7 @@ async fn a_token_alone_cannot_change_its_owners_email_or_password() {
     assert_eq!(status, StatusCode::OK);
 
     // An admin changes anyone's without it.
-    let admin = admin(&state);
+    let admin = admin();
     let reset = json!({"name": "Lee", "email": "lee@example.com", "password": "reset by admin"});
     let lee = state.auth.authenticate(&other).await.unwrap().sub.clone();
     let (status, body) =

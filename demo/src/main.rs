@@ -2,9 +2,11 @@
 //! product-service on 3001 and 3003, user-service on 3002 and 3004,
 //! checkout-service on 3005 — with data in `./data` (`DATA_DIR`).
 //!
-//! Tokens are signed with an Ed25519 key made for the run: user-service holds the
-//! private key in memory, the gateway reads only the public key
-//! (`$DATA_DIR/jwt-public.pem`). Revocations are kept in memory, or in Redis when
+//! Tokens are signed by user-service with Ed25519 keys kept in `users.db`, sealed
+//! with a secret made on the first run (`$DATA_DIR/key-encryption.key`), rotated
+//! daily and on `POST /api/users/keys/rotate` (admin). The gateway has no key
+//! file: it finds user-service's keys by OpenID discovery and follows its
+//! rotations. Revocations are kept in memory, or in Redis when
 //! `REDIS_URL` is set — one store for the gateway and user-service either way, so
 //! a logout or a changed password takes effect at the gateway. An admin is made
 //! for the run (`ADMIN_EMAIL`, default `admin@example.com`, with a generated
@@ -20,11 +22,12 @@ use base64::Engine;
 use demo_gateway::{Config, Plan};
 use demo_services::checkout::{self, CheckoutState, ProductClient};
 use demo_services::products::{self, ProductsState};
-use demo_services::users::{self, Passwords, UsersState};
+use demo_services::signing::{SealingKey, SigningKeys};
+use demo_services::users::{self, Passwords, Tokens, UsersState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_gateway::balance::Endpoints;
-use tower_gateway_auth::{Algorithm, KeyConfig, MemoryStore, RedisStore, TokenIssuer, TokenStore, read_secret_file};
+use tower_gateway_auth::{KeyConfig, MemoryStore, RedisStore, TokenStore, read_secret_file};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -38,30 +41,31 @@ async fn main() -> ExitCode {
     }
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let base64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = base64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
-}
-
-/// A fresh Ed25519 key pair: (private key PKCS#8 PEM, public key SPKI PEM).
-fn ed25519_key_pair() -> Result<(String, String), String> {
-    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate an Ed25519 key")?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| "cannot read the Ed25519 key back")?;
-    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed 12-byte header, then the key.
-    let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-    spki.extend_from_slice(pair.public_key().as_ref());
-    Ok((pem("PRIVATE KEY", pkcs8.as_ref()), pem("PUBLIC KEY", &spki)))
-}
-
-/// 18 random bytes, base64url: a password for the run's admin.
-fn random_password() -> Result<String, String> {
+/// `n` random bytes, base64url.
+fn random(n: usize) -> Result<String, String> {
     use aws_lc_rs::rand::SecureRandom;
-    let mut bytes = [0u8; 18];
+    let mut bytes = vec![0u8; n];
     aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "no random source")?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The secret that seals user-service's private keys in `users.db`: made on the
+/// first run, readable by this user only, and read again on the next.
+fn key_encryption_secret(dir: &std::path::Path) -> Result<SealingKey, String> {
+    let file = dir.join("key-encryption.key");
+    if !file.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        out.write_all(random(32)?.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    let secret = read_secret_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    SealingKey::new(&secret).map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// A CA and a certificate for `localhost` and 127.0.0.1 signed by it, made for
@@ -99,16 +103,14 @@ async fn run() -> Result<(), String> {
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let db = |file: &str| format!("sqlite://{}", data_dir.join(file).display());
 
-    let (private_pem, public_pem) = ed25519_key_pair()?;
-    let public_key_file = data_dir.join("jwt-public.pem");
-    std::fs::write(&public_key_file, public_pem).map_err(|e| format!("{}: {e}", public_key_file.display()))?;
-    let keys = KeyConfig {
-        algorithm: Some("EdDSA".into()),
-        public_key_file: Some(public_key_file.clone()),
-        ..demo_common::shipped_jwt()
-    };
-    let tokens = TokenIssuer::private_pem(Algorithm::EdDSA, private_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let tokens = keys.apply_to(tokens).map_err(|e| e.to_string())?;
+    // The gateway and the services find user-service's keys as any verifier would.
+    let discovery_url = "http://127.0.0.1:3002/.well-known/openid-configuration";
+    let keys = KeyConfig { discovery_url: Some(discovery_url.into()), ..demo_common::shipped_jwt() };
+    let users_db = users::connect(&db("users.db")).await.map_err(|e| format!("users.db: {e}"))?;
+    let signing = SigningKeys::open(users_db, key_encryption_secret(&data_dir)?, keys.clone())
+        .await
+        .map_err(|e| format!("users.db: {e}"))?;
+    signing.rotate_every(std::time::Duration::from_secs(24 * 60 * 60));
 
     let (store, store_name): (Arc<dyn TokenStore>, String) = match env("REDIS_URL") {
         Some(url) => {
@@ -154,12 +156,13 @@ async fn run() -> Result<(), String> {
         table.push(("product-service", port));
     }
     let passwords = Passwords::new(argon2::Params::default());
-    let tokens = Arc::new(tokens);
+    let tokens =
+        Tokens::Rotating { keys: signing.clone(), jwks_uri: "http://127.0.0.1:3002/.well-known/jwks.json".into() };
     let admin_email = env("ADMIN_EMAIL").unwrap_or_else(|| "admin@example.com".into());
     let admin_password = match env("ADMIN_PASSWORD_FILE") {
         Some(path) => String::from_utf8(read_secret_file(path.as_ref()).map_err(|e| format!("{path}: {e}"))?)
             .map_err(|_| format!("{path}: not UTF-8"))?,
-        None => random_password()?,
+        None => random(18)?,
     };
     for (i, port) in [3002, 3004].into_iter().enumerate() {
         let listener = bind("user-service", local(port)).await?;
@@ -181,6 +184,10 @@ async fn run() -> Result<(), String> {
         let state = CheckoutState { db, products: ProductClient::new(endpoints), auth: Some(auth.clone()) };
         tasks.spawn(demo_services::server::serve(listener, checkout::app(state), stopped()));
         table.push(("checkout-service", 3005));
+    }
+    // Keys before the first token: the gateway fetches user-service's set now.
+    if !auth.prefetch().await {
+        return Err(format!("the gateway cannot fetch user-service's keys from {discovery_url}"));
     }
     let listen = plan.listen();
     let limits: Vec<String> = plan
@@ -204,8 +211,8 @@ async fn run() -> Result<(), String> {
     }
     println!("\n  data in {}/ (products.db, users.db, orders.db)", data_dir.display());
     println!(
-        "  tokens: EdDSA, key made for this run; the gateway has only {}; revoked {store_name}",
-        public_key_file.display()
+        "  tokens: EdDSA, signed with key {} (rotated daily); the gateway finds the keys by {discovery_url}; revoked {store_name}",
+        signing.current_kid().await.map_err(|e| e.to_string())?
     );
     println!("  rate limits ({limits_store}): {}", limits.join(", "));
     println!("  admin: {admin_email} / {admin_password}");
@@ -228,8 +235,14 @@ async fn run() -> Result<(), String> {
         );
     }
     println!(
-        "  curl -s -X PUT {base}/api/products/1 -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Laptop\",\"price\":0.01}}'   # 403: needs admin\n"
+        "  curl -s -X PUT {base}/api/products/1 -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Laptop\",\"price\":0.01}}'   # 403: needs admin"
     );
+    println!("\nRotate the signing key (tokens issued before stay valid until they expire):\n");
+    println!("  curl -s {base}/api/users/.well-known/jwks.json");
+    println!(
+        "  ADMIN=$(curl -s -X POST {base}/api/users/login -H 'content-type: application/json' -d '{{\"email\":\"{admin_email}\",\"password\":\"...\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')"
+    );
+    println!("  curl -s -X POST {base}/api/users/keys/rotate -H \"authorization: Bearer $ADMIN\"\n");
 
     demo_common::shutdown_signal().await;
     println!("stopping: finishing requests in flight");

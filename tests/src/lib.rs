@@ -56,7 +56,19 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    serve_on(TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port"), svc)
+}
+
+/// As [`serve`], on `listener`: for a service that must know its own address
+/// before it is built.
+pub fn serve_on<S, B>(listener: TcpListener, svc: S) -> Server
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let addr = listener.local_addr().expect("local address");
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();

@@ -108,7 +108,7 @@ async fn start_services_with(store: Arc<dyn TokenStore>) -> Services {
     for _ in 0..2 {
         let state = UsersState {
             db: users::connect(&db("users.db")).await.unwrap(),
-            tokens: tokens.clone(),
+            tokens: tokens.clone().into(),
             auth: auth.clone(),
             passwords: Passwords::for_tests(),
         };

@@ -14,7 +14,7 @@
 //! or, with one shared secret, `secret_file = "/run/secrets/jwt_secret"` (HS256).
 //!
 //! A verifier can take its keys from the issuer instead — no key file at all, and
-//! rotations followed (see [`RemoteKeys`](crate::RemoteKeys)):
+//! rotations followed (see [`RemoteKeys`]):
 //!
 //! ```toml
 //! issuer = "https://sso.example.com/realms/shop"
@@ -211,12 +211,13 @@ impl KeyConfig {
     fn trusted_issuer(&self) -> Result<Issuer, KeyConfigError> {
         let keys: KeySource = match (&self.jwks_url, &self.discovery_url) {
             (None, None) => self.verifying_key()?.into(),
-            (Some(_), Some(_)) => return Err(KeyConfigError::new("discovery_url", "give jwks_url or discovery_url, not both")),
+            (Some(_), Some(_)) => {
+                return Err(KeyConfigError::new("discovery_url", "give jwks_url or discovery_url, not both"));
+            }
             (jwks, discovery) => {
-                for (field, set) in [
-                    ("secret_file", self.secret_file.is_some()),
-                    ("public_key_file", self.public_key_file.is_some()),
-                ] {
+                for (field, set) in
+                    [("secret_file", self.secret_file.is_some()), ("public_key_file", self.public_key_file.is_some())]
+                {
                     if set {
                         return Err(KeyConfigError::new(field, "keys come from the issuer's URL: no key file"));
                     }
@@ -550,11 +551,18 @@ mod tests {
         let jwks = KeyConfig { jwks_url: Some("https://idp.example/jwks".into()), ..KeyConfig::default() };
         assert!(jwks.is_set() && jwks.is_remote());
         assert!(jwks.authenticator().is_ok(), "a JWKS URL alone will do");
-        let both = KeyConfig { discovery_url: Some("https://idp.example/.well-known/openid-configuration".into()), ..jwks.clone() };
+        let both = KeyConfig {
+            discovery_url: Some("https://idp.example/.well-known/openid-configuration".into()),
+            ..jwks.clone()
+        };
         assert_eq!(field(both), "discovery_url");
-        let discovery = KeyConfig { jwks_url: None, discovery_url: Some("https://idp.example/d".into()), ..KeyConfig::default() };
+        let discovery =
+            KeyConfig { jwks_url: None, discovery_url: Some("https://idp.example/d".into()), ..KeyConfig::default() };
         assert_eq!(field(discovery.clone()), "issuer", "discovery checks the issuer the document names");
-        assert_eq!(field(KeyConfig { jwks_url: Some("ftp://idp.example/jwks".into()), ..KeyConfig::default() }), "jwks_url");
+        assert_eq!(
+            field(KeyConfig { jwks_url: Some("ftp://idp.example/jwks".into()), ..KeyConfig::default() }),
+            "jwks_url"
+        );
         assert_eq!(field(KeyConfig { secret_file: Some("s".into()), ..jwks.clone() }), "secret_file");
         assert_eq!(field(KeyConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..jwks.clone() }), "ca_file");
         let header = KeyConfig { forward_claims: [("bad header".into(), "sub".into())].into(), ..jwks.clone() };

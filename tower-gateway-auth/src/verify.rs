@@ -7,8 +7,8 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::errors::ErrorKind;
 use http::HeaderName;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -215,6 +215,9 @@ pub(crate) struct Rules {
 }
 
 /// What verifying a token came to.
+// Returned once and taken apart at once: boxing the claims would cost an
+// allocation per verified token for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Verdict {
     /// Valid: its claims, and the index of its issuer.
@@ -289,7 +292,9 @@ impl Verifier {
             .forward
             .into_iter()
             .map(|(claim, header)| {
-                HeaderName::try_from(header.as_str()).map(|h| (claim, h)).map_err(|_| ConfigError::InvalidHeaderName(header))
+                HeaderName::try_from(header.as_str())
+                    .map(|h| (claim, h))
+                    .map_err(|_| ConfigError::InvalidHeaderName(header))
             })
             .collect::<Result<_, _>>()?;
         Ok(Trusted { iss: issuer.iss, keys: issuer.keys.0, validations, paths: issuer.paths, forward })
@@ -423,11 +428,15 @@ mod tests {
 
     #[test]
     fn a_key_is_found_by_kid_and_only_for_its_algorithm() {
-        let keys = [key(Some("a"), Algorithm::RS256), key(Some("a"), Algorithm::PS256), key(Some("b"), Algorithm::EdDSA)];
+        let keys =
+            [key(Some("a"), Algorithm::RS256), key(Some("a"), Algorithm::PS256), key(Some("b"), Algorithm::EdDSA)];
         assert!(matches!(find(&keys, Some("a"), Algorithm::PS256), Find::Key(k) if k.algorithm == Algorithm::PS256));
         assert!(matches!(find(&keys, Some("a"), Algorithm::HS256), Find::WrongAlgorithm), "no confusion, no fetch");
         assert!(matches!(find(&keys, Some("c"), Algorithm::EdDSA), Find::Unknown));
-        assert!(matches!(find(&keys, None, Algorithm::EdDSA), Find::Key(k) if k.kid() == Some("b")), "the only EdDSA key");
+        assert!(
+            matches!(find(&keys, None, Algorithm::EdDSA), Find::Key(k) if k.kid() == Some("b")),
+            "the only EdDSA key"
+        );
         assert!(matches!(find(&keys, None, Algorithm::ES256), Find::Unknown));
         let ambiguous = [key(Some("a"), Algorithm::EdDSA), key(Some("b"), Algorithm::EdDSA)];
         assert!(matches!(find(&ambiguous, None, Algorithm::EdDSA), Find::WrongAlgorithm), "two fit: refused");

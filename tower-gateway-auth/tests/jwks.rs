@@ -207,10 +207,12 @@ async fn discovery_requires_the_document_to_name_the_configured_issuer() {
 async fn roles_and_scopes_are_read_where_the_issuer_keeps_them() {
     let idp = Idp::start().await;
     let keys = RemoteKeys::jwks(&idp.jwks_url()).build().unwrap();
-    let keycloak = Authenticator::builder_for(Issuer::new(idp.issuer.clone(), keys.clone()).roles_claim("realm_access.roles"))
-        .build()
-        .unwrap();
-    let token = idp.sign("k1", json!({ "realm_access": { "roles": ["admin", "viewer"] }, "scope": "orders:read orders:write" }));
+    let keycloak =
+        Authenticator::builder_for(Issuer::new(idp.issuer.clone(), keys.clone()).roles_claim("realm_access.roles"))
+            .build()
+            .unwrap();
+    let token = idp
+        .sign("k1", json!({ "realm_access": { "roles": ["admin", "viewer"] }, "scope": "orders:read orders:write" }));
     let who = keycloak.authenticate(&token).await.unwrap();
     assert_eq!(who.roles, ["admin", "viewer"]);
     assert_eq!(who.scopes, ["orders:read", "orders:write"]);
@@ -223,5 +225,8 @@ async fn roles_and_scopes_are_read_where_the_issuer_keeps_them() {
     .unwrap();
     let token = idp.sign("k1", json!({ "https://shop.example/roles": ["ops"], "scp": ["a", "b"], "scope": "ignored" }));
     let who = auth0.authenticate(&token).await.unwrap();
-    assert_eq!((who.roles.as_slice(), who.scopes.as_slice()), (["ops".to_owned()].as_slice(), ["a".to_owned(), "b".to_owned()].as_slice()));
+    assert_eq!(
+        (who.roles.as_slice(), who.scopes.as_slice()),
+        (["ops".to_owned()].as_slice(), ["a".to_owned(), "b".to_owned()].as_slice())
+    );
 }

@@ -49,6 +49,18 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
         limited(route("/api/products", &[], "products", admin()), &[]),
         limited(users_post("/api/users/signup"), &["signup-address"]),
         limited(users_post("/api/users/login"), &["login-address", "login-account"]),
+        // OpenID discovery and the key set, for verifiers outside: read-only, public.
+        RouteConfig {
+            strip_prefix: Some("/api/users".into()),
+            ..limited(
+                route("/api/users/.well-known", &[RouteMethod::Get, RouteMethod::Head], "users", Some(Access::Public)),
+                &[],
+            )
+        },
+        RouteConfig {
+            strip_prefix: Some("/api/users".into()),
+            ..limited(users_path("/api/users/keys/rotate", admin()), &[])
+        },
         limited(users_path("/api/users", admin()), &[]),
         // A change of a user's record may hash two passwords: counted per user.
         limited(route("/api/users", &[RouteMethod::Put], "users", Some(Access::Token)), &["account-change"]),

@@ -276,6 +276,17 @@ impl Plan {
         }
     }
 
+    /// Fetches the token issuers' published keys that are not held yet (within
+    /// their wait bound), and starts their refresh: before a plan serves, so
+    /// that its first tokens find their keys.
+    pub(crate) async fn prefetch_keys(&self) {
+        if let Some(auth) = self.authenticator()
+            && !auth.prefetch().await
+        {
+            tracing::warn!("an issuer's keys could not be fetched yet: its tokens get 503 until they are");
+        }
+    }
+
     /// A short fingerprint of the configuration (SHA-1 of its TOML, secrets
     /// included, so that a changed secret changes it).
     pub fn hash(&self) -> String {

@@ -203,6 +203,7 @@ impl Gateway {
         let plan = current.plan.next(config).map_err(|errors| self.refused(errors))?;
         // A DNS upstream new in this generation has its first endpoints before it serves.
         plan.resolve_dns().await;
+        plan.prefetch_keys().await;
         let number = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let next = generation(number, plan, &Arc::downgrade(&self.inner));
         let reloaded = Reloaded { generation: number, hash: next.hash.clone(), summary: next.plan.summary() };

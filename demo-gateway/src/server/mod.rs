@@ -66,12 +66,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let gateway = gateway.into();
     // What only a restart changes is read from the first generation: a reload
-    // that would change it is refused.
     // that would change it is refused. Copied: a generation held here would
     // live as long as the server.
     let (settings, shared) = {
         let first = gateway.current_full();
         first.plan.resolve_dns().await;
+        first.plan.prefetch_keys().await;
         (first.plan.settings.clone(), first.plan.shared.clone())
     };
     let settings = &settings;

@@ -6,12 +6,22 @@
 //! `ADMIN_PASSWORD_FILE`, created or promoted at start-up, and
 //! `PASSWORD_HASH_MEMORY_MB` (default 64): what the Argon2 hashes running at once
 //! may use, which bounds how many run.
+//!
+//! With `KEY_ENCRYPTION_KEY_FILE` (a secret of at least 32 bytes) the service
+//! needs no key file: it keeps Ed25519 signing keys in its database, sealed with
+//! that secret, rotates them every `KEY_ROTATION_SECS` (default 86400; 0: only
+//! on `POST /keys/rotate`) and publishes them at `/.well-known/jwks.json`, which
+//! verifiers reach at `JWKS_URI` (default `http://127.0.0.1:$PORT/.well-known/jwks.json`).
+//! It then verifies tokens with that published set too, unless `JWT_JWKS_URL` or
+//! `JWT_DISCOVERY_URL` says where else.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use demo_services::server;
-use demo_services::users::{self, Passwords, UsersState};
+use demo_services::signing::{SealingKey, SigningKeys};
+use demo_services::users::{self, Passwords, Tokens, UsersState};
+use std::time::Duration;
 use tower_gateway_auth::read_secret_file;
 
 #[tokio::main]
@@ -19,22 +29,52 @@ async fn main() -> ExitCode {
     const NAME: &str = "user-service";
     demo_common::init_tracing();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let keys = match server::keys_from_env() {
+    let mut keys = match server::keys_from_env() {
         Ok(keys) => keys,
-        Err(err) => return server::fail(NAME, &err),
-    };
-    let tokens = match keys.token_issuer() {
-        Ok(tokens) => tokens,
-        Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
-    };
-    let auth = match server::authenticator_from_env(&keys) {
-        Ok(auth) => auth,
         Err(err) => return server::fail(NAME, &err),
     };
     let url = server::database_url("users.db");
     let db = match users::connect(&url).await {
         Ok(db) => db,
         Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
+    };
+    let tokens = match env("KEY_ENCRYPTION_KEY_FILE") {
+        Some(path) => {
+            let sealing = match read_secret_file(path.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|secret| SealingKey::new(&secret).map_err(|e| e.to_string()))
+            {
+                Ok(sealing) => sealing,
+                Err(err) => return server::fail(NAME, &format!("KEY_ENCRYPTION_KEY_FILE {path}: {err}")),
+            };
+            let port = server::env_or("PORT", "3002");
+            let jwks_uri = env("JWKS_URI").unwrap_or_else(|| format!("http://127.0.0.1:{port}/.well-known/jwks.json"));
+            if !keys.is_remote() {
+                keys.jwks_url = Some(jwks_uri.clone());
+            }
+            let signing = match SigningKeys::open(db.clone(), sealing, keys.clone()).await {
+                Ok(signing) => signing,
+                Err(err) => return server::fail(NAME, &err.to_string()),
+            };
+            let every = match env("KEY_ROTATION_SECS").map(|s| s.parse::<u64>()) {
+                None => 86_400,
+                Some(Ok(secs)) => secs,
+                Some(Err(_)) => return server::fail(NAME, "KEY_ROTATION_SECS: a number of seconds"),
+            };
+            if every > 0 {
+                signing.rotate_every(Duration::from_secs(every));
+            }
+            tracing::info!(%jwks_uri, rotation_secs = every, "signing keys in the database, published");
+            Tokens::Rotating { keys: signing, jwks_uri }
+        }
+        None => match keys.token_issuer() {
+            Ok(tokens) => Tokens::Fixed(Arc::new(tokens)),
+            Err(err) => return server::fail(NAME, &format!("JWT key: {err}")),
+        },
+    };
+    let auth = match server::authenticator_from_env(&keys) {
+        Ok(auth) => auth,
+        Err(err) => return server::fail(NAME, &err),
     };
     let budget = match env("PASSWORD_HASH_MEMORY_MB").map(|mb| mb.parse::<usize>()) {
         None => users::DEFAULT_HASH_MEMORY,
@@ -44,7 +84,7 @@ async fn main() -> ExitCode {
     let passwords = Passwords::with_memory_budget(argon2::Params::default(), budget);
     let (logins, changes) = passwords.concurrency();
     tracing::info!(logins, changes, "password hashing bounded: hashes at once");
-    let state = UsersState { db, tokens: Arc::new(tokens), auth, passwords };
+    let state = UsersState { db, tokens, auth, passwords };
     if let Some(email) = env("ADMIN_EMAIL") {
         let Some(path) = env("ADMIN_PASSWORD_FILE") else {
             return server::fail(NAME, "ADMIN_EMAIL needs ADMIN_PASSWORD_FILE");

@@ -124,7 +124,9 @@ impl Fetcher {
     pub(crate) async fn get(&self, url: &Uri) -> Result<Document, FetchError> {
         match tokio::time::timeout(self.limits.timeout, self.get_following(url)).await {
             Ok(result) => result,
-            Err(_) => Err(FetchError::new(FetchOutcome::Timeout, format!("{url}: no answer in {:?}", self.limits.timeout))),
+            Err(_) => {
+                Err(FetchError::new(FetchOutcome::Timeout, format!("{url}: no answer in {:?}", self.limits.timeout)))
+            }
         }
     }
 
@@ -148,8 +150,10 @@ impl Fetcher {
             if status != StatusCode::OK {
                 return Err(FetchError::new(FetchOutcome::Status, format!("{url}: {status}")));
             }
-            let too_large = || FetchError::new(FetchOutcome::TooLarge, format!("{url}: over {} bytes", self.limits.max_body));
-            let declared = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let too_large =
+                || FetchError::new(FetchOutcome::TooLarge, format!("{url}: over {} bytes", self.limits.max_body));
+            let declared =
+                response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if declared.is_some_and(|len| len > self.limits.max_body as u64) {
                 return Err(too_large());
             }
@@ -182,7 +186,10 @@ fn chain(err: &dyn std::error::Error) -> String {
 /// port: a key set served from elsewhere would be trusted as the issuer's.
 pub(crate) fn same_origin_redirect(from: &Uri, headers: &HeaderMap) -> Result<Uri, FetchError> {
     let refuse = |why: &str| FetchError::new(FetchOutcome::Redirect, format!("{from}: {why}"));
-    let location = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| refuse("a redirect without a Location"))?;
+    let location = headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refuse("a redirect without a Location"))?;
     let to: Uri = location.parse().map_err(|_| refuse("a redirect to an unreadable Location"))?;
     if to.scheme().is_none() && to.authority().is_none() {
         // A path on the same origin.
@@ -193,11 +200,13 @@ pub(crate) fn same_origin_redirect(from: &Uri, headers: &HeaderMap) -> Result<Ur
         parts.path_and_query = to.path_and_query().cloned();
         return Uri::from_parts(parts).map_err(|_| refuse("a redirect to an unreadable Location"));
     }
-    let port = |u: &Uri| u.port_u16().or(match u.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    });
+    let port = |u: &Uri| {
+        u.port_u16().or(match u.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        })
+    };
     let same = to.scheme() == from.scheme()
         && to.host().map(str::to_ascii_lowercase) == from.host().map(str::to_ascii_lowercase)
         && port(&to) == port(from);

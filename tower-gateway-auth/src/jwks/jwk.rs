@@ -206,7 +206,7 @@ mod tests {
         json!({ "kty": "RSA", "kid": kid, "n": b64(&n), "e": "AQAB" })
     }
 
-    fn skipped(document: Value) -> Vec<Skip> {
+    fn skipped(document: &Value) -> Vec<Skip> {
         let parsed = parse(document.to_string().as_bytes()).unwrap();
         parsed.skipped.into_iter().map(|(_, skip)| skip).collect()
     }
@@ -219,7 +219,11 @@ mod tests {
         pinned["alg"] = json!("PS384");
         let parsed = parse(json!({ "keys": [rsa("any", 2048), pinned, ec, ed] }).to_string().as_bytes()).unwrap();
         let keys: Vec<(Option<&str>, Algorithm)> = parsed.keys.iter().map(|k| (k.kid(), k.algorithm())).collect();
-        assert_eq!(keys.iter().filter(|(kid, _)| *kid == Some("any")).count(), 6, "RSA without alg: each RSA algorithm");
+        assert_eq!(
+            keys.iter().filter(|(kid, _)| *kid == Some("any")).count(),
+            6,
+            "RSA without alg: each RSA algorithm"
+        );
         assert!(keys.contains(&(Some("r"), Algorithm::PS384)));
         assert!(!keys.contains(&(Some("r"), Algorithm::RS256)), "a key verifies only what it was published for");
         assert!(keys.contains(&(Some("e"), Algorithm::ES256)));
@@ -229,7 +233,8 @@ mod tests {
 
     #[test]
     fn unusable_members_are_skipped_with_their_reason_and_the_rest_kept() {
-        let mut hs = json!({ "kty": "oct", "kid": "h", "k": b64(b"a shared secret of at least 32 bytes"), "alg": "HS256" });
+        let mut hs =
+            json!({ "kty": "oct", "kid": "h", "k": b64(b"a shared secret of at least 32 bytes"), "alg": "HS256" });
         let mut enc = rsa("enc", 2048);
         enc["use"] = json!("enc");
         let mut wrong_alg = rsa("wa", 2048);
@@ -250,7 +255,7 @@ mod tests {
         ]});
         use Skip::*;
         assert_eq!(
-            skipped(document.clone()),
+            skipped(&document),
             [
                 KeyType,
                 NotForSignatures,

@@ -191,6 +191,11 @@ impl RemoteKeys {
         RemoteKeysBuilder::new(parse_url(url).map(|url| Target::Discovery { issuer: issuer.to_owned(), url }))
     }
 
+    /// Whether `other` is this source (a clone of it), not one built alike.
+    pub fn is_same(&self, other: &RemoteKeys) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// What this source has done.
     pub fn stats(&self) -> KeySourceStats {
         let inner = &self.inner;
@@ -204,11 +209,13 @@ impl RemoteKeys {
         }
     }
 
-    /// Fetches the set now (unless a fetch is under way, then waits for it,
-    /// within the wait bound) and starts the background refresh: to have keys
-    /// before the first token. Whether a usable set is held afterwards.
+    /// Fetches the set unless one is held (if a fetch is under way, waits for
+    /// it, within the wait bound) and starts the background refresh: to have
+    /// keys before the first token. Whether a usable set is held afterwards.
     pub async fn prefetch(&self) -> bool {
-        self.start_refresher();
+        if self.current().is_some() {
+            return true;
+        }
         self.inner.refresh(Trigger::Schedule).await;
         self.current().is_some()
     }
@@ -277,10 +284,9 @@ async fn refresh_in_background(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else { return };
         let due = strong.lock().next_refresh;
         drop(strong);
-        match due {
-            Some(due) => tokio::time::sleep_until(due).await,
-            // Nothing fetched yet: fetch now.
-            None => {}
+        // Nothing fetched yet: fetch now.
+        if let Some(due) = due {
+            tokio::time::sleep_until(due).await;
         }
         let Some(strong) = inner.upgrade() else { return };
         let due = strong.lock().next_refresh;
@@ -481,8 +487,8 @@ async fn fetch_keys(fetcher: &Fetcher, target: &Target) -> Result<Fetched, Fetch
         Target::Discovery { issuer, url } => {
             let document = fetcher.get(url).await?;
             let invalid = |why: String| FetchError::new(FetchOutcome::Invalid, format!("{url}: {why}"));
-            let document: DiscoveryDocument =
-                serde_json::from_slice(&document.body).map_err(|e| invalid(format!("not a discovery document: {e}")))?;
+            let document: DiscoveryDocument = serde_json::from_slice(&document.body)
+                .map_err(|e| invalid(format!("not a discovery document: {e}")))?;
             if document.issuer != *issuer {
                 return Err(invalid(format!("names the issuer {:?}, not {issuer:?}", document.issuer)));
             }
@@ -490,7 +496,8 @@ async fn fetch_keys(fetcher: &Fetcher, target: &Target) -> Result<Fetched, Fetch
         }
     };
     let document = fetcher.get(&jwks_url).await?;
-    let parsed = jwk::parse(&document.body).map_err(|e| FetchError::new(FetchOutcome::Invalid, format!("{jwks_url}: {e}")))?;
+    let parsed =
+        jwk::parse(&document.body).map_err(|e| FetchError::new(FetchOutcome::Invalid, format!("{jwks_url}: {e}")))?;
     Ok(Fetched { parsed, max_age: document.max_age })
 }
 

@@ -475,7 +475,10 @@ async fn a_required_role_is_403_without_it_and_checked_on_every_path() {
     });
     let roles_as_words = raw_hs256(
         r#"{"alg":"HS256","typ":"JWT"}"#,
-        &format!(r#"{{"sub":"3","exp":{},"iss":"user-service","aud":"gateway","roles":"reader admin"}}"#, unix_now() + 60),
+        &format!(
+            r#"{{"sub":"3","exp":{},"iss":"user-service","aud":"gateway","roles":"reader admin"}}"#,
+            unix_now() + 60
+        ),
     );
     let roles_a_number = raw_hs256(
         r#"{"alg":"HS256","typ":"JWT"}"#,
