@@ -248,7 +248,7 @@ impl Routes {
         let share = route.share.clone().try_acquire_owned().ok()?;
         let anonymous = match route.access {
             Access::Public => Some(self.table.shared.anonymous.clone().try_acquire_owned().ok()?),
-            Access::Token | Access::Roles(_) => None,
+            Access::Token | Access::Roles(_) | Access::Scopes(_) => None,
         };
         Some((capacity, share, anonymous))
     }

@@ -65,12 +65,12 @@ async fn a_rotation_through_the_gateway_refuses_no_valid_token() {
     }
     users::ensure_admin(&states[0], "root@example.com", "a long admin password".into()).await.unwrap();
 
-    let mut config = Config::default();
-    config.upstreams = [(
+    let upstreams = [(
         "users".to_owned(),
         UpstreamConfig { endpoints: replicas.iter().map(Server::url).collect(), ..UpstreamConfig::default() },
     )]
     .into();
+    let mut config = Config { upstreams, ..Config::default() };
     // The shipped users routes, without the login limits this test would run into.
     config.routes = shipped_routes()
         .into_iter()

@@ -149,6 +149,8 @@ pub enum Access {
     Token,
     /// A valid token with one of these roles: `access = { roles = ["admin"] }`.
     Roles(Vec<String>),
+    /// A valid token with every one of these scopes: `access = { scopes = ["orders:write"] }`.
+    Scopes(Vec<String>),
 }
 
 impl std::fmt::Display for Access {
@@ -157,6 +159,7 @@ impl std::fmt::Display for Access {
             Self::Public => f.write_str("public"),
             Self::Token => f.write_str("token"),
             Self::Roles(roles) => write!(f, "role {}", roles.join(" or ")),
+            Self::Scopes(scopes) => write!(f, "scope {}", scopes.join(" and ")),
         }
     }
 }
@@ -166,6 +169,7 @@ impl std::fmt::Display for Access {
 enum AccessRepr {
     Named(String),
     Roles { roles: Vec<String> },
+    Scopes { scopes: Vec<String> },
 }
 
 impl Serialize for Access {
@@ -174,6 +178,7 @@ impl Serialize for Access {
             Self::Public => AccessRepr::Named("public".into()),
             Self::Token => AccessRepr::Named("token".into()),
             Self::Roles(roles) => AccessRepr::Roles { roles: roles.clone() },
+            Self::Scopes(scopes) => AccessRepr::Scopes { scopes: scopes.clone() },
         }
         .serialize(s)
     }
@@ -181,12 +186,14 @@ impl Serialize for Access {
 
 impl<'de> Deserialize<'de> for Access {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let wrong = || serde::de::Error::custom(r#"access is "public", "token" or { roles = ["..."] }"#);
+        let wrong =
+            || serde::de::Error::custom(r#"access is "public", "token", { roles = ["..."] } or { scopes = ["..."] }"#);
         match AccessRepr::deserialize(d).map_err(|_| wrong())? {
             AccessRepr::Named(name) if name == "public" => Ok(Self::Public),
             AccessRepr::Named(name) if name == "token" => Ok(Self::Token),
             AccessRepr::Named(_) => Err(wrong()),
             AccessRepr::Roles { roles } => Ok(Self::Roles(roles)),
+            AccessRepr::Scopes { scopes } => Ok(Self::Scopes(scopes)),
         }
     }
 }

@@ -78,7 +78,8 @@ pub(super) fn strictness(access: &Access) -> u8 {
     match access {
         Access::Public => 0,
         Access::Token => 1,
-        Access::Roles(_) => 2,
+        // Roles and scopes each ask a token and more of it.
+        Access::Roles(_) | Access::Scopes(_) => 2,
     }
 }
 
@@ -153,7 +154,10 @@ pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Res
         ConfigError::new(format!("{at}.upstream"), format!("{:?} is not one of {known:?}", config.upstream))
     })?;
     let access = config.access.clone().ok_or_else(|| {
-        ConfigError::new(format!("{at}.access"), r#"required: "public", "token" or { roles = ["..."] }"#)
+        ConfigError::new(
+            format!("{at}.access"),
+            r#"required: "public", "token", { roles = ["..."] } or { scopes = ["..."] }"#,
+        )
     })?;
     let auth_layer = match (&access, auth) {
         (Access::Public, _) => None,
@@ -163,6 +167,12 @@ pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Res
                 return Err(ConfigError::new(format!("{at}.access.roles"), "name at least one role, none empty"));
             }
             Some(JwtAuthLayer::new(auth.clone()).any_role(roles.iter().cloned()))
+        }
+        (Access::Scopes(scopes), Some(auth)) => {
+            if scopes.is_empty() || scopes.iter().any(String::is_empty) {
+                return Err(ConfigError::new(format!("{at}.access.scopes"), "name at least one scope, none empty"));
+            }
+            Some(JwtAuthLayer::new(auth.clone()).all_scopes(scopes.iter().cloned()))
         }
         (_, None) => unreachable!("an authenticator is built whenever a route needs a token"),
     };
