@@ -134,6 +134,15 @@ secret_file = \"$work/hs256.key\""
 gateway_conf eddsa 18103 "" 'access = "token"' "$two" "[jwt]
 algorithm = \"EdDSA\"
 public_key_file = \"$work/ed.pub\""
+# The same Ed25519 key, fetched from a JWKS that a one-worker nginx serves (no key file).
+mkdir -p "$work/jwks"
+printf '{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"EdDSA","use":"sig","kid":"bench","x":"%s"}]}' \
+  "$(openssl pkey -pubin -in "$work/ed.pub" -outform DER | tail -c 32 | base64 | tr '+/' '-_' | tr -d '=\n')" \
+  > "$work/jwks/jwks.json"
+nginx_conf jwksfile 1 "server { listen 127.0.0.1:18110; root $work/jwks; }"
+mkdir -p "$work/jwksfile.tmp"; start_nginx jwksfile
+gateway_conf jwks 18108 "" 'access = "token"' "$two" "[jwt]
+jwks_url = \"http://127.0.0.1:18110/jwks.json\""
 # One endpoint answering 503 half the time: retried on the same endpoint (the only one is never
 # ejected), so a request fails only when all three attempts draw a 503.
 gateway_conf retries 18104 "" 'access = "public"' '"http://127.0.0.1:18083"' \
@@ -165,6 +174,7 @@ start_gateway gateway warn
 start_gateway gatewaylog info
 start_gateway hs256 warn
 start_gateway eddsa warn
+start_gateway jwks warn
 start_gateway retries warn
 start_gateway tls warn
 [ "$have_redis" = yes ] && start_gateway redis warn
@@ -185,6 +195,7 @@ for url in 127.0.0.1:18081/ 127.0.0.1:18082/ 127.0.0.1:18090/api/products/1 127.
 done
 wait_http http://127.0.0.1:18102/api/products/1 "authorization: Bearer $hs_token"
 wait_http http://127.0.0.1:18103/api/products/1 "authorization: Bearer $ed_token"
+wait_http http://127.0.0.1:18108/api/products/1 "authorization: Bearer $ed_token"
 [ "$have_redis" = yes ] && wait_http http://127.0.0.1:18106/api/products/1 "authorization: Bearer $hs_token"
 
 # ---------------------------------------------------------------- measuring
@@ -222,6 +233,7 @@ url_of() {
     gateway) echo http://127.0.0.1:18100/api/products/1 ;;
     gatewaylog) echo http://127.0.0.1:18101/api/products/1 ;;
     hs256) echo http://127.0.0.1:18102/api/products/1 ;;
+    jwks) echo http://127.0.0.1:18108/api/products/1 ;;
     eddsa) echo http://127.0.0.1:18103/api/products/1 ;;
     retries) echo http://127.0.0.1:18104/api/products/1 ;;
     tls) echo https://127.0.0.1:18443/api/products/1 ;;
@@ -231,7 +243,7 @@ url_of() {
 header_of() {
   case $1 in
     hs256|redis) echo "authorization: Bearer $hs_token" ;;
-    eddsa) echo "authorization: Bearer $ed_token" ;;
+    eddsa|jwks) echo "authorization: Bearer $ed_token" ;;
     *) echo "" ;;
   esac
 }
@@ -285,7 +297,7 @@ rounds c256 256 direct nginx nginx2 gateway
 log "both logging every request: nginx (buffered access_log), the gateway (its default access log)"
 rounds logged 50 nginxlog gatewaylog
 log "feature costs against the plain gateway"
-features=(gateway gatewaylog hs256 eddsa retries tls)
+features=(gateway gatewaylog hs256 eddsa jwks retries tls)
 [ "$have_redis" = yes ] && features+=(redis)
 # Fresh tokens: they live 15 minutes, and the rounds before took a while.
 hs_token=$("$bin/loadtool" token HS256 "$work/hs256.key")
@@ -387,6 +399,7 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
       gatewaylog) name="the access log (the default)" ;;
       hs256) name="JWT HS256, cached" ;;
       eddsa) name="JWT EdDSA, cached" ;;
+      jwks) name="JWT EdDSA from a JWKS, cached" ;;
       retries) name="a backend answering 503 half the time (3 attempts; $retry_503 uncured 503s)" ;;
       tls) name="TLS 1.3, keep-alive" ;;
       redis) name="JWT HS256, revocation looked up in Redis every request" ;;

@@ -127,10 +127,9 @@ up() {
   fi
   "$here/build-images.sh"
   mkdir -p "$here/secrets"
-  if [ ! -s "$here/secrets/jwt_private.pem" ]; then
-    log "generating the Ed25519 token key pair (deploy/secrets/jwt_*.pem, not committed)"
-    (umask 077 && openssl genpkey -algorithm ED25519 -out "$here/secrets/jwt_private.pem")
-    openssl pkey -in "$here/secrets/jwt_private.pem" -pubout -out "$here/secrets/jwt_public.pem"
+  if [ ! -s "$here/secrets/key_encryption" ]; then
+    log "generating the secret that seals user-service's signing keys (deploy/secrets/key_encryption, not committed)"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$here/secrets/key_encryption")
   fi
   if [ ! -s "$here/secrets/redis.conf" ]; then
     log "generating Redis's password (deploy/secrets/redis.conf and redis_url, not committed)"
@@ -210,6 +209,13 @@ login() { # EMAIL [PASSWORD] -> prints a token
   json_post "$base/api/users/login" "{\"email\":\"$1\",\"password\":\"${2:-correct horse}\"}" | cut -d' ' -f2- | jq -r .token
 }
 
+kid_of() { # TOKEN -> the kid of its header
+  local header=${1%%.*}
+  header=$(printf '%s' "$header" | tr '_-' '/+')
+  while [ $((${#header} % 4)) -ne 0 ]; do header="$header="; done
+  printf '%s' "$header" | base64 -d 2>/dev/null | jq -r .kid
+}
+
 status_of() { # METHOD PATH BODY [TOKEN] -> prints the status code
   local args=()
   [ -n "${4:-}" ] && args+=(-H "authorization: Bearer $4")
@@ -275,8 +281,8 @@ check() {
   ptoken=$(login "p-$email")
   policy "$ptoken" "$admin" "$me" "$victim"
   secrets=$(docker service inspect --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}' "${stack}_gateway")
-  case "$secrets" in *jwt_private*) fail "the gateway's container holds the private key: $secrets" ;; esac
-  echo "   the gateway's secrets: $secrets(no private key)"
+  case "$secrets" in *jwt_*|*key_encryption*) fail "the gateway's container holds a token key: $secrets" ;; esac
+  echo "   the gateway's secrets: $secrets(no token key: it fetches the public ones)"
   for path in /metrics /readyz; do
     [ "$(hcurl -s -m 5 -o /dev/null -w '%{http_code}' "$base$path")" = 404 ] || fail "$path is served on the published port"
   done
@@ -463,6 +469,31 @@ check() {
   [ "$bad" = 0 ] || fail "$bad of $total requests failed: $(sort "$results" | uniq -c | tr '\n' ' ')"
   [ "$(docker ps -q -f "name=${stack}_gateway")" = "$gateway_task" ] || fail "the gateway's task changed"
   echo "   the gateway task is the one before: $gateway_task"
+
+  log "6c. keys by discovery: a token's kid is published; a rotation refuses no valid token"
+  local discovery jwks kid_before rotated kid_after after
+  discovery=$(hcurl -s -m 5 "$base/api/users/.well-known/openid-configuration")
+  [ "$(jq -r .issuer <<< "$discovery")" = user-service ] || fail "discovery: $discovery"
+  jwks=$(hcurl -s -m 5 "$base/api/users/.well-known/jwks.json")
+  kid_before=$(kid_of "$admin")
+  jq -e --arg kid "$kid_before" '.keys | map(.kid) | index($kid) != null' <<< "$jwks" >/dev/null \
+    || fail "the admin token's kid $kid_before is not published: $jwks"
+  echo "   discovery names user-service; the JWKS publishes $(jq '.keys | length' <<< "$jwks") keys, the token's $kid_before among them"
+  rotated=$(json_post "$base/api/users/keys/rotate" '{}' "authorization: Bearer $admin")
+  [ "${rotated%% *}" = 200 ] || fail "POST /api/users/keys/rotate: $rotated"
+  after=$(login admin@example.com "$(cat "$here/secrets/admin_password")")
+  [ -n "$after" ] && [ "$after" != null ] || fail "no login after the rotation"
+  kid_after=$(kid_of "$after")
+  [ "$kid_after" = "$(jq -r .current <<< "${rotated#* }")" ] && [ "$kid_after" != "$kid_before" ] \
+    || fail "a login after the rotation signed with $kid_after (rotation: ${rotated#* })"
+  local pair which bearer
+  for pair in "new:$after" "earlier:$admin"; do
+    which=${pair%%:*} bearer=${pair#*:}
+    [ "$(status_of GET /api/users "" "$bearer")" = 200 ] || fail "the $which token is refused at the gateway"
+    out=$(json_post "$base/api/checkout" '{"product_id":2,"quantity":1}' "authorization: Bearer $bearer" "idempotency-key: rotation-$which-$email")
+    [ "${out%% *}" = 201 ] || fail "checkout with the $which token: $out"
+  done
+  echo "   rotated $kid_before -> $kid_after; the new login's token and the one from before: 200 at the gateway, 201 at checkout"
 
   log "7. the check removes the users it created (each deletes itself; their orders stay on record)"
   local made id who own

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tower::{Service, ServiceExt};
-use tower_gateway_auth::{Authenticator, Claims, JwtAuthLayer, Key, RedisStore};
+use tower_gateway_auth::{Authenticator, Claims, Issuer, JwtAuthLayer, Key, RedisStore, RemoteKeys};
 use tower_gateway_tests::RedisServer;
 use tower_layer::Layer;
 
@@ -101,9 +101,35 @@ async fn main() {
     let hs = || Authenticator::builder(Key::hs256(SECRET).unwrap());
     let rs = Authenticator::builder(Key::public_pem(Algorithm::RS256, RSA_PUBLIC).unwrap());
 
+    // The RS256 key published as a JWKS on a loopback port: the layer fetches it.
+    let jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(), Algorithm::RS256)
+            .unwrap();
+    let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+    let jwks_server = tower_gateway_tests::serve(tower::service_fn(move |_: Request<hyper::body::Incoming>| {
+        let jwks = jwks.clone();
+        async move { Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(jwks)))) }
+    }))
+    .await;
+    let remote = RemoteKeys::jwks(&format!("{}/jwks", jwks_server.url())).build().unwrap();
+    let from_jwks = Authenticator::builder_for(Issuer::new("bench", remote)).build().unwrap();
+    let jwks_claims = {
+        let mut claims = claims();
+        claims.iss = Some("bench".into());
+        claims
+    };
+    let jwks_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &jwks_claims,
+        &EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(),
+    )
+    .unwrap();
+    assert!(from_jwks.prefetch().await, "the JWKS is fetched");
+
     let mut cases = vec![
         case("bare inner service", 200_000, &hs_token, None),
         case("layer, cached (HS256)", 200_000, &hs_token, Some(hs().build().unwrap())),
+        case("layer, cached (RS256 from a JWKS)", 200_000, &jwks_token, Some(from_jwks)),
         case(
             "layer, validate HS256 + memory store",
             20_000,

@@ -60,15 +60,13 @@ impl JwtAuthLayer {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn any_role<I>(mut self, roles: I) -> Self
+    pub fn any_role<I>(self, roles: I) -> Self
     where
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let mut required = self.roles.as_deref().cloned().unwrap_or_default();
-        required.roles = Some(roles.into_iter().map(Into::into).collect());
-        self.roles = Some(Arc::new(required));
-        self
+        let roles = roles.into_iter().map(Into::into).collect();
+        self.require(|required| required.roles = Some(roles))
     }
 
     /// Also requires the token to carry every one of `scopes` (read from `scope`
@@ -88,13 +86,18 @@ impl JwtAuthLayer {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn all_scopes<I>(mut self, scopes: I) -> Self
+    pub fn all_scopes<I>(self, scopes: I) -> Self
     where
         I: IntoIterator,
         I::Item: Into<String>,
     {
+        let scopes = scopes.into_iter().map(Into::into).collect();
+        self.require(|required| required.scopes = Some(scopes))
+    }
+
+    fn require(mut self, add: impl FnOnce(&mut Required)) -> Self {
         let mut required = self.roles.as_deref().cloned().unwrap_or_default();
-        required.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        add(&mut required);
         self.roles = Some(Arc::new(required));
         self
     }

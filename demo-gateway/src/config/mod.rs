@@ -10,7 +10,7 @@
 //! prefix = "/api/products"        # or path = "/api/users" for that path alone
 //! methods = ["GET", "HEAD"]       # any method when left out
 //! upstream = "products"
-//! access = "public"               # or "token", or { roles = ["admin"] }
+//! access = "public"               # or "token", { roles = ["admin"] }, { scopes = ["orders:read"] }
 //! limits = ["per-address"]        # named limits, counted in this order
 //!
 //! [limits.per-address]

@@ -36,7 +36,9 @@ fn the_swarm_configuration_ships_the_same_policy() {
     assert_eq!(swarm.limits, shipped_limits());
     assert_eq!((&swarm.jwt.issuer, &swarm.jwt.audience), (&shipped_jwt().issuer, &shipped_jwt().audience));
     assert_eq!(swarm.upstreams.keys().collect::<Vec<_>>(), Config::default().upstreams.keys().collect::<Vec<_>>());
-    assert!(swarm.jwt.private_key_file.is_none() && swarm.jwt.secret_file.is_none(), "public key only");
+    let jwt = &swarm.jwt;
+    assert!(jwt.private_key_file.is_none() && jwt.secret_file.is_none() && jwt.public_key_file.is_none(), "no key");
+    assert!(jwt.discovery_url.is_some(), "the keys by discovery");
 }
 
 #[test]
