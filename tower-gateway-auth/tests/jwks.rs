@@ -230,3 +230,22 @@ async fn roles_and_scopes_are_read_where_the_issuer_keeps_them() {
         (["ops".to_owned()].as_slice(), ["a".to_owned(), "b".to_owned()].as_slice())
     );
 }
+
+#[tokio::test]
+async fn revocation_works_for_tokens_of_every_issuer() {
+    let (a, b) = (Idp::start().await, Idp::start().await);
+    let auth =
+        Authenticator::builder_for(Issuer::new(a.issuer.clone(), RemoteKeys::jwks(&a.jwks_url()).build().unwrap()))
+            .trust(Issuer::new(b.issuer.clone(), RemoteKeys::jwks(&b.jwks_url()).build().unwrap()))
+            .build()
+            .unwrap();
+    let (from_a, from_b) = (a.sign("k1", json!({ "jti": "a-1" })), b.sign("k1", json!({ "jti": "b-1" })));
+    assert!(auth.authenticate(&from_a).await.is_ok() && auth.authenticate(&from_b).await.is_ok());
+    auth.revoke_token(&from_b).await.unwrap();
+    assert_eq!(auth.authenticate(&from_b).await.unwrap_err(), Rejection::Revoked);
+    assert_eq!(
+        auth.authenticate(&from_a).await.unwrap().iss,
+        Some(a.issuer.clone()),
+        "the other issuer's token stands"
+    );
+}
