@@ -135,11 +135,9 @@ gateway_conf eddsa 18103 "" 'access = "token"' "$two" "[jwt]
 algorithm = \"EdDSA\"
 public_key_file = \"$work/ed.pub\""
 # The same Ed25519 key, fetched from a JWKS that a one-worker nginx serves (no key file).
-mkdir -p "$work/jwks"
-printf '{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"EdDSA","use":"sig","kid":"bench","x":"%s"}]}' \
-  "$(openssl pkey -pubin -in "$work/ed.pub" -outform DER | tail -c 32 | base64 | tr '+/' '-_' | tr -d '=\n')" \
-  > "$work/jwks/jwks.json"
-nginx_conf jwksfile 1 "server { listen 127.0.0.1:18110; root $work/jwks; }"
+jwks=$(printf '{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"EdDSA","use":"sig","kid":"bench","x":"%s"}]}' \
+  "$(openssl pkey -pubin -in "$work/ed.pub" -outform DER | tail -c 32 | base64 | tr '+/' '-_' | tr -d '=\n')")
+nginx_conf jwksfile 1 "server { listen 127.0.0.1:18110; location = /jwks.json { default_type application/json; return 200 '$jwks'; } }"
 mkdir -p "$work/jwksfile.tmp"; start_nginx jwksfile
 gateway_conf jwks 18108 "" 'access = "token"' "$two" "[jwt]
 jwks_url = \"http://127.0.0.1:18110/jwks.json\""

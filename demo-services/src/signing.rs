@@ -21,6 +21,7 @@ use arc_swap::ArcSwapOption;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
@@ -28,6 +29,7 @@ use sqlx::SqlitePool;
 use tower_gateway_auth::{Algorithm, KeyConfig, TokenIssuer};
 
 use crate::db;
+use crate::error::ApiError;
 
 /// How long a retired key stays published past the token lifetime.
 const RETIRED_MARGIN: Duration = Duration::from_secs(60);
@@ -319,6 +321,55 @@ impl SigningKeys {
                 }
             }
         })
+    }
+}
+
+/// How user-service signs tokens.
+#[derive(Debug, Clone)]
+pub enum Tokens {
+    /// With one key, from a file, never rotated nor published.
+    Fixed(Arc<TokenIssuer>),
+    /// With keys kept in the users database, rotated and published for
+    /// verifiers at `jwks_uri`.
+    Rotating {
+        /// The keys.
+        keys: SigningKeys,
+        /// Where verifiers fetch the public keys: this service's
+        /// `/.well-known/jwks.json` as they reach it.
+        jwks_uri: String,
+    },
+}
+
+impl From<Arc<TokenIssuer>> for Tokens {
+    fn from(issuer: Arc<TokenIssuer>) -> Self {
+        Self::Fixed(issuer)
+    }
+}
+
+impl Tokens {
+    pub(crate) async fn issue(&self, subject: &str, email: Option<&str>, roles: &[String]) -> Result<String, ApiError> {
+        match self {
+            Self::Fixed(issuer) => issuer.issue(subject, email, roles).map_err(ApiError::internal),
+            Self::Rotating { keys, .. } => keys.issue(subject, email, roles).await.map_err(ApiError::internal),
+        }
+    }
+
+    pub(crate) fn token_ttl(&self) -> Duration {
+        match self {
+            Self::Fixed(issuer) => issuer.token_ttl(),
+            Self::Rotating { keys, .. } => keys.token_ttl(),
+        }
+    }
+
+    pub(crate) fn rotating(&self) -> Result<(&SigningKeys, &str), ApiError> {
+        match self {
+            Self::Rotating { keys, jwks_uri } => Ok((keys, jwks_uri)),
+            Self::Fixed(_) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this service signs with a fixed key: it publishes no key set",
+            )),
+        }
     }
 }
 

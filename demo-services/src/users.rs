@@ -39,11 +39,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 use tokio::sync::Semaphore;
-use tower_gateway_auth::{Authenticated, Authenticator, JwtAuthLayer, Rejection, TokenIssuer};
+use tower_gateway_auth::{Authenticated, Authenticator, JwtAuthLayer, Rejection};
 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
-use crate::signing::SigningKeys;
+pub use crate::signing::Tokens;
 
 /// The schema and the seed's users.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/users");
@@ -305,55 +305,6 @@ pub struct UsersState {
     pub auth: Authenticator,
     /// How passwords are hashed.
     pub passwords: Passwords,
-}
-
-/// How user-service signs tokens.
-#[derive(Debug, Clone)]
-pub enum Tokens {
-    /// With one key, from a file, never rotated nor published.
-    Fixed(Arc<TokenIssuer>),
-    /// With keys kept in the users database, rotated and published for
-    /// verifiers at `jwks_uri`.
-    Rotating {
-        /// The keys.
-        keys: SigningKeys,
-        /// Where verifiers fetch the public keys: this service's
-        /// `/.well-known/jwks.json` as they reach it.
-        jwks_uri: String,
-    },
-}
-
-impl From<Arc<TokenIssuer>> for Tokens {
-    fn from(issuer: Arc<TokenIssuer>) -> Self {
-        Self::Fixed(issuer)
-    }
-}
-
-impl Tokens {
-    async fn issue(&self, subject: &str, email: Option<&str>, roles: &[String]) -> Result<String, ApiError> {
-        match self {
-            Self::Fixed(issuer) => issuer.issue(subject, email, roles).map_err(ApiError::internal),
-            Self::Rotating { keys, .. } => keys.issue(subject, email, roles).await.map_err(ApiError::internal),
-        }
-    }
-
-    fn token_ttl(&self) -> Duration {
-        match self {
-            Self::Fixed(issuer) => issuer.token_ttl(),
-            Self::Rotating { keys, .. } => keys.token_ttl(),
-        }
-    }
-
-    fn rotating(&self) -> Result<(&SigningKeys, &str), ApiError> {
-        match self {
-            Self::Rotating { keys, jwks_uri } => Ok((keys, jwks_uri)),
-            Self::Fixed(_) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "this service signs with a fixed key: it publishes no key set",
-            )),
-        }
-    }
 }
 
 /// The role that may list, create and change anyone, and grant roles.

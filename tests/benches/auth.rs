@@ -129,6 +129,18 @@ async fn main() {
     let mut cases = vec![
         case("bare inner service", 200_000, &hs_token, None),
         case("layer, cached (HS256)", 200_000, &hs_token, Some(hs().build().unwrap())),
+        // The same key from a file, and a token of the same length: what the JWKS changes.
+        case(
+            "layer, cached (RS256 from a file)",
+            200_000,
+            &jwks_token,
+            Some(
+                Authenticator::builder(Key::public_pem(Algorithm::RS256, RSA_PUBLIC).unwrap())
+                    .issuer("bench")
+                    .build()
+                    .unwrap(),
+            ),
+        ),
         case("layer, cached (RS256 from a JWKS)", 200_000, &jwks_token, Some(from_jwks)),
         case(
             "layer, validate HS256 + memory store",

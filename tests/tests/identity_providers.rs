@@ -54,8 +54,18 @@ impl Provider {
 }
 
 async fn status(url: &str, token: &str) -> u16 {
-    let req = Request::get(url).header("authorization", format!("Bearer {token}")).body(Full::new(Bytes::new()));
-    Client::new().send(req.unwrap()).await.unwrap().status.as_u16()
+    seen(url, Some(token)).await.0
+}
+
+/// The status, and the headers the backend saw (a client-sent `x-user-roles` among the request's).
+async fn seen(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = Request::get(url).header("x-user-roles", "admin");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let reply = Client::new().send(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    (reply.status.as_u16(), body["headers"].clone())
 }
 
 #[tokio::test]
@@ -75,6 +85,7 @@ async fn roles_and_scopes_from_two_providers_through_the_gateway() {
         route("/admin", Access::Roles(vec!["admin".into()])),
         route("/orders", Access::Scopes(vec!["orders:read".into()])),
         route("/me", Access::Token),
+        route("/public", Access::Public),
     ];
     config.limits.clear();
     config.jwt = KeyConfig {
@@ -82,6 +93,7 @@ async fn roles_and_scopes_from_two_providers_through_the_gateway() {
         discovery_url: Some(format!("{}/.well-known/openid-configuration", keycloak.issuer())),
         audience: Some("shop".into()),
         roles_claim: Some("realm_access.roles".into()),
+        forward_claims: [("x-user-roles".to_owned(), "realm_access.roles".to_owned())].into(),
         issuers: vec![KeyConfig {
             issuer: Some(auth0.issuer()),
             jwks_url: Some(format!("{}/jwks", auth0.issuer())),
@@ -113,6 +125,14 @@ async fn roles_and_scopes_from_two_providers_through_the_gateway() {
     ] {
         assert_eq!(status(&format!("{base}{path}"), token).await, expected, "{who} {path}");
     }
+    // A chosen claim reaches the upstream as a header; a client-sent copy never does.
+    let (_, headers) = seen(&format!("{base}/me"), Some(&keycloak_user)).await;
+    assert_eq!(headers["x-user-roles"], "customer", "{headers}");
+    let (_, headers) = seen(&format!("{base}/public"), None).await;
+    assert_eq!(headers.get("x-user-roles"), None, "removed on a public route too: {headers}");
+    let (_, headers) = seen(&format!("{base}/me"), Some(&auth0_reader)).await;
+    assert_eq!(headers.get("x-user-roles"), None, "Auth0 forwards no roles header: {headers}");
+
     // Keycloak's name, Auth0's key (both publish a kid "only"): refused.
     let impostor = Provider { server: keycloak.server, key: auth0.key.clone() };
     let forged = impostor.token(&json!({ "realm_access": { "roles": ["admin"] } }));

@@ -233,7 +233,8 @@ impl RemoteKeys {
     }
 
     fn start_refresher(&self) {
-        if self.inner.refresher.swap(true, Ordering::AcqRel) {
+        // A read first: this runs for every token verified, the write once.
+        if self.inner.refresher.load(Ordering::Acquire) || self.inner.refresher.swap(true, Ordering::AcqRel) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
