@@ -11,8 +11,9 @@ use crate::claims::{Authenticated, Claims, Verified};
 use crate::error::{ConfigError, Rejection, StoreError};
 use crate::issuer::Issuer;
 use crate::jwks::{RemoteKeys, Trigger};
+use crate::key::Key;
 use crate::store::{MemoryStore, TokenState, TokenStore, unix_now};
-use crate::verify::{Key, Rules, Verdict, Verifier};
+use crate::verify::{Rules, Verdict, Verifier};
 
 /// The longest `Authorization` header accepted.
 pub const MAX_AUTHORIZATION_LEN: usize = 8 * 1024;

@@ -6,7 +6,7 @@ use jsonwebtoken::Algorithm;
 
 use crate::claims::ClaimPaths;
 use crate::jwks::RemoteKeys;
-use crate::verify::Key;
+use crate::key::Key;
 
 /// Where an issuer's keys come from: keys you hold (read from files, say), or a
 /// [`RemoteKeys`] (a JWKS URL, OpenID discovery). Made with `From`.

@@ -49,7 +49,7 @@ use crate::authenticator::{Authenticator, AuthenticatorBuilder};
 use crate::claims::{Audience, Claims};
 use crate::issuer::{Issuer, KeySource};
 use crate::jwks::RemoteKeys;
-use crate::verify::Key;
+use crate::key::Key;
 
 /// A key configuration that cannot work, naming its field (`secret_file`, …).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -115,6 +115,7 @@ mod crypto;
 mod error;
 mod issuer;
 pub mod jwks;
+mod key;
 pub mod keys;
 mod layer;
 pub mod store;
@@ -133,8 +134,8 @@ pub mod future {
     //! The future of [`JwtAuth`](crate::JwtAuth).
     pub use crate::layer::ResponseFuture;
 }
+pub use self::key::Key;
 pub use self::store::{MemoryStore, RedisStore, TokenStore};
-pub use self::verify::Key;
 pub use jsonwebtoken::Algorithm;
 
 /// The README's code, compiled as doc tests.

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
-use crate::verify::Key;
+use crate::key::Key;
 
 /// The smallest RSA modulus accepted, in bytes (2048 bits).
 const MIN_RSA_BYTES: usize = 256;

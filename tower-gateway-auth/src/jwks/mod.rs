@@ -59,8 +59,8 @@ pub use self::fetch::FetchOutcome;
 use self::fetch::{FetchError, Fetcher, Limits};
 use self::jwk::Parsed;
 use crate::error::ConfigError;
+use crate::key::Key;
 use crate::store::BoxFuture;
-use crate::verify::Key;
 
 /// A set of keys as fetched, and when.
 #[derive(Debug)]
