@@ -14,6 +14,10 @@
 #   nginx    nginx-light, 2 workers, upstream keep-alive, round robin, prefix stripped, no access log
 #   nginx2   an identical nginx: the calibration (nginx2 / nginx must read 1.00 ± 0.05)
 #   gateway  demo-gateway with the shipped defaults (limits aside, see below), RUST_LOG=warn
+#   bare     the floor of the gateway's design: a bare hyper 1 proxy (tests/src/bin/bareproxy.rs),
+#            one current-thread runtime per core with SO_REUSEPORT and a pooled hyper-util client,
+#            prefix strip and round robin, nothing else
+#   haproxy  HAProxy (Debian's haproxy), 2 threads, http-reuse always (left out when not installed)
 # Closed loop: wrk -t2 at -c50 and -c256, rounds in alternating order (ABBA), ratios taken within
 # each round. Open loop: loadtool's fixed-rate client (latency from when each request was due) at
 # 10% and 40% of nginx's -c50 throughput. Feature costs: gateway variants against the plain one in
@@ -37,11 +41,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   exit 2
 fi
 have_redis=$(command -v redis-server >/dev/null && echo yes || echo no)
+have_haproxy=$(command -v haproxy >/dev/null && echo yes || echo no)
 
 log() { printf '== %s\n' "$*" >&2; }
 
 log "building the release binaries"
-(cd "$root" && cargo build -q --release --locked -p demo-gateway -p tower-gateway-tests --bin demo-gateway --bin loadtool)
+(cd "$root" && cargo build -q --release --locked -p demo-gateway -p tower-gateway-tests --bin demo-gateway --bin loadtool --bin bareproxy)
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 work=$(mktemp -d)
 pids=()
@@ -163,6 +168,37 @@ secret_file = \"$work/hs256.key\"
 cache_bound_ms = 0"
 fi
 
+"$bin/bareproxy" 127.0.0.1:18109 /api/products http://127.0.0.1:18081 http://127.0.0.1:18082 2>"$work/bare.log" &
+pids+=($!)
+echo $! > "$work/bare.pid"
+closed=(direct nginx nginx2 gateway bare)
+if [ "$have_haproxy" = yes ]; then
+  cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend api
+  bind 127.0.0.1:18093
+  default_backend products
+backend products
+  balance roundrobin
+  http-reuse always
+  http-request replace-path ^/api/products(/.*)?\$ \\1
+  server b1 127.0.0.1:18081
+  server b2 127.0.0.1:18082
+EOF
+  haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.err" &
+  pids+=($!)
+  echo $! > "$work/haproxy.pid"
+  closed+=(haproxy)
+fi
+
 start_gateway() { # NAME RUST_LOG
   RUST_LOG=$2 "$bin/demo-gateway" --config "$work/$1.toml" 2>"$work/$1.log" &
   pids+=($!)
@@ -188,7 +224,7 @@ hs_token=$("$bin/loadtool" token HS256 "$work/hs256.key")
 ed_token=$("$bin/loadtool" token EdDSA "$work/ed.key")
 for url in 127.0.0.1:18081/ 127.0.0.1:18082/ 127.0.0.1:18090/api/products/1 127.0.0.1:18091/api/products/1 \
   127.0.0.1:18092/api/products/1 127.0.0.1:18100/api/products/1 127.0.0.1:18101/api/products/1 \
-  127.0.0.1:18104/api/products/1 https://127.0.0.1:18443/api/products/1; do
+  127.0.0.1:18104/api/products/1 https://127.0.0.1:18443/api/products/1 127.0.0.1:18109/api/products/1; do
   case $url in https*) wait_http "$url" ;; *) wait_http "http://$url" ;; esac
 done
 wait_http http://127.0.0.1:18102/api/products/1 "authorization: Bearer $hs_token"
@@ -229,6 +265,8 @@ url_of() {
     nginx2) echo http://127.0.0.1:18091/api/products/1 ;;
     nginxlog) echo http://127.0.0.1:18092/api/products/1 ;;
     gateway) echo http://127.0.0.1:18100/api/products/1 ;;
+    bare) echo http://127.0.0.1:18109/api/products/1 ;;
+    haproxy) echo http://127.0.0.1:18093/api/products/1 ;;
     gatewaylog) echo http://127.0.0.1:18101/api/products/1 ;;
     hs256) echo http://127.0.0.1:18102/api/products/1 ;;
     jwks) echo http://127.0.0.1:18108/api/products/1 ;;
@@ -287,11 +325,19 @@ ratio() {
   printf '%.2f (%s)' "$m" "$mm"
 }
 med() { col "$1" "$2" | median; }
+# cpu_ratio NAME A B -> "median (min–max)" of per-round CPU µs per request of A / B
+cpu_ratio() {
+  local m mm
+  m=$(paste <(col "$1.$2" 2) <(col "$1.$3" 2) | awk '$2 > 0 {printf "%.4f\n", $1 / $2}' | median)
+  mm=$(paste <(col "$1.$2" 2) <(col "$1.$3" 2) | awk '$2 > 0 {printf "%.4f\n", $1 / $2}' | minmax)
+  printf '%.2f (%s)' "$m" "$mm"
+}
 errs() { col "$1" 4 | awk '{n += $1} END {print n + 0}'; }
 
-log "closed loop, -c50 and -c256: direct, nginx, nginx2 (calibration), gateway"
-rounds c50 50 direct nginx nginx2 gateway
-rounds c256 256 direct nginx nginx2 gateway
+[ "$have_haproxy" = yes ] && wait_http http://127.0.0.1:18093/api/products/1
+log "closed loop, -c50 and -c256: ${closed[*]} (nginx2: the calibration)"
+rounds c50 50 "${closed[@]}"
+rounds c256 256 "${closed[@]}"
 log "both logging every request: nginx (buffered access_log), the gateway (its default access log)"
 rounds logged 50 nginxlog gatewaylog
 log "feature costs against the plain gateway"
@@ -373,12 +419,15 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   echo
   echo "| target | -c50 rps | / nginx | CPU µs/request | p50 ms | -c256 rps | / nginx | CPU µs/request |"
   echo "|---|---|---|---|---|---|---|---|"
-  for t in direct nginx nginx2 gateway; do
+  for t in "${closed[@]}"; do
     printf '| %s | %.0f | %s | %s | %s | %.0f | %s | %s |\n' "$t" "$(med c50.$t 1)" "$(ratio c50 "$t" nginx)" \
       "$(med c50.$t 2)" "$(med c50.$t 3)" "$(med c256.$t 1)" "$(ratio c256 "$t" nginx)" "$(med c256.$t 2)"
   done
   echo
   echo "nginx2 is an identical nginx: its ratio is the calibration (1.00 ± 0.05 expected). direct's CPU is not counted (no proxy)."
+  echo "bare is the floor of the gateway's design (a bare hyper proxy): the gateway against it, per round,"
+  printf 'reads %s in throughput at -c50 and %s at -c256; in CPU per request, %s at -c50 (the target: at most 1.15).\n' \
+    "$(ratio c50 gateway bare)" "$(ratio c256 gateway bare)" "$(cpu_ratio c50 gateway bare)"
   echo
   echo "## Both logging every request"
   echo
@@ -434,7 +483,7 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   printf '"closed_loop":{'
   sep=""
   for set in c50 c256; do
-    for t in direct nginx nginx2 gateway; do
+    for t in "${closed[@]}"; do
       printf '%s"%s.%s":{"rps":%s,"cpu_us":%s,"p50_ms":%s,"errors":%s}' "$sep" "$set" "$t" "$(med $set.$t 1)" "$(med $set.$t 2)" "$(med $set.$t 3)" "$(errs $set.$t)"
       sep=","
     done
@@ -445,8 +494,9 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   for t in "${features[@]}"; do
     printf ',"features.%s":{"rps":%s,"cpu_us":%s,"errors":%s}' "$t" "$(med features.$t 1)" "$(med features.$t 2)" "$(errs features.$t)"
   done
-  printf '},"ratios":{"gateway_nginx_c50":"%s","gateway_nginx_c256":"%s","calibration_c50":"%s","calibration_c256":"%s"},' \
-    "$(ratio c50 gateway nginx)" "$(ratio c256 gateway nginx)" "$(ratio c50 nginx2 nginx)" "$(ratio c256 nginx2 nginx)"
+  printf '},"ratios":{"gateway_nginx_c50":"%s","gateway_nginx_c256":"%s","calibration_c50":"%s","calibration_c256":"%s","gateway_bare_c50":"%s","gateway_bare_cpu_c50":"%s"},' \
+    "$(ratio c50 gateway nginx)" "$(ratio c256 gateway nginx)" "$(ratio c50 nginx2 nginx)" "$(ratio c256 nginx2 nginx)" \
+    "$(ratio c50 gateway bare)" "$(cpu_ratio c50 gateway bare)"
   printf '"idle_rss_kib_per_connection":{"nginx.1000":%s,"gateway.1000":%s,"nginx.10000":%s,"gateway.10000":%s},' \
     "${idle[nginx.1000]}" "${idle[gateway.1000]}" "${idle[nginx.10000]}" "${idle[gateway.10000]}"
   printf '"soak":{"seconds":%d,"rss_kib_start":%s,"rss_kib_max":%s,"rss_kib_end":%s,"errors":%s},' "$soak" "$rss_start" "$rss_max" "$rss_end" "$soak_errors"

@@ -281,9 +281,9 @@ pub fn strip<'a>(prefix: &str, path: &'a str) -> Result<Option<Cow<'a, str>>, Pa
     })
 }
 
-/// Rewrites `uri` with `prefix` stripped from its path, keeping the query.
+/// The path and query of `uri` with `prefix` stripped from its path.
 /// `Ok(None)`: the path does not match and the URI is left as it is.
-fn strip_uri(prefix: &str, uri: &Uri) -> Result<Option<Uri>, PathError> {
+fn stripped(prefix: &str, uri: &Uri) -> Result<Option<PathAndQuery>, PathError> {
     let path = uri.path();
     if path == "*" {
         return Ok(None);
@@ -298,10 +298,22 @@ fn strip_uri(prefix: &str, uri: &Uri) -> Result<Option<Uri>, PathError> {
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    let mut parts = uri.clone().into_parts();
     // The rest of a canonical path with the query it came with is always valid.
-    parts.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok();
-    Ok(Uri::from_parts(parts).ok())
+    Ok(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok())
+}
+
+/// `uri` with `path_and_query` in place of its own. Taken, not cloned: a clone
+/// of a freshly parsed URI's bytes allocates.
+fn with_path(uri: Uri, path_and_query: PathAndQuery) -> Uri {
+    let mut parts = uri.into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).expect("a valid URI with another valid path is valid")
+}
+
+/// Rewrites `uri` with `prefix` stripped from its path, keeping the query.
+#[cfg(test)]
+fn strip_uri(prefix: &str, uri: &Uri) -> Result<Option<Uri>, PathError> {
+    Ok(stripped(prefix, uri)?.map(|path_and_query| with_path(uri.clone(), path_and_query)))
 }
 
 /// Strips a base path from each request. See the [module docs](self).
@@ -400,9 +412,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match strip_uri(&self.layer.prefix, req.uri()) {
-            Ok(Some(uri)) => {
-                *req.uri_mut() = uri;
+        match stripped(&self.layer.prefix, req.uri()) {
+            Ok(Some(path_and_query)) => {
+                let uri = std::mem::take(req.uri_mut());
+                *req.uri_mut() = with_path(uri, path_and_query);
                 req.headers_mut().insert(X_FORWARDED_PREFIX.clone(), self.layer.header.clone());
             }
             Ok(None) => {}

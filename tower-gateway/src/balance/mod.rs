@@ -170,8 +170,9 @@ impl<S> RoundRobin<S> {
 }
 
 /// The request's URI with its scheme and authority set to `endpoint`'s.
-fn destination(uri: &Uri, endpoint: &Endpoint) -> Uri {
-    let mut parts = uri.clone().into_parts();
+fn destination(uri: Uri, endpoint: &Endpoint) -> Uri {
+    // Taken, not cloned: a clone of a freshly parsed URI's bytes allocates.
+    let mut parts = uri.into_parts();
     parts.scheme = Some(endpoint.scheme().clone());
     parts.authority = Some(endpoint.authority().clone());
     if parts.path_and_query.is_none() {
@@ -202,7 +203,8 @@ where
         {
             req.headers_mut().insert(header::HOST, host);
         }
-        *req.uri_mut() = destination(req.uri(), &endpoint);
+        let uri = std::mem::take(req.uri_mut());
+        *req.uri_mut() = destination(uri, &endpoint);
         let future = self.inner.call(req);
         future::ResponseFuture {
             state: future::State::Called { future, endpoint, endpoints: self.endpoints.clone(), health: self.health },

@@ -1,0 +1,135 @@
+//! Each layer alone, over an inner service that is always ready and answers at
+//! once: its cost per request in nanoseconds and in heap allocations, so that a
+//! regression has an address. Rounds interleaved, medians; the bare inner
+//! service measured in the same rounds.
+//!
+//! `cargo bench -p tower-gateway-tests --bench layers`
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use jsonwebtoken::{EncodingKey, Header};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{Layer, Service, ServiceExt};
+use tower_gateway::balance::Endpoints;
+use tower_gateway::rate_limit::key::Global;
+use tower_gateway::{
+    ClientAddrLayer, Limiter, PeerAddr, Quota, RateLimitLayer, RoundRobinLayer, StripPrefixLayer, TimeoutLayer,
+};
+use tower_gateway_auth::{Authenticator, Claims, JwtAuthLayer, Key};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-bench";
+const N: u32 = 100_000;
+
+type Run = Box<dyn FnMut(u32) -> Pin<Box<dyn Future<Output = ()>>>>;
+
+fn inner()
+-> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible, Future: 'static> + Clone + 'static {
+    tower::service_fn(|req: Request<()>| async move {
+        black_box(&req);
+        Ok::<_, Infallible>(Response::new(Bytes::from_static(b"ok")))
+    })
+}
+
+fn request(token: &str) -> Request<()> {
+    // As a server hands it over: origin-form, with its Host.
+    let mut req = Request::get("/api/products/1?x=1")
+        .header("host", "gateway.test")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    req.extensions_mut().insert(PeerAddr(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    req
+}
+
+/// `n` requests through `svc`, one after another.
+fn runner<S, RB>(svc: S, token: String) -> Run
+where
+    S: Service<Request<()>, Response = Response<RB>> + Clone + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: 'static,
+    RB: 'static,
+{
+    Box::new(move |n| {
+        let (svc, token) = (svc.clone(), token.clone());
+        Box::pin(async move {
+            for _ in 0..n {
+                let res = svc.clone().oneshot(request(&token)).await.unwrap();
+                assert!(res.status().is_success(), "every request passes: {}", res.status());
+                black_box(res);
+            }
+        })
+    })
+}
+
+struct Case {
+    name: &'static str,
+    run: Run,
+    ns: Vec<f64>,
+    allocations: f64,
+}
+
+fn case(name: &'static str, run: Run) -> Case {
+    Case { name, run, ns: Vec::new(), allocations: 0.0 }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    tower_gateway_auth::install_default_crypto();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut claims = Claims::new("42", now + 3600);
+    claims.iat = Some(now);
+    let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
+    let auth = Authenticator::builder(Key::hs256(SECRET).unwrap()).build().unwrap();
+    let endpoints = Endpoints::new(["http://127.0.0.1:1", "http://127.0.0.1:2"]).unwrap();
+    let limiter = Limiter::new("bench", Quota::per_second(1_000_000));
+
+    let mut cases = vec![
+        case("bare inner service", runner(inner(), token.clone())),
+        case("StripPrefixLayer", runner(StripPrefixLayer::new("/api/products").layer(inner()), token.clone())),
+        case("TimeoutLayer", runner(TimeoutLayer::new(Duration::from_secs(5)).layer(inner()), token.clone())),
+        case("RoundRobinLayer (2 endpoints)", runner(RoundRobinLayer::new(endpoints).layer(inner()), token.clone())),
+        case(
+            "RateLimitLayer (in memory, one key)",
+            runner(RateLimitLayer::new(limiter, Global).layer(inner()), token.clone()),
+        ),
+        case("ClientAddrLayer", runner(ClientAddrLayer::new().layer(inner()), token.clone())),
+        case("JwtAuthLayer (cached token)", runner(JwtAuthLayer::new(auth).layer(inner()), token.clone())),
+    ];
+    for case in &mut cases {
+        (case.run)(N / 10).await;
+    }
+    for _ in 0..5 {
+        for case in &mut cases {
+            let start = Instant::now();
+            (case.run)(N).await;
+            case.ns.push(start.elapsed().as_nanos() as f64 / f64::from(N));
+        }
+    }
+    for case in &mut cases {
+        let region = Region::new(GLOBAL);
+        (case.run)(N / 10).await;
+        case.allocations = region.change().allocations as f64 / f64::from(N / 10);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let bare_ns = median(&mut cases[0].ns.clone());
+    let bare_allocs = cases[0].allocations;
+    println!("{:<38} {:>10} {:>12} {:>14}", "each layer alone", "ns/request", "+ns on bare", "+allocations");
+    for case in &mut cases {
+        let ns = median(&mut case.ns);
+        println!("{:<38} {:>10.0} {:>12.0} {:>14.2}", case.name, ns, ns - bare_ns, case.allocations - bare_allocs);
+    }
+    println!("(the bare inner service: {bare_allocs:.2} allocations per request, the request's own included)");
+}
