@@ -3,6 +3,11 @@
 //! regression has an address. Rounds interleaved, medians; the bare inner
 //! service measured in the same rounds.
 //!
+//! Then the whole gateway, a plain public route over loopback: the allocations
+//! per proxied request it adds, as the same client's requests through it less
+//! the same requests sent to the backend directly (the client's and the
+//! backend's own allocations cancel out).
+//!
 //! `cargo bench -p tower-gateway-tests --bench layers`
 
 use std::convert::Infallible;
@@ -132,4 +137,50 @@ async fn main() {
         println!("{:<38} {:>10.0} {:>12.0} {:>14.2}", case.name, ns, ns - bare_ns, case.allocations - bare_allocs);
     }
     println!("(the bare inner service: {bare_allocs:.2} allocations per request, the request's own included)");
+
+    let backend = tower_gateway_tests::product_backend().await;
+    let mut config = demo_gateway::Config {
+        upstreams: [(
+            "products".to_owned(),
+            demo_gateway::config::UpstreamConfig { endpoints: vec![backend.url()], ..Default::default() },
+        )]
+        .into(),
+        ..demo_gateway::Config::default()
+    };
+    config.routes = vec![demo_gateway::config::RouteConfig {
+        prefix: Some("/api/products".into()),
+        upstream: "products".into(),
+        access: Some(demo_gateway::Access::Public),
+        ..Default::default()
+    }];
+    config.limits.clear();
+    let gateway = tower_gateway_tests::Gateway::start(config).await;
+    let through = allocations_per_request(&format!("{}/api/products/1", gateway.url())).await;
+    let direct = allocations_per_request(&format!("{}/1", backend.url())).await;
+    println!(
+        "the whole gateway, a plain public route (RUST_LOG unset: no access log): {:.1} allocations per proxied request",
+        through - direct
+    );
+}
+
+/// Heap allocations per keep-alive GET of `url`, client and server sides together.
+async fn allocations_per_request(url: &str) -> f64 {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let uri: http::Uri = url.parse().unwrap();
+    let get = || async {
+        let res = client.get(uri.clone()).await.unwrap();
+        assert!(res.status().is_success(), "{url}: {}", res.status());
+        res.into_body().collect().await.unwrap();
+    };
+    for _ in 0..200 {
+        get().await;
+    }
+    const REQUESTS: u32 = 2_000;
+    let region = Region::new(GLOBAL);
+    for _ in 0..REQUESTS {
+        get().await;
+    }
+    region.change().allocations as f64 / f64::from(REQUESTS)
 }
