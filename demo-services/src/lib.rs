@@ -11,6 +11,7 @@ pub mod checkout;
 pub mod db;
 pub mod error;
 pub mod money;
+pub mod passwords;
 pub mod products;
 pub mod server;
 pub mod signing;
