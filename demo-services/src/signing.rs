@@ -282,9 +282,8 @@ impl SigningKeys {
         .fetch_one(&mut *tx)
         .await?;
         self.insert(&mut tx, "next").await?;
-        let keep = (self.ttl() + RETIRED_MARGIN).as_secs() as i64;
         sqlx::query("DELETE FROM signing_keys WHERE state = 'retired' AND retired_at < ?")
-            .bind(at - keep)
+            .bind(self.published_since(at))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -293,13 +292,19 @@ impl SigningKeys {
         Ok(Some(Rotation { previous, current }))
     }
 
+    /// At `at`, the earliest retirement whose key is still published: one that
+    /// may have signed a token that has not expired yet. One rule for what the
+    /// set publishes and what a rotation deletes.
+    fn published_since(&self, at: i64) -> i64 {
+        at - (self.ttl() + RETIRED_MARGIN).as_secs() as i64
+    }
+
     /// The published set: the next, current and recently retired keys.
     pub async fn jwks(&self) -> Result<Value, KeyError> {
-        let keep = (self.ttl() + RETIRED_MARGIN).as_secs() as i64;
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT public_jwk FROM signing_keys WHERE state != 'retired' OR retired_at >= ? ORDER BY created_at DESC",
         )
-        .bind(now() - keep)
+        .bind(self.published_since(now()))
         .fetch_all(&self.db)
         .await?;
         let keys: Vec<Value> = rows.into_iter().filter_map(|(jwk,)| serde_json::from_str(&jwk).ok()).collect();
