@@ -12,7 +12,7 @@ use crate::error::{ConfigError, Rejection, StoreError};
 use crate::issuer::Issuer;
 use crate::jwks::{RemoteKeys, Trigger};
 use crate::key::Key;
-use crate::store::{MemoryStore, TokenState, TokenStore, unix_now};
+use crate::store::{BoxFuture, MemoryStore, TokenState, TokenStore, unix_now};
 use crate::verify::{Rules, Verdict, Verifier};
 
 /// The longest `Authorization` header accepted.
@@ -27,10 +27,9 @@ pub(crate) enum Step {
     Allow(Arc<Verified>),
     /// Refused without asking the store.
     Reject(Rejection),
-    /// Valid locally; the store must be asked.
-    Check(Box<str>, Arc<Verified>),
-    /// Its key may be in a fresher set of the issuer's: fetch, then verify.
-    Fetch(Box<str>),
+    /// The rest is asynchronous: the store must be asked, or first the
+    /// issuer's keys fetched (the key may be in a fresher set).
+    Pending(BoxFuture<'static, Result<Arc<Verified>, Rejection>>),
 }
 
 /// Why a token did not verify at once.
@@ -340,21 +339,19 @@ impl Authenticator {
         match self.verify(token, true) {
             Ok(verified) => Ok(verified),
             Err(Unverified::Rejected(rejection)) => Err(rejection),
-            Err(Unverified::Fetch(keys)) => {
-                keys.refresh(Trigger::Missing).await;
-                match self.verify(token, false) {
-                    Ok(verified) => Ok(verified),
-                    Err(Unverified::Rejected(rejection)) => Err(rejection),
-                    Err(Unverified::Fetch(_)) => Err(Rejection::KeySourceUnavailable),
-                }
-            }
+            Err(Unverified::Fetch(keys)) => self.verify_after_fetch(token, &keys).await,
         }
     }
 
-    /// The second step for a token whose keys must be fetched.
-    pub(crate) async fn fetch_and_finish(&self, token: Box<str>) -> Result<Arc<Verified>, Rejection> {
-        let verified = Arc::new(self.verify_fetching(&token).await?);
-        self.finish(token, verified).await
+    /// Verifies `token` once `keys` were fetched (or the wait for them ended);
+    /// a key still missing is then refused, not fetched again.
+    async fn verify_after_fetch(&self, token: &str, keys: &RemoteKeys) -> Result<Verified, Rejection> {
+        keys.refresh(Trigger::Missing).await;
+        match self.verify(token, false) {
+            Ok(verified) => Ok(verified),
+            Err(Unverified::Rejected(rejection)) => Err(rejection),
+            Err(Unverified::Fetch(_)) => Err(Rejection::KeySourceUnavailable),
+        }
     }
 
     pub(crate) fn begin(&self, headers: &HeaderMap) -> Step {
@@ -366,9 +363,18 @@ impl Authenticator {
             return Step::Allow(verified);
         }
         match self.verify(token, true) {
-            Ok(verified) => Step::Check(token.into(), Arc::new(verified)),
+            Ok(verified) => {
+                let (auth, token): (Self, Box<str>) = (self.clone(), token.into());
+                Step::Pending(Box::pin(async move { auth.finish(token, Arc::new(verified)).await }))
+            }
             Err(Unverified::Rejected(rejection)) => Step::Reject(rejection),
-            Err(Unverified::Fetch(_)) => Step::Fetch(token.into()),
+            Err(Unverified::Fetch(keys)) => {
+                let (auth, token): (Self, Box<str>) = (self.clone(), token.into());
+                Step::Pending(Box::pin(async move {
+                    let verified = Arc::new(auth.verify_after_fetch(&token, &keys).await?);
+                    auth.finish(token, verified).await
+                }))
+            }
         }
     }
 

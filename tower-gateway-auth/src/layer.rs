@@ -210,13 +210,7 @@ where
                 tracing::debug!(reason = rejection.code(), "request refused");
                 State::Refused { rejection }
             }
-            step @ (Step::Check(..) | Step::Fetch(..)) => {
-                let auth = self.auth.clone();
-                let check: BoxFuture<'static, _> = match step {
-                    Step::Check(token, verified) => Box::pin(async move { auth.finish(token, verified).await }),
-                    Step::Fetch(token) => Box::pin(async move { auth.fetch_and_finish(token).await }),
-                    _ => unreachable!("matched above"),
-                };
+            Step::Pending(check) => {
                 // The ready service goes into the future; a fresh clone stays behind.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
