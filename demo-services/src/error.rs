@@ -63,9 +63,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &err
-            && matches!(db.code().as_deref(), Some("5" | "6" | "517"))
-        {
+        if crate::db::is_busy(&err) {
             // SQLITE_BUSY / SQLITE_LOCKED beyond busy_timeout: a load problem, not a bug.
             tracing::warn!(%err, "database busy");
             return Self::unavailable("the database is busy; try again");
