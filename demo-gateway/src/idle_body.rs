@@ -30,6 +30,14 @@ impl<B> IdleBody<B> {
     }
 }
 
+impl<B: Default> Default for IdleBody<B> {
+    /// `B`'s default (an answer tower-http's layers make themselves, such as a
+    /// CORS preflight's empty body), with no idle bound: it is the gateway's own.
+    fn default() -> Self {
+        Self::new(Duration::MAX, B::default())
+    }
+}
+
 /// A body went longer than its idle timeout without a frame.
 #[derive(Debug)]
 pub(crate) struct IdleTimeout;

@@ -22,6 +22,7 @@
 mod abort_on_drop;
 mod access_log;
 mod alive;
+mod arc_service;
 pub mod config;
 mod idle_body;
 mod metrics;

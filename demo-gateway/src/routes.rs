@@ -12,12 +12,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body as AxumBody;
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower::util::{BoxCloneSyncService, Oneshot};
-use tower::{Service, ServiceExt};
+
+use crate::arc_service::ArcService;
+use tower::Service;
 use tower_gateway::balance::ChosenEndpoint;
 use tower_gateway::balance::dns::Discovered;
 use tower_gateway::error::{UpstreamError, json_error};
@@ -38,7 +40,7 @@ pub(crate) type RouteBody = AxumBody;
 /// One upstream's stack, shared by every route that names it.
 pub(crate) type UpstreamService = Retry<RoundRobin<Timeout<Proxy<ReplayBody<RouteBody>>>>>;
 /// A piece of a route's stack: answers every request (errors are responses).
-pub(crate) type Stack = BoxCloneSyncService<Request<RouteBody>, Response<Body>, Infallible>;
+pub(crate) type Stack = ArcService<Request<RouteBody>, Response<Body>>;
 
 /// A route's whole stack: `StripPrefix → limits → JwtAuth → limits → upstream`,
 /// each part there only if the route has it.
@@ -326,7 +328,7 @@ impl Service<Request<RouteBody>> for Routes {
         }
         ResponseFuture {
             state: State::Routed {
-                future: route.svc.clone().oneshot(req),
+                future: route.svc.run(req),
                 table: self.table.clone(),
                 route: route.metrics.clone(),
                 started: Instant::now(),
@@ -349,7 +351,7 @@ pin_project! {
     enum State {
         Routed {
             #[pin]
-            future: Oneshot<RouteService, Request<RouteBody>>,
+            future: BoxFuture<'static, Result<Response<Body>, Infallible>>,
             table: Arc<Table>,
             route: RouteMetrics,
             started: Instant,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use http::{Method, Request, Response};
 use tokio::sync::Semaphore;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 use tower_gateway::rate_limit::{RateLimitLayer, ReadJsonLayer};
 use tower_gateway::upgrade::{CloseAt, ReserveUpgradeLayer};
@@ -27,7 +26,7 @@ where
     S::Future: Send + 'static,
     B: Into<Body> + 'static,
 {
-    BoxCloneSyncService::new(svc.map_response(|response: Response<B>| response.map(Into::into)))
+    Stack::new(svc.map_response(|response: Response<B>| response.map(Into::into)))
 }
 
 /// `svc` behind `limits`, the first listed outermost; the JSON body is read just

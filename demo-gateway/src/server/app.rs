@@ -28,7 +28,7 @@ use crate::request_id::RequestIdLayer;
 use crate::routes::{self, Routes};
 
 /// A whole service as a connection runs it.
-pub(super) type App = tower::util::BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
+pub(super) type App = crate::arc_service::ArcService<Request<Incoming>, Response<ResponseBody>>;
 
 /// An axum router as a listener's app.
 pub(super) fn side_app(router: Router) -> App {
@@ -165,18 +165,66 @@ impl Front {
 }
 
 type FrontFuture = futures_util::future::Either<
-    axum::routing::future::RouteFuture<Infallible>,
-    futures_util::future::Map<routes::ResponseFuture, ToAxum>,
+    futures_util::future::Map<axum::routing::future::RouteFuture<Infallible>, FromOps>,
+    futures_util::future::Map<routes::ResponseFuture, FromRoutes>,
 >;
 
-type ToAxum = fn(Result<Response<Body>, Infallible>) -> Result<Response<axum::body::Body>, Infallible>;
+type FromOps = fn(Result<Response<axum::body::Body>, Infallible>) -> Result<Response<FrontBody>, Infallible>;
+type FromRoutes = fn(Result<Response<Body>, Infallible>) -> Result<Response<FrontBody>, Infallible>;
+
+pin_project_lite::pin_project! {
+    /// The body of what [`Front`] answers: the route table's (an upstream's
+    /// stream, or the gateway's own JSON) or the ops router's, each as it is —
+    /// not boxed again on the way to the connection.
+    #[project = FrontBodyProj]
+    pub(super) enum FrontBody {
+        Routed { #[pin] body: Body },
+        Ops { #[pin] body: axum::body::Body },
+    }
+}
+
+impl Default for FrontBody {
+    /// What tower-http's timeout and CORS layers answer with: no body.
+    fn default() -> Self {
+        Self::Routed { body: Body::empty() }
+    }
+}
+
+impl http_body::Body for FrontBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            FrontBodyProj::Routed { body } => body.poll_frame(cx).map_err(Into::into),
+            FrontBodyProj::Ops { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Routed { body } => body.is_end_stream(),
+            Self::Ops { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Routed { body } => body.size_hint(),
+            Self::Ops { body } => body.size_hint(),
+        }
+    }
+}
 
 impl<B> Service<Request<B>> for Front
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<axum::body::Body>;
+    type Response = Response<FrontBody>;
     type Error = Infallible;
     type Future = FrontFuture;
 
@@ -189,10 +237,12 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use futures_util::FutureExt;
         if self.is_ops(&req) {
-            return futures_util::future::Either::Left(self.ops.call(req));
+            let from_ops: FromOps = |response| response.map(|response| response.map(|body| FrontBody::Ops { body }));
+            return futures_util::future::Either::Left(self.ops.call(req).map(from_ops));
         }
-        let to_axum: ToAxum = |response| response.map(|response| response.map(axum::body::Body::new));
-        futures_util::future::Either::Right(self.routes.call(req.map(axum::body::Body::new)).map(to_axum))
+        let from_routes: FromRoutes =
+            |response| response.map(|response| response.map(|body| FrontBody::Routed { body }));
+        futures_util::future::Either::Right(self.routes.call(req.map(axum::body::Body::new)).map(from_routes))
     }
 }
 
@@ -220,7 +270,7 @@ pub(super) fn app(plan: &Plan) -> App {
         .option_layer(settings.cors.clone())
         .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
         .map_request(move |req: Request<_>| req.map(|body| IdleBody::new(idle, body)))
-        .map_response(move |res: Response<_>| res.map(|body| axum::body::Body::new(IdleBody::new(idle, body))))
+        .map_response(move |res: Response<_>| res.map(|body| IdleBody::new(idle, body)))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, settings.request_timeout))
         .service(Front::new(plan));
     App::new(app)

@@ -18,8 +18,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tower_gateway::Body;
 use tower_gateway::error::json_error;
 use tower_gateway::upgrade::TunnelGroup;
@@ -421,7 +420,7 @@ pub(super) enum Current {
 impl Service<Request<Incoming>> for Current {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Oneshot<App, Request<Incoming>>;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<ResponseBody>, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
         // Each request is taken by a fresh clone of an app, made ready then.
@@ -429,10 +428,9 @@ impl Service<Request<Incoming>> for Current {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let app = match self {
-            Self::Live(gateway, pick) => pick(&gateway.inner.current.load()).clone(),
-            Self::Fixed(app) => app.clone(),
-        };
-        app.oneshot(req)
+        match self {
+            Self::Live(gateway, pick) => pick(&gateway.inner.current.load()).run(req),
+            Self::Fixed(app) => app.run(req),
+        }
     }
 }
