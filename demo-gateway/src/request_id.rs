@@ -41,7 +41,8 @@ pub(crate) struct RequestId<S> {
 fn new_id() -> HeaderValue {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+    // Sent both ways: cut from the shared slab, its clone for the response costs no allocation.
+    tower_gateway::header::shared_value(text.as_bytes()).expect("a UUID is a valid header value")
 }
 
 impl<S, B, RB> Service<Request<B>> for RequestId<S>

@@ -81,6 +81,7 @@ pub mod body;
 pub mod client_addr;
 pub mod error;
 pub(crate) mod future;
+pub mod header;
 pub mod proxy;
 pub mod rate_limit;
 pub mod retry;

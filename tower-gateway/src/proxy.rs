@@ -50,7 +50,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::Body as HttpBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -361,6 +361,21 @@ where
     }
 }
 
+/// The `Host` an upstream at `uri` is sent: its authority without user info,
+/// and without the port when it is the scheme's default.
+fn upstream_host(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let text = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, host)| host);
+    let default_port = match uri.scheme_str() {
+        Some("http") => Some(80),
+        Some("https") => Some(443),
+        _ => None,
+    };
+    let text =
+        if authority.port_u16().is_some_and(|port| Some(port) == default_port) { authority.host() } else { text };
+    crate::header::shared_value(text.as_bytes()).ok()
+}
+
 /// Prepares a request for the upstream: hop-by-hop headers out, forwarding headers in.
 fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
     let headers = req.headers_mut();
@@ -369,6 +384,11 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     } else {
         headers.remove(&X_FORWARDED_HOST);
+    }
+    // The upstream's own name, as hyper-util's client would write it (no
+    // user info, no default port), but cut from the thread's slab.
+    if let Some(host) = upstream_host(req.uri()) {
+        req.headers_mut().insert(header::HOST, host);
     }
     let proto = match req.extensions().get::<ClientScheme>() {
         Some(ClientScheme(scheme)) if *scheme == http::uri::Scheme::HTTP => HeaderValue::from_static("http"),

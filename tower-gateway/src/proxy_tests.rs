@@ -101,6 +101,19 @@ fn hop_by_hop_headers_and_connection_named_ones_are_removed() {
     assert_eq!(left, ["x-kept"]);
 }
 
+#[test]
+fn the_upstream_host_is_its_authority_without_user_info_or_a_default_port() {
+    let host = |uri: &str| super::upstream_host(&uri.parse::<Uri>().unwrap()).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(host("http://10.0.0.5:8080/x").as_deref(), Some("10.0.0.5:8080"));
+    assert_eq!(host("http://svc:80/x").as_deref(), Some("svc"));
+    assert_eq!(host("https://svc:443/").as_deref(), Some("svc"));
+    assert_eq!(host("https://svc:80/").as_deref(), Some("svc:80"));
+    assert_eq!(host("http://user:pw@svc:3001/").as_deref(), Some("svc:3001"));
+    assert_eq!(host("http://[2001:db8::1]:80/").as_deref(), Some("[2001:db8::1]"));
+    assert_eq!(host("http://[2001:db8::1]:81/").as_deref(), Some("[2001:db8::1]:81"));
+    assert_eq!(host("/origin-form"), None);
+}
+
 #[tokio::test]
 async fn forwards_request_and_relays_response() {
     let upstream = serve(|req: Request<Incoming>| async move {
