@@ -3,10 +3,11 @@
 //! regression has an address. Rounds interleaved, medians; the bare inner
 //! service measured in the same rounds.
 //!
-//! Then the whole gateway, a plain public route over loopback: the allocations
-//! per proxied request it adds, as the same client's requests through it less
-//! the same requests sent to the backend directly (the client's and the
-//! backend's own allocations cancel out).
+//! Then the whole gateway, a plain public route over loopback, and the bare
+//! hyper proxy of `bench/proxies.sh` beside it: the allocations per proxied
+//! request each adds, as the same client's requests through it less the same
+//! requests sent to the backend directly (the client's and the backend's own
+//! allocations cancel out).
 //!
 //! `cargo bench -p tower-gateway-tests --bench layers`
 
@@ -155,11 +156,23 @@ async fn main() {
     }];
     config.limits.clear();
     let gateway = tower_gateway_tests::Gateway::start(config).await;
-    let through = allocations_per_request(&format!("{}/api/products/1", gateway.url())).await;
+    // The floor: the bare hyper proxy, on a thread of its own as on each core.
+    let bare = tower_gateway_tests::closed_port();
+    let (prefix, upstreams) = ("/api/products".to_owned(), vec![backend.url()]);
+    std::thread::spawn(move || tower_gateway_tests::bare_proxy::serve(bare, prefix, upstreams));
+    tower_gateway_tests::eventually("the bare proxy listens", async || {
+        tokio::net::TcpStream::connect(bare).await.is_ok()
+    })
+    .await;
     let direct = allocations_per_request(&format!("{}/1", backend.url())).await;
+    let through = allocations_per_request(&format!("{}/api/products/1", gateway.url())).await;
+    let floor = allocations_per_request(&format!("http://{bare}/api/products/1")).await;
+    println!("\nallocations per proxied request (keep-alive HTTP/1.1 GET, the client's and backend's own taken out):");
+    println!("  the bare hyper proxy (the floor)                          {:>6.1}", floor - direct);
     println!(
-        "the whole gateway, a plain public route (RUST_LOG unset: no access log): {:.1} allocations per proxied request",
-        through - direct
+        "  the whole gateway, a plain public route (no access log)   {:>6.1}  ({:.2}x the floor)",
+        through - direct,
+        (through - direct) / (floor - direct)
     );
 }
 
