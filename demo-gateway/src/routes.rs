@@ -17,8 +17,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-
-use crate::arc_service::ArcService;
 use tower::Service;
 use tower_gateway::balance::ChosenEndpoint;
 use tower_gateway::balance::dns::Discovered;
@@ -30,6 +28,7 @@ use tower_gateway::{Body, Limiter, Proxy, Retry, RoundRobin, Timeout};
 use tower_gateway_auth::{Authenticator, Rejection};
 
 use crate::alive::Counted;
+use crate::arc_service::ArcService;
 use crate::config::Access;
 use crate::metrics::{Metrics, Observed, RouteMetrics};
 use crate::shared::Shared;
