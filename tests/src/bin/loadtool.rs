@@ -4,9 +4,13 @@
 //!   rate, each timed from when it was due, not from when it was sent (a late
 //!   send counts its wait: no coordinated omission); prints one JSON line with
 //!   the requests sent, errors, and p50/p99/p99.9 in microseconds.
-//! - `loadtool idle CONNECTIONS URL SECONDS`: opens that many HTTP/1.1
-//!   connections, one GET on each, prints `ready`, and holds them open, idle,
-//!   for SECONDS.
+//! - `loadtool idle CONNECTIONS URL SECONDS [h1|h2] [batches|flood] [CA_FILE]`:
+//!   opens that many connections, one GET on each, prints `ready`, and holds
+//!   them open, idle, for SECONDS. HTTP/1.1 (`h1`, the default) or HTTP/2
+//!   (`h2`: prior knowledge on `http://`, ALPN on `https://`); an `https://`
+//!   URL is TLS, trusting the certificate(s) in CA_FILE. `batches` (the
+//!   default) opens 200 at a time, each batch answered before the next;
+//!   `flood` opens every one at once, the way a flood arrives.
 //! - `loadtool token ALGORITHM KEY_FILE`: a token for subject `bench`, signed
 //!   with the HMAC secret or private key (PEM) in KEY_FILE, valid 15 minutes (the gateway accepts no longer).
 
@@ -36,13 +40,14 @@ fn main() -> ExitCode {
             let header = rest.first().copied();
             open_loop(rate.parse()?, seconds.parse()?, connections.parse()?, url, header).await
         }),
-        ["idle", connections, url, seconds] => {
-            runtime.block_on(async { idle(connections.parse()?, url, seconds.parse()?).await })
-        }
+        ["idle", connections, url, seconds, rest @ ..] => runtime.block_on(async {
+            let how = Idle::parse(rest)?;
+            idle(connections.parse()?, url, seconds.parse()?, how).await
+        }),
         ["token", algorithm, key_file] => token(algorithm, key_file),
         _ => {
             eprintln!(
-                "usage: loadtool openloop RATE SECONDS CONNECTIONS URL [HEADER] | idle CONNECTIONS URL SECONDS | token ALGORITHM KEY_FILE"
+                "usage: loadtool openloop RATE SECONDS CONNECTIONS URL [HEADER] | idle CONNECTIONS URL SECONDS [h1|h2] [batches|flood] [CA_FILE] | token ALGORITHM KEY_FILE"
             );
             return ExitCode::from(2);
         }
@@ -56,11 +61,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The host, port and path of an `http://` URL.
+/// The host, port and path of an `http://` (or, for `idle`, `https://`) URL.
 fn target(url: &str) -> Result<(String, String), BoxError> {
     let uri: http::Uri = url.parse()?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url}: only http:// URLs").into());
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{url}: an http:// or https:// URL").into());
     }
     let authority = uri.authority().ok_or("the URL has no host")?.to_string();
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -81,6 +86,9 @@ async fn open_loop(
     url: &str,
     header: Option<&str>,
 ) -> Result<(), BoxError> {
+    if !url.starts_with("http://") {
+        return Err(format!("{url}: openloop speaks plain HTTP/1.1 (http://) only").into());
+    }
     let (authority, path) = target(url)?;
     let header = match header {
         Some(h) => {
@@ -145,25 +153,116 @@ async fn open_loop(
     Ok(())
 }
 
-async fn idle(connections: usize, url: &str, seconds: u64) -> Result<(), BoxError> {
+/// How `loadtool idle` opens its connections.
+struct Idle {
+    h2: bool,
+    flood: bool,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Idle {
+    fn parse(args: &[&str]) -> Result<Self, BoxError> {
+        let h2 = match args.first().copied() {
+            None | Some("h1") => false,
+            Some("h2") => true,
+            Some(other) => return Err(format!("{other}: h1 or h2").into()),
+        };
+        let flood = match args.get(1).copied() {
+            None | Some("batches") => false,
+            Some("flood") => true,
+            Some(other) => return Err(format!("{other}: batches or flood").into()),
+        };
+        let tls = args.get(2).map(|ca| tls_connector(ca, h2)).transpose()?;
+        Ok(Self { h2, flood, tls })
+    }
+}
+
+/// A TLS client trusting the PEM certificates in `ca`, offering `h2` or `http/1.1`.
+fn tls_connector(ca: &str, h2: bool) -> Result<tokio_rustls::TlsConnector, BoxError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A connection opened, answered once, and held: its sender keeps it open.
+type Held = Box<dyn Send>;
+
+/// One connection to `authority` as `how` says, one GET of `path` answered on it.
+async fn open_idle(authority: &str, path: &str, how: &Idle) -> Result<Held, BoxError> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = TcpStream::connect(authority).await?;
+    tcp.set_nodelay(true)?;
+    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+    let io: Box<dyn Io> = match &how.tls {
+        Some(tls) => Box::new(tls.connect(rustls::pki_types::ServerName::try_from(host.to_owned())?, tcp).await?),
+        None => Box::new(tcp),
+    };
+    if how.h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        let uri = format!("{}://{authority}{path}", if how.tls.is_some() { "https" } else { "http" });
+        let res = sender.send_request(http::Request::get(uri).body(Empty::<Bytes>::new())?).await?;
+        let status = res.status();
+        http_body_util::BodyExt::collect(res.into_body()).await?;
+        if !status.is_success() {
+            return Err(format!("status {status}").into());
+        }
+        Ok(Box::new(sender))
+    } else {
+        let mut sender = http1_connection(io).await?;
+        get_ok(&mut sender, authority, path, None).await?;
+        Ok(Box::new(sender))
+    }
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn idle(connections: usize, url: &str, seconds: u64, how: Idle) -> Result<(), BoxError> {
     let (authority, path) = target(url)?;
-    let mut held = Vec::with_capacity(connections);
+    let (authority, path, how) = (Arc::new(authority), Arc::new(path), Arc::new(how));
+    let (mut held, mut again) = (Vec::with_capacity(connections), 0);
     let mut opening = tokio::task::JoinSet::new();
-    for batch in (0..connections).collect::<Vec<_>>().chunks(200) {
-        for _ in batch {
-            let (authority, path) = (authority.clone(), path.clone());
+    let batch = if how.flood { connections.max(1) } else { 200 };
+    for chunk in (0..connections).collect::<Vec<_>>().chunks(batch) {
+        for _ in chunk {
+            let (authority, path, how) = (authority.clone(), path.clone(), how.clone());
             opening.spawn(async move {
-                let mut sender = connection(&authority).await?;
-                get_ok(&mut sender, &authority, &path, None).await?;
-                Ok::<_, BoxError>(sender)
+                // A flood meets the gateway's admission (a TLS handshake
+                // budget, a full accept queue): a refused client comes back,
+                // as real ones do.
+                let mut tries = 1;
+                loop {
+                    match open_idle(&authority, &path, &how).await {
+                        Ok(held) => return Ok((held, tries - 1)),
+                        Err(_) if how.flood && tries < 20 => {
+                            tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                            tries += 1;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
             });
         }
         while let Some(opened) = opening.join_next().await {
-            held.push(opened??);
+            let (connection, retries) = opened??;
+            held.push(connection);
+            again += retries;
         }
     }
-    println!("ready {}", held.len());
+    println!("ready {} ({again} opened again after a refusal)", held.len());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    drop(held);
     Ok(())
 }
 
