@@ -236,6 +236,94 @@ async fn plain_http_and_silent_clients_on_the_tls_port_are_bounded() {
     assert!(text.contains("gateway_tls_handshakes_total{outcome=\"timed_out\"}"), "{text}");
 }
 
+/// The gateway's `gateway_connections_parked` gauge, read over a plain
+/// connection closed at once (a pooled client would be parked itself).
+async fn parked(gw: &Gateway) -> u64 {
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix("gateway_connections_parked ")).unwrap().parse().unwrap()
+}
+
+/// Reads one response with a `Content-Length` body from `stream`: status and body.
+async fn response<R: tokio::io::AsyncBufRead + Unpin>(stream: &mut R) -> (u16, String) {
+    use tokio::io::AsyncBufReadExt;
+    let read = async {
+        let (mut line, mut length) = (String::new(), 0);
+        stream.read_line(&mut line).await.unwrap();
+        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        loop {
+            line.clear();
+            stream.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.unwrap();
+        (status, String::from_utf8(body).unwrap())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("a response within 5 s")
+}
+
+/// A TLS client that named HTTP/1.1 by ALPN is parked between requests like a
+/// plain one (hyper's buffers freed), and served again with whatever it sent
+/// ahead or in pieces; an HTTP/2 one is not parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_http1_connection_is_parked_and_served_again() {
+    let s = setup().await;
+    tower_gateway_tests::eventually("no connection left parked from start-up", async || parked(&s.gw).await == 0).await;
+    let stream = connect(&s.ca, s.tls, &[b"http/1.1"]).await.unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    let get = |path: &str| format!("GET /api/products/{path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+
+    // Parked before its first request, and after each answer.
+    tower_gateway_tests::eventually("parked before it spoke", async || parked(&s.gw).await == 1).await;
+    stream.write_all(get("one").as_bytes()).await.unwrap();
+    let (status, body) = response(&mut stream).await;
+    assert_eq!((status, body.contains("\"/one\"")), (200, true), "{body}");
+    tower_gateway_tests::eventually("parked after its answer", async || parked(&s.gw).await == 1).await;
+
+    // Two requests in one write: the second, read ahead, is answered too.
+    stream.write_all(format!("{}{}", get("two"), get("three")).as_bytes()).await.unwrap();
+    for path in ["\"/two\"", "\"/three\""] {
+        let (status, body) = response(&mut stream).await;
+        assert_eq!((status, body.contains(path)), (200, true), "{body}");
+    }
+
+    // A head in two pieces: served from the first, answered once whole.
+    tower_gateway_tests::eventually("parked again", async || parked(&s.gw).await == 1).await;
+    let whole = get("four");
+    let (first, rest) = whole.split_at(20);
+    stream.write_all(first.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    tower_gateway_tests::eventually("taken up at its first bytes", async || parked(&s.gw).await == 0).await;
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let (status, body) = response(&mut stream).await;
+    assert_eq!((status, body.contains("\"/four\"")), (200, true), "{body}");
+
+    // HTTP/2 over TLS stays with hyper: the count is the HTTP/1.1 one's alone.
+    let h2 = connect(&s.ca, s.tls, &[b"h2"]).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2)).await.unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("https://localhost/api/products/h2").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    tower_gateway_tests::eventually("the HTTP/1.1 one parked", async || parked(&s.gw).await == 1).await;
+    assert_eq!(parked(&s.gw).await, 1, "the HTTP/2 connection is not parked");
+
+    // A client gone while parked is let go of.
+    drop(stream);
+    tower_gateway_tests::eventually("let go", async || parked(&s.gw).await == 0).await;
+    drop(sender);
+}
+
 /// A client offering only TLS 1.0: refused with an alert, never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_1_0_client_is_refused() {

@@ -1,9 +1,10 @@
 //! A client connection's transport as hyper sees it, made so that an idle
-//! plain HTTP/1.1 connection can be taken back from hyper and held with no
-//! buffer at all until its client speaks again (nginx frees its buffers between
+//! HTTP/1.1 connection can be taken back from hyper and held with no buffer of
+//! hyper's until its client speaks again (nginx frees its buffers between
 //! keep-alive requests the same way). hyper keeps an 8 KiB read buffer and an
 //! 8 KiB write buffer for each connection for as long as it serves it, which
-//! at 10k idle clients is 160 MiB doing nothing.
+//! at 10k idle clients is 160 MiB doing nothing. Over TLS, rustls keeps its
+//! session (and a small read buffer of its own) while parked.
 
 use std::io;
 use std::pin::Pin;
@@ -66,6 +67,17 @@ impl ClientIo {
         matches!(self.transport, Transport::Plain(_))
     }
 
+    /// Whether the connection speaks HTTP/1.1 and can be parked between
+    /// requests: plain (where its first bytes tell), or TLS whose client named
+    /// `http/1.1` by ALPN. A TLS client that named no protocol may still speak
+    /// HTTP/2 (hyper-util's auto server tells), and is hyper's for its life.
+    pub(crate) fn parkable(&self) -> bool {
+        match &self.transport {
+            Transport::Plain(_) => true,
+            Transport::Tls(stream) => stream.get_ref().1.alpn_protocol() == Some(b"http/1.1"),
+        }
+    }
+
     /// Puts back what hyper had read and not parsed (the start of a request
     /// head), copied: hyper's buffer is a view of its whole 8 KiB allocation.
     pub(crate) fn unread(&mut self, read_buf: &[u8]) {
@@ -83,10 +95,19 @@ impl ClientIo {
         if self.read_ahead.windows(4).any(|w| w == b"\r\n\r\n") {
             return Poll::Ready(Ok(Some(Speaks::Http1)));
         }
-        let Transport::Plain(stream) = &self.transport else {
-            // TLS keeps bytes of its own that a look at the socket would not
-            // see: such a connection is never parked, and is served at once.
-            return Poll::Ready(Ok(Some(Speaks::Either)));
+        let stream = match &self.transport {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(stream) => {
+                // HTTP/1.1 by ALPN (`parkable`). rustls may hold what the
+                // socket no longer shows: decrypted bytes not read yet, or
+                // the client's close_notify. Then hyper reads at once; else
+                // the socket says when the client speaks.
+                let (tcp, session) = stream.get_ref();
+                if !session.wants_read() {
+                    return Poll::Ready(Ok(Some(Speaks::Http1)));
+                }
+                return tcp.poll_read_ready(cx).map_ok(|()| Some(Speaks::Http1));
+            }
         };
         if !first {
             return stream.poll_read_ready(cx).map_ok(|()| Some(Speaks::Http1));

@@ -3,8 +3,9 @@
 //! CORS, panic catching, global timeout and body limit; on hyper's HTTP/1.1
 //! server (h2c and TLS: hyper-util's auto server) with a header read timeout, a
 //! head size cap and a graceful shutdown, its connections served on worker
-//! threads. A plain HTTP/1.1 connection waiting for its next request is parked:
-//! hyper lets go of it and its buffers are freed until the client speaks again.
+//! threads. An HTTP/1.1 connection (plain, or TLS with `http/1.1` by ALPN)
+//! waiting for its next request is parked: hyper lets go of it and its buffers
+//! are freed until the client speaks again.
 //!
 //! By concern: [`live`] (the generation served, its reloads and the admin's
 //! config endpoints), [`app`] (the HTTP app), [`ops`] (the gateway's own routes),

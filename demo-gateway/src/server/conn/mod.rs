@@ -176,9 +176,10 @@ where
         }
     }
 
-    /// Serves one connection until it ends. A plain one waits for its first
-    /// bytes holding no buffer, and goes back to that between HTTP/1.1
-    /// requests; a TLS one is hyper's for its whole life.
+    /// Serves one connection until it ends. One that can speak HTTP/1.1
+    /// (plain, or TLS with `http/1.1` by ALPN) waits for its first bytes
+    /// holding no buffer of hyper's, and goes back to that between HTTP/1.1
+    /// requests; HTTP/2 (and TLS without ALPN) is hyper's for its whole life.
     async fn run(conns: Box<Self>, transport: Transport, places: Places, peer: SocketAddr) {
         // Set up in a block of its own: the service stack moves through these
         // locals into the connection, and locals that lived on past the first
@@ -194,11 +195,11 @@ where
             let svc =
                 Tracked { inner: svc, activity: activity.clone(), peer, tls, hsts: if tls { hsts } else { None } };
             // An upgraded connection leaves this task (and its slot) for the proxy's tunnel.
-            let serving = if tls {
-                Self::serve(&builders, Speaks::Either, io, svc)
-            } else {
+            let serving = if io.parkable() {
                 shared.metrics.connection_parked(true);
                 Serving::Parked(Box::new((io, svc)))
+            } else {
+                Self::serve(&builders, Speaks::Either, io, svc)
             };
             (serving, activity, io_state, builders, shared, pressure, stopping, header_timeout, idle_timeout)
         };
