@@ -4,10 +4,11 @@
 #   bench/proxies.sh            the whole run (~20 min): writes bench/results/latest.{md,json}
 #   QUICK=1 bench/proxies.sh    fewer and shorter rounds, a 30 s soak (~6 min), for trying it
 #
-# Needs nginx and wrk (Debian: apt-get install nginx-light wrk), openssl, and for the Redis row
-# redis-server; it installs nothing. Every process under test is started from this shell (the same
-# session: this kernel's scheduler autogroups give each session its own share of the CPU), listens on
-# loopback, and is stopped at the end.
+# Needs nginx and wrk (Debian: apt-get install nginx-light wrk), openssl, and for the Redis rows
+# redis-server, for the HAProxy row haproxy, for the counts linux-perf; it installs nothing. Every
+# process under test is started from this shell (the same session: this kernel's scheduler
+# autogroups give each session its own share of the CPU), listens on loopback, and is stopped at
+# the end.
 #
 # Targets, each in front of the same two one-worker nginx `return 200` backends:
 #   direct   one backend, no proxy
@@ -20,19 +21,23 @@
 #   haproxy  HAProxy (Debian's haproxy), 2 threads, http-reuse always (left out when not installed)
 # Closed loop: wrk -t2 at -c50 and -c256, rounds in alternating order (ABBA), ratios taken within
 # each round. Open loop: loadtool's fixed-rate client (latency from when each request was due) at
-# 10% and 40% of nginx's -c50 throughput. Feature costs: gateway variants against the plain one in
-# the same rounds. Memory: RSS per idle keep-alive connection at 1k and 10k connections, and RSS
-# over a soak.
+# 10% and 40% of nginx's -c50 throughput. Feature costs: gateway variants (and the bare proxy)
+# against the plain one in the same rounds. Counts: syscalls and context switches per request
+# (perf, if installed: Debian's linux-perf), allocations per request and each layer alone (the
+# layers bench). Memory: RSS per idle connection at 10k connections, HTTP/1.1, h2c, TLS HTTP/1.1
+# and TLS HTTP/2, opened in batches and all at once; RSS over a soak. The report opens with issue
+# 25's targets, each with its figure from the same run.
 #
 # The gateway's configuration is the shipped one except: no rate limits (the shipped 100/s per
 # address would answer most requests 429: every client here is one address), and for the idle
 # connection count only, max_connections 15000 and a 60 s header timeout (so that 10k connections
-# opened over a few seconds are still open when RSS is read).
+# opened over a few seconds are still open when RSS is read) and a TLS listener.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 results=${RESULTS:-$root/bench/results}
 quick=${QUICK:-}
-if [ -n "$quick" ]; then rounds=2; secs=4; soak=30; open_secs=5; else rounds=5; secs=8; soak=300; open_secs=10; fi
+if [ -n "$quick" ]; then rounds=2; secs=4; soak=30; open_secs=5; count_secs=2
+else rounds=5; secs=8; soak=300; open_secs=10; count_secs=5; fi
 
 missing=()
 for tool in nginx wrk openssl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -42,6 +47,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 have_redis=$(command -v redis-server >/dev/null && echo yes || echo no)
 have_haproxy=$(command -v haproxy >/dev/null && echo yes || echo no)
+# Syscalls and context switches per request are counted with perf (Debian: linux-perf).
+have_perf=$(perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && echo yes || echo no)
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -109,16 +116,20 @@ for n in b1 b2 b503 nginx nginx2 nginxlog; do mkdir -p "$work/$n.tmp"; start_ngi
 head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/hs256.key"
 openssl genpkey -algorithm ED25519 -out "$work/ed.key" 2>/dev/null
 openssl pkey -in "$work/ed.key" -pubout -out "$work/ed.pub" 2>/dev/null
+# (Not a CA: loadtool's TLS client trusts it as the end entity it is.)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
+  -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
 
-gateway_conf() { # NAME PORT EXTRA_TOP ROUTE_EXTRA ENDPOINTS [TAIL]
+gateway_conf() { # NAME PORT EXTRA_TOP ROUTE_EXTRA ENDPOINTS [TAIL]; no limits unless EXTRA_TOP names some
+  local limits="limits = {}"
+  case $3 in *'[limits.'*) limits="" ;; esac
   cat > "$work/$1.toml" <<EOF
 listen = "127.0.0.1:$2"
 # wrk and the idle flood come from one address.
 max_connections_per_client = 100000
 $3
-limits = {}
+$limits
 
 [upstreams.products]
 endpoints = [$5]
@@ -156,7 +167,10 @@ listen = \"127.0.0.1:18443\"
 cert_file = \"$work/tls.pem\"
 key_file = \"$work/tls.key\""
 gateway_conf idle 18107 "max_connections = 15000
-header_read_timeout_ms = 60000" 'access = "public"' "$two"
+header_read_timeout_ms = 60000" 'access = "public"' "$two" "[tls]
+listen = \"127.0.0.1:18444\"
+cert_file = \"$work/tls.pem\"
+key_file = \"$work/tls.key\""
 if [ "$have_redis" = yes ]; then
   redis-server --port 18379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
   pids+=($!)
@@ -166,6 +180,15 @@ secret_file = \"$work/hs256.key\"
 
 [revocation]
 cache_bound_ms = 0"
+  # A limit in Redis that every request passes: its cost is the decision's, not a refusal's.
+  gateway_conf ratelimit 18111 'redis_url = "redis://127.0.0.1:18379/1"
+
+[limits.bench]
+rate = 1000000
+per = "second"
+burst = 1000000
+key = "client_ip"' 'access = "public"
+limits = ["bench"]' "$two"
 fi
 
 "$bin/bareproxy" 127.0.0.1:18109 /api/products http://127.0.0.1:18081 http://127.0.0.1:18082 2>"$work/bare.log" &
@@ -212,6 +235,7 @@ start_gateway jwks warn
 start_gateway retries warn
 start_gateway tls warn
 [ "$have_redis" = yes ] && start_gateway redis warn
+[ "$have_redis" = yes ] && start_gateway ratelimit warn
 
 wait_http() { # URL [HEADER]
   local deadline=$((SECONDS + 30))
@@ -231,6 +255,7 @@ wait_http http://127.0.0.1:18102/api/products/1 "authorization: Bearer $hs_token
 wait_http http://127.0.0.1:18103/api/products/1 "authorization: Bearer $ed_token"
 wait_http http://127.0.0.1:18108/api/products/1 "authorization: Bearer $ed_token"
 [ "$have_redis" = yes ] && wait_http http://127.0.0.1:18106/api/products/1 "authorization: Bearer $hs_token"
+[ "$have_redis" = yes ] && wait_http http://127.0.0.1:18111/api/products/1
 
 # ---------------------------------------------------------------- measuring
 clk=$(getconf CLK_TCK)
@@ -274,6 +299,7 @@ url_of() {
     retries) echo http://127.0.0.1:18104/api/products/1 ;;
     tls) echo https://127.0.0.1:18443/api/products/1 ;;
     redis) echo http://127.0.0.1:18106/api/products/1 ;;
+    ratelimit) echo http://127.0.0.1:18111/api/products/1 ;;
   esac
 }
 header_of() {
@@ -341,8 +367,8 @@ rounds c256 256 "${closed[@]}"
 log "both logging every request: nginx (buffered access_log), the gateway (its default access log)"
 rounds logged 50 nginxlog gatewaylog
 log "feature costs against the plain gateway"
-features=(gateway gatewaylog hs256 eddsa jwks retries tls)
-[ "$have_redis" = yes ] && features+=(redis)
+features=(gateway bare gatewaylog hs256 eddsa jwks retries tls)
+[ "$have_redis" = yes ] && features+=(ratelimit redis)
 # Fresh tokens: they live 15 minutes, and the rounds before took a while.
 hs_token=$("$bin/loadtool" token HS256 "$work/hs256.key")
 ed_token=$("$bin/loadtool" token EdDSA "$work/ed.key")
@@ -357,26 +383,69 @@ for share in 10 40; do
   done
 done
 
-log "RSS per idle keep-alive connection, 1k and 10k connections"
-start_gateway idle warn
-wait_http http://127.0.0.1:18107/api/products/1
-idle_rss() { # TARGET_PID URL N -> KiB per connection
-  local pid=$1 url=$2 n=$3 before after holder fifo
+log "syscalls and context switches per request, -c1 and -c50: ${closed[*]}"
+# counted TARGET CONNECTIONS -> "syscalls/request switches/request": every thread of the proxy
+# (nginx: its workers) counted by perf while wrk runs.
+counted() {
+  local target=$1 conns=$2 pids out requests
+  pids=$(pid_of "$target")
+  case $target in nginx|nginx2) pids=$(pgrep -d, -P "$pids") ;; esac
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$work/perf.$target.$conns" &
+  local perf_pid=$!
+  sleep 0.5
+  out=$(wrk -t"$([ "$conns" = 1 ] && echo 1 || echo 2)" -c"$conns" -d"${count_secs}s" "$(url_of "$target")" 2>&1)
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -F, -v n="$requests" '$3 == "raw_syscalls:sys_enter" {s = $1} $3 == "context-switches" {c = $1}
+    END {printf "%.2f %.2f\n", s / n, c / n}' "$work/perf.$target.$conns"
+}
+declare -A calls
+if [ "$have_perf" = yes ]; then
+  for t in "${closed[@]}"; do
+    [ "$t" = direct ] || [ "$t" = nginx2 ] && continue
+    calls[$t.1]=$(counted "$t" 1)
+    calls[$t.50]=$(counted "$t" 50)
+  done
+fi
+
+log "allocations per request and each layer alone: cargo bench --bench layers"
+(cd "$root" && cargo bench -q --locked -p tower-gateway-tests --bench layers 2>/dev/null) > "$work/layers.out"
+allocs_bare=$(awk '/the bare hyper proxy \(the floor\)/ {print $NF}' "$work/layers.out")
+allocs_gateway=$(awk '/the whole gateway, a plain public route/ {print $(NF - 3)}' "$work/layers.out")
+
+log "RSS per idle connection, 10k connections, each protocol, opened in batches and all at once"
+# Each measurement on a gateway just started (what a flood leaves behind, memory freed but not
+# handed back to the system included), RSS read 3 s after the last connection was answered.
+idle_rss() { # PID URL N PROTOCOL ARRIVAL [CA] -> "KiB-per-connection reopened"
+  local pid=$1 url=$2 n=$3 before after holder fifo ready
   before=$(rss_kb "$pid")
   fifo="$work/idle.fifo"; rm -f "$fifo"; mkfifo "$fifo"
-  "$bin/loadtool" idle "$n" "$url" 60 > "$fifo" &
+  "$bin/loadtool" idle "$n" "$url" 60 "$4" "$5" ${6:+"$6"} > "$fifo" 2>>"$work/idle.err" &
   holder=$!
-  read -r _ready < "$fifo"
-  sleep 1
+  read -r ready < "$fifo" || true
+  sleep 3
   after=$(rss_kb "$pid")
   kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null || true
-  sleep 2
-  awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN {printf "%.2f", (a - b) / n}'
+  [[ $ready == ready* ]] || { echo "loadtool idle $*: $(tail -1 "$work/idle.err")" >&2; echo "- -"; return; }
+  awk -v a="$after" -v b="$before" -v n="$n" -v r="$(awk '{print $3}' <<<"$ready" | tr -d '(')" \
+    'BEGIN {printf "%.2f %d\n", (a - b) / n, r}'
+}
+fresh_idle() { # starts the idle gateway anew (its pid in $work/idle.pid)
+  [ -f "$work/idle.pid" ] && { kill "$(cat "$work/idle.pid")" 2>/dev/null; wait "$(cat "$work/idle.pid")" 2>/dev/null || true; }
+  start_gateway idle warn
+  wait_http http://127.0.0.1:18107/api/products/1
 }
 declare -A idle
-for n in 1000 10000; do
-  idle[nginx.$n]=$(idle_rss "$(cat "$work/nginx.master")" http://127.0.0.1:18090/api/products/1 "$n")
-  idle[gateway.$n]=$(idle_rss "$(cat "$work/idle.pid")" http://127.0.0.1:18107/api/products/1 "$n")
+protocols=("h1 http://127.0.0.1:18107" "h2c http://127.0.0.1:18107" "tls-h1 https://127.0.0.1:18444" "tls-h2 https://127.0.0.1:18444")
+for arrival in batches flood; do
+  idle[nginx.$arrival]=$(idle_rss "$(cat "$work/nginx.master")" http://127.0.0.1:18090/api/products/1 10000 h1 "$arrival")
+  for p in "${protocols[@]}"; do
+    read -r name base <<<"$p"
+    version=${name#tls-}; version=${version%c}
+    fresh_idle
+    idle[$name.$arrival]=$(idle_rss "$(cat "$work/idle.pid")" "$base/api/products/1" 10000 "$version" "$arrival" \
+      $([[ $name == tls* ]] && echo "$work/tls.pem"))
+  done
 done
 
 log "RSS of the gateway over a ${soak} s run at -c50"
@@ -408,6 +477,58 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   done
   grep -o '"errors":[0-9]*' "$f" | cut -d: -f2 | awk '{n += $1} END {print n + 0}'
 }
+# The issue's targets (#25), each with its figure from this run.
+lead() { awk '{print $1}' <<<"$1"; }
+verdict() { # VALUE OP LIMIT -> met / not met
+  awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
+    if (v == "-" || v == "") print "not measured"
+    else if ((op == "<=" && v + 0 <= t + 0) || (op == ">=" && v + 0 >= t + 0) || (op == ">" && v + 0 > t + 0)) print "met"
+    else print "**not met**" }'
+}
+added() { # SHARE TARGET COLUMN(1 p50, 2 p99) -> ms added over direct
+  awk -v a="$(open_row "$1" "$2" | awk -v c="$3" '{print $c}')" -v d="$(open_row "$1" direct | awk -v c="$3" '{print $c}')" \
+    'BEGIN {printf "%.2f", a - d}'
+}
+worse() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-") print "-"; else print (a + 0 > b + 0 ? a : b)}'; }
+targets() {
+  local r v
+  echo "| target | figure in this run | |"
+  echo "|---|---|---|"
+  r=$(cpu_ratio c50 gateway bare)
+  echo "| CPU per request ≤ 1.15× the bare hyper proxy (shipped stack, no access log; -c50 rounds) | $r | $(verdict "$(lead "$r")" "<=" 1.15) |"
+  r=$(cpu_ratio features gatewaylog bare)
+  echo "| … ≤ 1.3× with the access log on (feature rounds) | $r | $(verdict "$(lead "$r")" "<=" 1.3) |"
+  r=$(cpu_ratio features hs256 gateway)
+  echo "| JWT (HS256, cached) within 5% of the route without it, CPU per request | $r | $(verdict "$(lead "$r")" "<=" 1.05) |"
+  if [ "$have_redis" = yes ]; then
+    r=$(cpu_ratio features ratelimit gateway)
+    echo "| a Redis-backed rate limit within 5%, CPU per request | $r | $(verdict "$(lead "$r")" "<=" 1.05) |"
+  fi
+  r=$(ratio c50 gateway nginx)
+  echo "| throughput ≥ 0.85× nginx (-c50) | $r | $(verdict "$(lead "$r")" ">=" 0.85) |"
+  if [ "$have_haproxy" = yes ]; then
+    v=$(ratio c50 gateway haproxy)
+    echo "| the moonshot: past nginx and HAProxy (-c50) | $r against nginx, $v against HAProxy | $(verdict "$(awk -v a="$(lead "$r")" -v b="$(lead "$v")" 'BEGIN {print (a < b ? a : b)}')" ">" 1) |"
+  fi
+  echo "| allocations per proxied request ≤ 8 (counting allocator; the bare proxy: $allocs_bare) | $allocs_gateway | $(verdict "$allocs_gateway" "<=" 8) |"
+  if [ "$have_perf" = yes ]; then
+    v=$(lead "${calls[gateway.1]}"); r=$(lead "${calls[gateway.50]}")
+    echo "| syscalls per request ≤ 4, keep-alive HTTP/1.1 (-c1; -c50) (the bare proxy: $(lead "${calls[bare.1]}"); $(lead "${calls[bare.50]}")) | $v; $r | $(verdict "$(worse "$v" "$r")" "<=" 4) |"
+  fi
+  for share in 10 40; do
+    for c in 1 2; do
+      local what; what=$([ "$c" = 1 ] && echo p50 || echo p99)
+      v=$(added "$share" gateway "$c"); r=$(added "$share" nginx "$c")
+      echo "| added $what over direct at $share% of nginx's throughput no worse than nginx's ($r ms) | $v ms | $(verdict "$v" "<=" "$r") |"
+    done
+  done
+  for p in "h1 1" "h2c 4" "tls-h1 4" "tls-h2 8"; do
+    read -r name limit <<<"$p"
+    v=$(lead "${idle[$name.batches]}"); r=$(lead "${idle[$name.flood]}")
+    echo "| idle memory per connection, $name, 10k connections ≤ $limit KiB (in batches; all at once) | $v; $r | $(verdict "$(worse "$v" "$r")" "<=" "$limit") |"
+  done
+}
+
 {
   echo "# Proxy benchmark: demo-gateway beside nginx"
   echo
@@ -415,16 +536,29 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   echo "Two one-worker nginx \`return 200\` backends; wrk -t2; $rounds rounds of ${secs} s in alternating order;"
   echo "ratios taken within each round, medians with (min–max). The client, the proxies and the backends share the cores."
   echo
+  echo "## Targets (issue 25)"
+  echo
+  targets
+  echo
   echo "## Throughput, closed loop (access logs off)"
   echo
-  echo "| target | -c50 rps | / nginx | CPU µs/request | p50 ms | -c256 rps | / nginx | CPU µs/request |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| target | -c50 rps | / nginx | CPU µs/request | p50 ms | -c256 rps | / nginx | CPU µs/request | syscalls/request -c1; -c50 | context switches/request -c1; -c50 | allocations/request |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   for t in "${closed[@]}"; do
-    printf '| %s | %.0f | %s | %s | %s | %.0f | %s | %s |\n' "$t" "$(med c50.$t 1)" "$(ratio c50 "$t" nginx)" \
-      "$(med c50.$t 2)" "$(med c50.$t 3)" "$(med c256.$t 1)" "$(ratio c256 "$t" nginx)" "$(med c256.$t 2)"
+    local_calls="-"; local_switches="-"
+    if [ -n "${calls[$t.1]:-}" ]; then
+      local_calls="$(lead "${calls[$t.1]}"); $(lead "${calls[$t.50]}")"
+      local_switches="$(awk '{print $2}' <<<"${calls[$t.1]}"); $(awk '{print $2}' <<<"${calls[$t.50]}")"
+    fi
+    case $t in gateway) a=$allocs_gateway ;; bare) a=$allocs_bare ;; *) a="-" ;; esac
+    printf '| %s | %.0f | %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$t" "$(med c50.$t 1)" "$(ratio c50 "$t" nginx)" \
+      "$(med c50.$t 2)" "$(med c50.$t 3)" "$(med c256.$t 1)" "$(ratio c256 "$t" nginx)" "$(med c256.$t 2)" \
+      "$local_calls" "$local_switches" "$a"
   done
   echo
   echo "nginx2 is an identical nginx: its ratio is the calibration (1.00 ± 0.05 expected). direct's CPU is not counted (no proxy)."
+  echo "Syscalls and context switches: every thread of the proxy (nginx: its workers), counted by perf over a ${count_secs} s wrk run"
+  echo "apart from the rounds. Allocations: the counting allocator of \`cargo bench --bench layers\` (below), the client's and backend's own taken out."
   echo "bare is the floor of the gateway's design (a bare hyper proxy): the gateway against it, per round,"
   printf 'reads %s in throughput at -c50 and %s at -c256; in CPU per request, %s at -c50 (the target: at most 1.15).\n' \
     "$(ratio c50 gateway bare)" "$(ratio c256 gateway bare)" "$(cpu_ratio c50 gateway bare)"
@@ -443,6 +577,8 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   for t in "${features[@]}"; do
     case $t in
       gateway) name="nothing more (plain, RUST_LOG=warn)" ;;
+      bare) name="(the bare hyper proxy, for the access log's target)" ;;
+      ratelimit) name="a rate limit in Redis, one hot key (every request passes)" ;;
       gatewaylog) name="the access log (the default)" ;;
       hs256) name="JWT HS256, cached" ;;
       eddsa) name="JWT EdDSA, cached" ;;
@@ -468,14 +604,27 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   echo
   echo "## Memory"
   echo
-  echo "| | nginx | gateway |"
-  echo "|---|---|---|"
-  echo "| RSS per idle keep-alive connection, 1k connections (KiB) | ${idle[nginx.1000]} | ${idle[gateway.1000]} |"
-  echo "| RSS per idle keep-alive connection, 10k connections (KiB) | ${idle[nginx.10000]} | ${idle[gateway.10000]} |"
+  echo "RSS per idle connection, KiB, 10k connections each answered once, read 3 s after the last answer; the gateway"
+  echo "started anew for each (so memory a flood left freed but not handed back counts). In batches: 200 at a time, each"
+  echo "batch answered before the next; all at once: 10k opened together, a refused one (the TLS handshake budget) coming back."
+  echo
+  echo "| protocol | in batches | all at once | opened again after a refusal |"
+  echo "|---|---|---|---|"
+  echo "| nginx, HTTP/1.1 | $(lead "${idle[nginx.batches]}") | $(lead "${idle[nginx.flood]}") | $(awk '{print $2}' <<<"${idle[nginx.flood]}") |"
+  for p in "h1 HTTP/1.1" "h2c h2c" "tls-h1 TLS HTTP/1.1" "tls-h2 TLS HTTP/2"; do
+    read -r name label <<<"$p"
+    echo "| gateway, $label | $(lead "${idle[$name.batches]}") | $(lead "${idle[$name.flood]}") | $(awk '{print $2}' <<<"${idle[$name.flood]}") |"
+  done
   echo
   echo "Gateway RSS over ${soak} s at -c50: $rss_start KiB before, $rss_first KiB after 5 s, $rss_max KiB at most, $rss_end KiB after ($soak_errors errors)."
   echo
   echo "Errors in the closed-loop runs (non-2xx and socket errors, the retries row's uncured 503s aside): $total_errors."
+  echo
+  echo "## Each layer alone, and allocations (\`cargo bench -p tower-gateway-tests --bench layers\`, same run)"
+  echo
+  echo '```'
+  cat "$work/layers.out"
+  echo '```'
 } > "$results/latest.md"
 
 {
@@ -497,8 +646,21 @@ open_row() { # SHARE TARGET -> "p50 p99 p99.9" medians in ms, errors
   printf '},"ratios":{"gateway_nginx_c50":"%s","gateway_nginx_c256":"%s","calibration_c50":"%s","calibration_c256":"%s","gateway_bare_c50":"%s","gateway_bare_cpu_c50":"%s"},' \
     "$(ratio c50 gateway nginx)" "$(ratio c256 gateway nginx)" "$(ratio c50 nginx2 nginx)" "$(ratio c256 nginx2 nginx)" \
     "$(ratio c50 gateway bare)" "$(cpu_ratio c50 gateway bare)"
-  printf '"idle_rss_kib_per_connection":{"nginx.1000":%s,"gateway.1000":%s,"nginx.10000":%s,"gateway.10000":%s},' \
-    "${idle[nginx.1000]}" "${idle[gateway.1000]}" "${idle[nginx.10000]}" "${idle[gateway.10000]}"
+  printf '"idle_rss_kib_per_connection_10k":{'
+  sep=""
+  for name in nginx h1 h2c tls-h1 tls-h2; do
+    for arrival in batches flood; do
+      printf '%s"%s.%s":"%s"' "$sep" "$name" "$arrival" "$(lead "${idle[$name.$arrival]}")"
+      sep=","
+    done
+  done
+  printf '},"allocations_per_request":{"gateway":"%s","bare":"%s"},"per_request_counts":{' "$allocs_gateway" "$allocs_bare"
+  sep=""
+  for k in "${!calls[@]}"; do
+    printf '%s"%s":{"syscalls":%s,"context_switches":%s}' "$sep" "$k" "$(lead "${calls[$k]}")" "$(awk '{print $2}' <<<"${calls[$k]}")"
+    sep=","
+  done
+  printf '},' 
   printf '"soak":{"seconds":%d,"rss_kib_start":%s,"rss_kib_max":%s,"rss_kib_end":%s,"errors":%s},' "$soak" "$rss_start" "$rss_max" "$rss_end" "$soak_errors"
   printf '"open_loop":{'
   sep=""
