@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The load benchmark: demo-gateway side by side with nginx, on this machine, in one run.
 #
-#   bench/proxies.sh            the whole run (~20 min): writes bench/results/latest.{md,json}
-#   QUICK=1 bench/proxies.sh    fewer and shorter rounds, a 30 s soak (~6 min), for trying it
+#   bench/proxies.sh            the whole run (~30 min): writes bench/results/latest.{md,json}
+#   QUICK=1 bench/proxies.sh    fewer and shorter rounds, a 30 s soak (~10 min), for trying it
 #
 # Needs nginx and wrk (Debian: apt-get install nginx-light wrk), openssl, and for the Redis rows
 # redis-server, for the HAProxy row haproxy, for the counts linux-perf; it installs nothing. Every
