@@ -171,6 +171,34 @@ pub async fn get_ok(
     if status.is_success() { Ok(()) } else { Err(format!("status {status}").into()) }
 }
 
+/// Reads one HTTP/1.1 response with a `Content-Length` body from `reader`
+/// (plain or TLS): its status and body, within 5 s.
+pub async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> (u16, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let read = async {
+        let mut status = String::new();
+        reader.read_line(&mut status).await.unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).await.unwrap();
+        let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, String::from_utf8(body).unwrap())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.expect("a response within 5 s")
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();

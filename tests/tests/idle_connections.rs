@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use demo_gateway::config::{RouteConfig, UpstreamConfig};
 use demo_gateway::{Access, Config};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tower_gateway_tests::{Gateway, Server, backend};
+use tower_gateway_tests::{Gateway, Server, backend, read_response};
 
 fn config(backend: &Server) -> Config {
     let mut config =
@@ -48,33 +48,6 @@ async fn wait_for_metric(gw: &Gateway, name: &str, want: i64, within: Duration) 
         assert!(started.elapsed() < within, "{name} still {seen}, not {want}, after {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Reads one response with a `Content-Length` body: its status and body.
-async fn read_response(reader: &mut BufReader<TcpStream>) -> (u16, String) {
-    tokio::time::timeout(Duration::from_secs(5), read_response_now(reader)).await.expect("a response within 5 s")
-}
-
-async fn read_response_now(reader: &mut BufReader<TcpStream>) -> (u16, String) {
-    let mut status = String::new();
-    reader.read_line(&mut status).await.unwrap();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).await.unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).await.unwrap();
-    let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, String::from_utf8(body).unwrap())
 }
 
 fn get(path: &str) -> String {

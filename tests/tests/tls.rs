@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tower_gateway_tests::{Gateway, Server, backend, closed_port};
+use tower_gateway_tests::{Gateway, Server, backend, closed_port, read_response};
 
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -246,32 +246,6 @@ async fn parked(gw: &Gateway) -> u64 {
     text.lines().find_map(|l| l.strip_prefix("gateway_connections_parked ")).unwrap().parse().unwrap()
 }
 
-/// Reads one response with a `Content-Length` body from `stream`: status and body.
-async fn response<R: tokio::io::AsyncBufRead + Unpin>(stream: &mut R) -> (u16, String) {
-    use tokio::io::AsyncBufReadExt;
-    let read = async {
-        let (mut line, mut length) = (String::new(), 0);
-        stream.read_line(&mut line).await.unwrap();
-        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
-        loop {
-            line.clear();
-            stream.read_line(&mut line).await.unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await.unwrap();
-        (status, String::from_utf8(body).unwrap())
-    };
-    tokio::time::timeout(Duration::from_secs(5), read).await.expect("a response within 5 s")
-}
-
 /// A TLS client that named HTTP/1.1 by ALPN is parked between requests like a
 /// plain one (hyper's buffers freed), and served again with whatever it sent
 /// ahead or in pieces; an HTTP/2 one is not parked.
@@ -286,14 +260,14 @@ async fn an_idle_tls_http1_connection_is_parked_and_served_again() {
     // Parked before its first request, and after each answer.
     tower_gateway_tests::eventually("parked before it spoke", async || parked(&s.gw).await == 1).await;
     stream.write_all(get("one").as_bytes()).await.unwrap();
-    let (status, body) = response(&mut stream).await;
+    let (status, body) = read_response(&mut stream).await;
     assert_eq!((status, body.contains("\"/one\"")), (200, true), "{body}");
     tower_gateway_tests::eventually("parked after its answer", async || parked(&s.gw).await == 1).await;
 
     // Two requests in one write: the second, read ahead, is answered too.
     stream.write_all(format!("{}{}", get("two"), get("three")).as_bytes()).await.unwrap();
     for path in ["\"/two\"", "\"/three\""] {
-        let (status, body) = response(&mut stream).await;
+        let (status, body) = read_response(&mut stream).await;
         assert_eq!((status, body.contains(path)), (200, true), "{body}");
     }
 
@@ -305,7 +279,7 @@ async fn an_idle_tls_http1_connection_is_parked_and_served_again() {
     stream.flush().await.unwrap();
     tower_gateway_tests::eventually("taken up at its first bytes", async || parked(&s.gw).await == 0).await;
     stream.write_all(rest.as_bytes()).await.unwrap();
-    let (status, body) = response(&mut stream).await;
+    let (status, body) = read_response(&mut stream).await;
     assert_eq!((status, body.contains("\"/four\"")), (200, true), "{body}");
 
     // HTTP/2 over TLS stays with hyper: the count is the HTTP/1.1 one's alone.

@@ -44,8 +44,9 @@ pub(crate) struct IoState {
     /// Set while the task takes the connection back from hyper: hyper's
     /// "shutdown" of the socket is then not passed on, the socket stays open.
     pub(crate) parking: AtomicBool,
-    /// Whether hyper holds bytes the socket has not taken yet (a write
-    /// returned `Pending` and no flush has completed since).
+    /// Whether bytes written are not all taken by the socket yet: a write or
+    /// a flush returned `Pending` (over TLS, rustls takes a write whole and
+    /// only a flush reaches the socket) and no flush has completed since.
     pub(crate) write_pending: AtomicBool,
 }
 
@@ -191,8 +192,10 @@ impl AsyncWrite for ClientIo {
             Transport::Plain(stream) => Pin::new(stream).poll_flush(cx),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         };
-        if let Poll::Ready(Ok(())) = polled {
-            this.state.write_pending.store(false, Ordering::Relaxed);
+        match polled {
+            Poll::Ready(Ok(())) => this.state.write_pending.store(false, Ordering::Relaxed),
+            Poll::Pending => this.state.write_pending.store(true, Ordering::Relaxed),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }
