@@ -276,4 +276,85 @@ mod tests {
         io.shutdown().await.unwrap();
         assert_eq!(client.read(&mut seen).await.unwrap(), 0, "a real shutdown reaches the client");
     }
+
+    /// A TLS connection over loopback whose client named `alpn`: the server's
+    /// side as a `ClientIo`, and the client's stream.
+    async fn tls_pair(alpn: &[u8], state: Arc<IoState>) -> (ClientIo, tokio_rustls::client::TlsStream<TcpStream>) {
+        use rustls::pki_types::{PrivateKeyDer, ServerName};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        let (tcp_client, tcp_server) = pair().await;
+        let (client, server) = tokio::join!(
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp_client),
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(tcp_server),
+        );
+        (ClientIo::new(Transport::Tls(Box::new(server.unwrap())), state), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn tls_parks_only_with_http1_by_alpn_and_sees_bytes_rustls_holds() {
+        let (io, _client) = tls_pair(b"h2", Arc::default()).await;
+        assert!(!io.parkable(), "HTTP/2 by ALPN stays with hyper");
+
+        let (mut io, mut client) = tls_pair(b"http/1.1", Arc::default()).await;
+        assert!(io.parkable());
+        let waiting = tokio::time::timeout(Duration::from_millis(100), io.wait_for_client(false)).await;
+        assert!(waiting.is_err(), "a silent client is waited for: {waiting:?}");
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(io.wait_for_client(false).await.unwrap(), Some(Speaks::Http1));
+        // Three bytes read: the rest of the record is decrypted and held by
+        // rustls, and the socket has nothing more to say. Still no wait.
+        let mut three = [0u8; 3];
+        io.read_exact(&mut three).await.unwrap();
+        assert_eq!(&three, b"GET");
+        let ready = tokio::time::timeout(Duration::from_millis(100), io.wait_for_client(false)).await;
+        assert_eq!(ready.expect("bytes held by rustls need no wait").unwrap(), Some(Speaks::Http1));
+        let mut rest = vec![0; 13];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, b" / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_tls_flush_the_socket_cannot_take_yet_marks_bytes_not_written() {
+        let state = Arc::new(IoState::default());
+        let (mut io, mut client) = tls_pair(b"http/1.1", state.clone()).await;
+        // The client reads nothing: write until the socket is full.
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0;
+        while let Ok(n) = tokio::time::timeout(Duration::from_millis(50), io.write(&chunk)).await {
+            written += n.unwrap();
+            assert!(written < 256 << 20, "the socket never filled");
+        }
+        // rustls took a write whole; only a flush reaches the socket.
+        state.write_pending.store(false, Ordering::Relaxed);
+        let flushed = tokio::time::timeout(Duration::from_millis(50), io.flush()).await;
+        assert!(flushed.is_err(), "the flush waits for the client");
+        assert!(state.write_pending.load(Ordering::Relaxed), "bytes held by rustls are not written yet");
+        let drain = tokio::spawn(async move {
+            let mut sink = vec![0; 64 * 1024];
+            while client.read(&mut sink).await.unwrap_or(0) > 0 {}
+        });
+        io.flush().await.unwrap();
+        assert!(!state.write_pending.load(Ordering::Relaxed), "all written once the flush completes");
+        drop(io);
+        drain.await.unwrap();
+    }
 }
