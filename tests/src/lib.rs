@@ -248,6 +248,21 @@ impl Gateway {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// A gauge or counter of its `/metrics`, read over a connection of its
+    /// own that is closed at once (a pooled client's connection would be
+    /// counted among the idle, parked ones itself).
+    pub async fn metric_now(&self, name: &str) -> i64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    }
 }
 
 impl Drop for Gateway {

@@ -24,24 +24,11 @@ fn config(backend: &Server) -> Config {
     config
 }
 
-/// A gauge or counter of the gateway's `/metrics`, read over a connection of
-/// its own that is closed at once.
-async fn metric(gw: &Gateway, name: &str) -> i64 {
-    let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
-}
-
 /// Polls `name` until it reads `want`, for at most `within`.
 async fn wait_for_metric(gw: &Gateway, name: &str, want: i64, within: Duration) {
     let started = Instant::now();
     loop {
-        let seen = metric(gw, name).await;
+        let seen = gw.metric_now(name).await;
         if seen == want {
             return;
         }
@@ -136,8 +123,8 @@ async fn a_parked_connection_is_closed_at_the_header_timeout() {
     assert!(matches!(read, Ok(Ok(0))), "closed without another byte: {read:?} {rest:?}");
     let after = answered.elapsed();
     assert!(after >= Duration::from_secs(2) && after < Duration::from_secs(5), "closed {after:?} after its answer");
-    assert_eq!(metric(&gw, "gateway_connections_closed_idle_total").await, 1);
-    assert_eq!(metric(&gw, "gateway_connections_parked").await, 0);
+    assert_eq!(gw.metric_now("gateway_connections_closed_idle_total").await, 1);
+    assert_eq!(gw.metric_now("gateway_connections_parked").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +196,7 @@ async fn one_client_cannot_take_every_connection_and_its_own_silent_ones_make_no
         let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await;
         assert!(read.is_err(), "a held connection was closed: {read:?}");
     }
-    assert_eq!(metric(&gw, "gateway_client_connections_refused_total").await, 1);
+    assert_eq!(gw.metric_now("gateway_client_connections_refused_total").await, 1);
 
     // Another client is served beside it.
     let mut other = BufReader::new(connect_from("127.0.0.3", gw.addr()).await);

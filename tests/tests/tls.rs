@@ -236,14 +236,9 @@ async fn plain_http_and_silent_clients_on_the_tls_port_are_bounded() {
     assert!(text.contains("gateway_tls_handshakes_total{outcome=\"timed_out\"}"), "{text}");
 }
 
-/// The gateway's `gateway_connections_parked` gauge, read over a plain
-/// connection closed at once (a pooled client would be parked itself).
-async fn parked(gw: &Gateway) -> u64 {
-    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix("gateway_connections_parked ")).unwrap().parse().unwrap()
+/// How many connections `gw` holds parked.
+async fn parked(gw: &Gateway) -> i64 {
+    gw.metric_now("gateway_connections_parked").await
 }
 
 /// A TLS client that named HTTP/1.1 by ALPN is parked between requests like a
