@@ -46,6 +46,8 @@
 //!
 //! - `axum`: the peer address from axum's `ConnectInfo<SocketAddr>`.
 //! - `redis`: `rate_limit::RedisStore`, limits shared by every replica.
+//! - `opentelemetry`: [`telemetry::TraceContextLayer`], and [`Proxy`] sending
+//!   each attempt's trace context upstream.
 //!
 //! Failures reach the client as JSON (`{"error":{"code","message"}}`) with the
 //! right status — see [`error`].
@@ -86,6 +88,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod retry;
 pub mod strip_prefix;
+pub mod telemetry;
 pub mod timeout;
 pub mod upgrade;
 

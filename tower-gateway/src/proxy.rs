@@ -441,6 +441,7 @@ where
             (Some(tunnels), Some(_)) => upgrade::websocket_upgrade(&req).cloned().map(|key| (tunnels, key)),
             _ => None,
         };
+        let span = attempt_span(&req);
         let pending = match upgrade {
             Some((tunnels, key)) => {
                 let Some(place) = tunnels.place_for(&req) else {
@@ -456,13 +457,31 @@ where
                 None
             }
         };
-        future::ResponseFuture {
-            state: future::State::Sending {
-                future: self.pools.client().request(req.map(|body| Outgoing(Box::pin(body)))),
-                upgrade: pending,
-            },
-        }
+        #[cfg(feature = "opentelemetry")]
+        crate::telemetry::inject(&span, req.headers_mut());
+        let future = span.in_scope(|| self.pools.client().request(req.map(|body| Outgoing(Box::pin(body)))));
+        future::ResponseFuture { state: future::State::Sending { future, upgrade: pending }, span }
     }
+}
+
+/// The client span of one attempt (see [`crate::telemetry`]): what it was sent
+/// to, and (recorded when it ends) the status or the reason it failed.
+fn attempt_span<B>(req: &Request<B>) -> tracing::Span {
+    let uri = req.uri();
+    tracing::debug_span!(
+        target: "tower_gateway::proxy",
+        "upstream",
+        otel.name = req.method().as_str(),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = req.method().as_str(),
+        server.address = uri.host(),
+        server.port = uri.port_u16().unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 }),
+        url.scheme = uri.scheme_str(),
+        url.path = uri.path(),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
 }
 
 /// A WebSocket upgrade on its way upstream: its place among the tunnels, the
@@ -486,6 +505,19 @@ pub mod future {
         pub struct ResponseFuture {
             #[pin]
             pub(super) state: State,
+            // The attempt's span until it ends (`Span::none()` after).
+            pub(super) span: tracing::Span,
+        }
+
+        impl PinnedDrop for ResponseFuture {
+            fn drop(this: Pin<&mut Self>) {
+                // Given up before an answer: a timeout above, or the client gone.
+                let span = this.project().span;
+                if !span.is_disabled() {
+                    span.record("error.type", "cancelled");
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
         }
     }
 
@@ -507,72 +539,100 @@ pub mod future {
 
     impl ResponseFuture {
         pub(super) fn failed(kind: UpstreamErrorKind) -> Self {
-            Self { state: State::Failed { kind } }
+            Self { state: State::Failed { kind }, span: tracing::Span::none() }
         }
 
         pub(super) fn answered(response: Response<Body>) -> Self {
-            Self { state: State::Answered { response: Some(response) } }
+            Self { state: State::Answered { response: Some(response) }, span: tracing::Span::none() }
         }
+    }
+
+    /// Records how an attempt ended on its span, and ends it.
+    fn end(span: &mut tracing::Span, response: &Response<Body>) {
+        if span.is_disabled() {
+            return;
+        }
+        let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if let Some(error) = response.extensions().get::<UpstreamError>() {
+            span.record("error.type", error.kind().code());
+            span.record("otel.status_code", "ERROR");
+        } else if status.is_server_error() {
+            // Client spans: a 5xx from the upstream is an error of the call.
+            span.record("error.type", status.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        *span = tracing::Span::none();
     }
 
     impl Future for ResponseFuture {
         type Output = Result<Response<Body>, Infallible>;
 
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            let kind = match self.project().state.project() {
-                StateProj::Failed { kind } => *kind,
-                StateProj::Answered { response } => {
-                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
-                }
-                StateProj::Sending { future, upgrade } => match std::task::ready!(future.poll(cx)) {
-                    Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                        let Some(Pending { place, client, key }) = upgrade.take() else {
-                            // Nothing asked for it: the connection is not the client's to have.
-                            tracing::debug!("the upstream switched protocols unasked");
-                            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response()));
-                        };
-                        // Only the WebSocket asked for, accepted for this key: any
-                        // other protocol would hand the client a tunnel past
-                        // everything in front of the proxy.
-                        if !upgrade::accepts(response.headers(), &key) {
-                            tracing::debug!("the upstream switched protocols without accepting the WebSocket");
-                            return Poll::Ready(Ok(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response()));
-                        }
-                        let upstream = hyper::upgrade::on(&mut response);
-                        let (mut parts, _) = response.into_parts();
-                        remove_hop_by_hop(&mut parts.headers);
-                        upgrade::restore(&mut parts.headers);
-                        tokio::spawn(upgrade::splice(place, client, upstream));
-                        return Poll::Ready(Ok(Response::from_parts(parts, Body::empty())));
-                    }
-                    Ok(response) => {
-                        let (mut parts, body) = response.into_parts();
-                        // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means
-                        // nothing (hyper decoded the chunks); relayed, it would make the
-                        // client cut the body short.
-                        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-                            parts.headers.remove(header::CONTENT_LENGTH);
-                        }
-                        remove_hop_by_hop(&mut parts.headers);
-                        return Poll::Ready(Ok(Response::from_parts(parts, Body::streamed(body))));
-                    }
-                    Err(err) => {
-                        let kind = if err.is_connect() && from_tls(&err) {
-                            UpstreamErrorKind::Tls
-                        } else if err.is_connect() {
-                            UpstreamErrorKind::Connect
-                        } else if from_request_body(&err) {
-                            UpstreamErrorKind::RequestBody
-                        } else {
-                            UpstreamErrorKind::Reset
-                        };
-                        tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
-                        kind
-                    }
-                },
+            let this = self.project();
+            let response = {
+                let _entered = this.span.enter();
+                std::task::ready!(poll_state(this.state, cx))
             };
-            Poll::Ready(Ok(UpstreamError::new(kind).into_response()))
+            end(this.span, &response);
+            Poll::Ready(Ok(response))
         }
+    }
+
+    fn poll_state(state: Pin<&mut State>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        let kind = match state.project() {
+            StateProj::Failed { kind } => *kind,
+            StateProj::Answered { response } => {
+                return Poll::Ready(response.take().expect("polled after completion"));
+            }
+            StateProj::Sending { future, upgrade } => match std::task::ready!(future.poll(cx)) {
+                Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    let Some(Pending { place, client, key }) = upgrade.take() else {
+                        // Nothing asked for it: the connection is not the client's to have.
+                        tracing::debug!("the upstream switched protocols unasked");
+                        return Poll::Ready(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response());
+                    };
+                    // Only the WebSocket asked for, accepted for this key: any
+                    // other protocol would hand the client a tunnel past
+                    // everything in front of the proxy.
+                    if !upgrade::accepts(response.headers(), &key) {
+                        tracing::debug!("the upstream switched protocols without accepting the WebSocket");
+                        return Poll::Ready(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response());
+                    }
+                    let upstream = hyper::upgrade::on(&mut response);
+                    let (mut parts, _) = response.into_parts();
+                    remove_hop_by_hop(&mut parts.headers);
+                    upgrade::restore(&mut parts.headers);
+                    tokio::spawn(upgrade::splice(place, client, upstream));
+                    return Poll::Ready(Response::from_parts(parts, Body::empty()));
+                }
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means
+                    // nothing (hyper decoded the chunks); relayed, it would make the
+                    // client cut the body short.
+                    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                    }
+                    remove_hop_by_hop(&mut parts.headers);
+                    return Poll::Ready(Response::from_parts(parts, Body::streamed(body)));
+                }
+                Err(err) => {
+                    let kind = if err.is_connect() && from_tls(&err) {
+                        UpstreamErrorKind::Tls
+                    } else if err.is_connect() {
+                        UpstreamErrorKind::Connect
+                    } else if from_request_body(&err) {
+                        UpstreamErrorKind::RequestBody
+                    } else {
+                        UpstreamErrorKind::Reset
+                    };
+                    tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
+                    kind
+                }
+            },
+        };
+        Poll::Ready(UpstreamError::new(kind).into_response())
     }
 }
 
