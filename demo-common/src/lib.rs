@@ -4,6 +4,8 @@
 
 use tower_gateway_auth::KeyConfig;
 
+pub mod telemetry;
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -28,22 +30,10 @@ pub async fn shutdown_signal() {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a
 /// terminal. Off a terminal, fields are written as `name=value` without the
-/// styling machinery (an access log line costs about a fifth less).
+/// styling machinery (an access log line costs about a fifth less). Exports
+/// nothing: see [`telemetry::init`] for that.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let _ = builder.try_init();
-    } else {
-        use tracing_subscriber::field::MakeExt as _;
-        let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
-            "message" => write!(writer, "{value:?}"),
-            name => write!(writer, "{name}={value:?}"),
-        })
-        .delimited(" ");
-        let _ = builder.with_ansi(false).fmt_fields(fields).try_init();
-    }
+    let _ = telemetry::init("demo", &telemetry::TelemetryConfig::default());
 }
 
 /// The shipped token settings: issued by `user-service` for `tower-gateway`.

@@ -100,7 +100,11 @@ where
         let result = std::task::ready!(this.future.poll(cx));
         if let (Some(seen), Ok(response)) = (this.seen.take(), &result) {
             let ext = response.extensions();
+            // The request's span (the server span `TraceContextLayer` runs this in), when exported.
+            let trace = tower_gateway::telemetry::span_context(&tracing::Span::current());
             tracing::info!(
+                trace_id = trace.as_ref().map(|t| tracing::field::display(t.trace_id())),
+                span_id = trace.as_ref().map(|t| tracing::field::display(t.span_id())),
                 method = %seen.method,
                 path = %seen.uri.path(),
                 request_id = seen.request_id.as_ref().and_then(|v| v.to_str().ok()).map(tracing::field::display),

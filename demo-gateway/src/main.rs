@@ -40,7 +40,38 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    demo_gateway::init_tracing();
+    // The log and the span exporter are made from the configuration, so it is
+    // read first (its errors go to stderr as they are); `check` only logs.
+    let config = match &cli.command {
+        Some(Command::Check { .. }) => {
+            demo_gateway::init_tracing();
+            None
+        }
+        None => match Config::load(cli.config.as_deref(), |name| std::env::var(name).ok()) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                eprintln!("demo-gateway: {err}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let telemetry = match config.as_ref().map(|c| demo_common::telemetry::init("gateway", &c.telemetry)) {
+        Some(Ok(telemetry)) => Some(telemetry),
+        Some(Err(err)) => {
+            eprintln!("demo-gateway: {err}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    let code = run(cli, config);
+    // What is queued is sent before the process ends.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    code
+}
+
+fn run(cli: Cli, config: Option<Config>) -> ExitCode {
     // This thread accepts connections and runs the admin side; the connections
     // themselves are served on the worker threads `serve` starts.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -66,7 +97,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        let plan = match checked(cli.config.as_deref()) {
+        let plan = match config.map_or_else(|| checked(cli.config.as_deref()), Plan::check) {
             Ok(plan) => plan,
             Err(errors) => {
                 for err in errors {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use tower_gateway::Limiter;
 use tower_gateway::balance::{Endpoint, Endpoints};
@@ -41,6 +42,12 @@ struct StatusLabels {
 struct ReasonLabels {
     route: Arc<str>,
     reason: &'static str,
+}
+
+/// An exemplar's labels: the trace of the request observed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TraceLabels {
+    trace_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -126,7 +133,7 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
-    latency: Family<RouteLabels, Histogram>,
+    latency: Family<RouteLabels, HistogramWithExemplars<TraceLabels>>,
     upstream: Family<EndpointLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
     upstream_errors: Family<UpstreamReasonLabels, Counter>,
@@ -171,7 +178,7 @@ pub(crate) struct RouteMetrics {
     route: Arc<str>,
     upstream: Arc<str>,
     by_status: [Counter; 5],
-    latency: Histogram,
+    latency: HistogramWithExemplars<TraceLabels>,
     retries: Counter,
 }
 
@@ -186,8 +193,9 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<StatusLabels, Counter>::default();
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.000_5, 2.0, 16))) as fn() -> Histogram,
+        let latency = Family::<RouteLabels, HistogramWithExemplars<TraceLabels>>::new_with_constructor(
+            (|| HistogramWithExemplars::new(exponential_buckets(0.000_5, 2.0, 16)))
+                as fn() -> HistogramWithExemplars<TraceLabels>,
         );
         let upstream = Family::<EndpointLabels, Counter>::default();
         let retries = Family::<RouteLabels, Counter>::default();
@@ -311,6 +319,11 @@ impl Metrics {
         );
         registry.register("jwt_keys", "Keys held of an issuer's published set", keys.clone());
         registry.register(
+            "trace_spans",
+            "Spans finished, by outcome: exported, failed (the collector refused or was unreachable), dropped (the queue was full)",
+            demo_common::telemetry::span_counts().family(),
+        );
+        registry.register(
             "jwt_key_set_age_seconds",
             "Age of the key set held of an issuer (-1 before the first fetch)",
             key_set_age.clone(),
@@ -376,7 +389,11 @@ impl Metrics {
     pub(crate) fn record(&self, route: &RouteMetrics, observed: Observed<'_>) {
         let class = usize::from(observed.status / 100).clamp(1, 5) - 1;
         route.by_status[class].inc();
-        route.latency.observe(observed.latency.as_secs_f64());
+        // The request's trace, when sampled, as the bucket's exemplar (OpenMetrics).
+        let trace = tower_gateway::telemetry::span_context(&tracing::Span::current())
+            .filter(|trace| trace.is_sampled())
+            .map(|trace| TraceLabels { trace_id: trace.trace_id().to_string() });
+        route.latency.observe(observed.latency.as_secs_f64(), trace, None);
         if observed.attempts > 1 {
             route.retries.inc_by(u64::from(observed.attempts - 1));
         }

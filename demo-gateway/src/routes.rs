@@ -45,9 +45,9 @@ pub(crate) type Stack = ArcService<Request<RouteBody>, Response<Body>>;
 /// each part there only if the route has it.
 pub(crate) type RouteService = Stack;
 
-/// The name of the route that answered, in the response's extensions (for access logs).
-#[derive(Debug, Clone)]
-pub struct RouteName(pub Arc<str>);
+/// The name of the route that answered, in the response's extensions (for
+/// the access log, the metrics and the request's span).
+pub use tower_gateway::telemetry::RouteName;
 
 /// What a route matches on the canonical path.
 #[derive(Debug, Clone, PartialEq, Eq)]

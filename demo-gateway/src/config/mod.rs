@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use demo_common::shipped_jwt;
+pub use demo_common::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 use tower_gateway_auth::KeyConfig;
 
@@ -149,6 +150,10 @@ pub struct Config {
     pub jwt: KeyConfig,
     /// How revocations are checked.
     pub revocation: RevocationConfig,
+    /// The log's format and where spans are exported (OTLP/HTTP), each value
+    /// falling back to its `OTEL_*` variable: see
+    /// [`TelemetryConfig`](demo_common::telemetry::TelemetryConfig).
+    pub telemetry: TelemetryConfig,
     /// The upstreams, by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The routes: the most specific match wins.
@@ -211,6 +216,14 @@ impl Config {
             config.redis_url = Some(url);
         }
         config.jwt.apply_env(&env).map_err(|e| ConfigError::new(format!("jwt.{}", e.field), e.message))?;
+        config.telemetry = std::mem::take(&mut config.telemetry).with_env(&env).map_err(|e| {
+            let field = if e.variable.starts_with("OTEL_") {
+                e.variable.to_owned()
+            } else {
+                format!("telemetry.{}", e.variable)
+            };
+            ConfigError::new(field, e.message)
+        })?;
         Ok(self)
     }
 

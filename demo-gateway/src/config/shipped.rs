@@ -141,6 +141,7 @@ impl Default for Config {
             limits: shipped_limits(),
             jwt: shipped_jwt(),
             revocation: RevocationConfig::default(),
+            telemetry: super::TelemetryConfig::default(),
             upstreams: BTreeMap::from([
                 ("products".into(), local(&[3001, 3003])),
                 ("users".into(), local(&[3002, 3004])),

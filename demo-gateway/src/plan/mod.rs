@@ -107,7 +107,7 @@ impl std::fmt::Debug for Plan {
 
 /// The settings only a restart changes: a reload that changes one is refused,
 /// naming it.
-fn restart_only(config: &Config) -> [(&'static str, String); 18] {
+fn restart_only(config: &Config) -> [(&'static str, String); 19] {
     let c = config;
     let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
     [
@@ -129,6 +129,8 @@ fn restart_only(config: &Config) -> [(&'static str, String); 18] {
         ("websocket_max_lifetime_ms", d(&c.websocket_max_lifetime_ms)),
         ("grace_period_ms", d(&c.grace_period_ms)),
         ("drain_delay_ms", d(&c.drain_delay_ms)),
+        // The process's log and its span exporter are made once, at start.
+        ("telemetry", d(&c.telemetry)),
     ]
 }
 

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 use tower_gateway::Body;
 use tower_gateway::error::BoxError;
+use tower_gateway::telemetry::TraceContextLayer;
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -266,6 +267,9 @@ pub(super) fn app(plan: &Plan) -> App {
         })
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(RequestIdLayer)
+        // The request's span, child of the client's trace: everything below,
+        // the access log line included, happens in it.
+        .layer(TraceContextLayer::new().skip_paths(OPS_PATHS))
         .layer(AccessLogLayer)
         .option_layer(settings.cors.clone())
         .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))

@@ -105,19 +105,25 @@ fn total_len(headers: &HeaderMap, name: &http::HeaderName) -> usize {
     headers.get_all(name).iter().map(HeaderValue::len).sum()
 }
 
+/// The OpenTelemetry context of `span` (e.g. `tracing::Span::current()` in a
+/// request): its trace and span id, for a log line or an exemplar; `None` when
+/// the span is not exported (no layer, or not wanted by it).
+pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let context = cx.span().span_context().clone();
+    context.is_valid().then_some(context)
+}
+
 /// Writes `span`'s context as the request's `traceparent` and `tracestate`,
 /// in place of the client's; leaves the headers as they are when the span
 /// has no OpenTelemetry context (no layer, or not wanted by it).
 pub(crate) fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    if span.is_disabled() {
+    let Some(context) = span_context(span) else {
         return;
-    }
-    let cx = span.context();
-    let otel_span = cx.span();
-    let context = otel_span.span_context();
-    if !context.is_valid() {
-        return;
-    }
+    };
     let flags = (context.trace_flags() & TraceFlags::SAMPLED).to_u8();
     let parent = format!("00-{}-{}-{flags:02x}", context.trace_id(), context.span_id());
     if let Ok(value) = HeaderValue::try_from(parent) {

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -18,10 +19,10 @@ use crate::proxy::PeerAddr;
 
 /// Opens a server span for each request, child of the trace context the client
 /// sent (if valid), and runs the inner service in it. See the [module docs](super).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct TraceContextLayer {
-    _private: (),
+    skip: Arc<[String]>,
 }
 
 impl TraceContextLayer {
@@ -29,13 +30,20 @@ impl TraceContextLayer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Paths whose requests get no span (health checks, metrics scrapes):
+    /// compared whole with the request's path. Their headers pass untouched.
+    pub fn skip_paths<P: Into<String>>(mut self, paths: impl IntoIterator<Item = P>) -> Self {
+        self.skip = paths.into_iter().map(Into::into).collect();
+        self
+    }
 }
 
 impl<S> Layer<S> for TraceContextLayer {
     type Service = TraceContext<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceContext { inner }
+        TraceContext { inner, skip: self.skip.clone() }
     }
 }
 
@@ -43,6 +51,7 @@ impl<S> Layer<S> for TraceContextLayer {
 #[derive(Debug, Clone)]
 pub struct TraceContext<S> {
     inner: S,
+    skip: Arc<[String]>,
 }
 
 impl<S> TraceContext<S> {
@@ -62,6 +71,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.skip.iter().any(|path| path == req.uri().path()) {
+            return ResponseFuture { future: self.inner.call(req), span: tracing::Span::none(), method: None };
+        }
         let remote = super::extract(req.headers_mut());
         let span = tracing::debug_span!(
             target: "tower_gateway::telemetry",
@@ -75,6 +87,7 @@ where
             url.path = req.uri().path(),
             url.scheme = req.uri().scheme_str(),
             client.address = Empty,
+            "http.request.header.x-request-id" = Empty,
             error.type = Empty,
         );
         if span.is_disabled() {
@@ -89,6 +102,9 @@ where
         });
         if let Some(client) = client {
             span.record("client.address", tracing::field::display(client));
+        }
+        if let Some(id) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            span.record("http.request.header.x-request-id", id);
         }
         #[cfg(feature = "axum")]
         if let Some(route) = req.extensions().get::<axum::extract::MatchedPath>() {

@@ -61,9 +61,9 @@ mod context;
 mod layer;
 
 #[cfg(feature = "opentelemetry")]
-pub use self::context::extract;
-#[cfg(feature = "opentelemetry")]
 pub(crate) use self::context::inject;
+#[cfg(feature = "opentelemetry")]
+pub use self::context::{extract, span_context};
 #[cfg(feature = "opentelemetry")]
 pub use self::layer::{ResponseFuture, TraceContext, TraceContextLayer};
 

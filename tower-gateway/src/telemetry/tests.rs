@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tokio::net::TcpListener;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tracing_subscriber::layer::SubscriberExt;
 
 use super::{RouteName, TraceContextLayer};
@@ -182,4 +182,21 @@ async fn an_attempt_given_up_on_is_recorded_as_cancelled() {
     assert_eq!(attr(attempt, "error.type").as_deref(), Some("cancelled"));
     let server = spans.iter().find(|s| s.span_kind == SpanKind::Server).unwrap();
     assert_eq!(attr(server, "error.type").as_deref(), Some("504"));
+}
+
+#[tokio::test]
+async fn a_skipped_path_gets_no_span_and_its_headers_pass_untouched() {
+    let malformed = "00-not-a-trace";
+    let (seen, spans) = traced(async {
+        let svc =
+            TraceContextLayer::new().skip_paths(["/healthz"]).layer(tower::service_fn(|req: Request<()>| async move {
+                let seen = req.headers().get("traceparent").cloned();
+                Ok::<_, Infallible>(Response::new(seen))
+            }));
+        let req = Request::get("/healthz").header("traceparent", malformed).body(()).unwrap();
+        svc.oneshot(req).await.unwrap().into_body()
+    })
+    .await;
+    assert_eq!(seen.unwrap(), malformed);
+    assert!(spans.is_empty(), "{spans:#?}");
 }
