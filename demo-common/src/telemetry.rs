@@ -224,6 +224,13 @@ impl Telemetry {
         self.provider.is_some()
     }
 
+    /// Sends what is queued now, waiting for it (at most the export timeout).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+
     /// Sends what is queued (waiting at most the export timeout) and stops exporting.
     pub fn shutdown(mut self) {
         if let Some(provider) = self.provider.take() {

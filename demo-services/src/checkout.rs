@@ -38,6 +38,7 @@ use tower_gateway::balance::Endpoints;
 use tower_gateway::retry::ReplayBody;
 use tower_gateway::{Proxy, Retry, RetryLayer, RetryPolicy, RoundRobin, RoundRobinLayer, Timeout, TimeoutLayer};
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
+use tracing::Instrument;
 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
@@ -252,6 +253,7 @@ async fn claim(db: &SqlitePool, user: i64, key: &str, request: &str) -> Result<O
     .bind(user)
     .bind(key)
     .fetch_optional(&mut *tx)
+    .instrument(db::span("SELECT", "idempotency_keys"))
     .await?;
     match row {
         Some((stored, ..)) if stored != request => {
@@ -285,6 +287,7 @@ async fn claim(db: &SqlitePool, user: i64, key: &str, request: &str) -> Result<O
                 .bind(request)
                 .bind(now())
                 .execute(&mut *tx)
+                .instrument(db::span("INSERT", "idempotency_keys"))
                 .await?;
             tx.commit().await?;
             Ok(None)
@@ -314,6 +317,7 @@ async fn insert_order(
     .bind(total.0)
     .bind(now())
     .fetch_one(&mut **tx)
+    .instrument(db::span("INSERT", "orders"))
     .await?;
     Ok(order)
 }

@@ -8,6 +8,20 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 
+/// The span of one database call, as OpenTelemetry's database conventions name
+/// it (`SELECT products`): a child of the request's span, exported with it.
+pub fn span(operation: &'static str, table: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        target: "demo_services::db",
+        "db",
+        otel.name = format!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = "sqlite",
+        db.operation.name = operation,
+        db.collection.name = table,
+    )
+}
+
 /// Opens (creating if needed) the database at `url` (`sqlite://path/to/file.db`)
 /// and brings its schema up to date.
 ///

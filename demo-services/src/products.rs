@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
+use tracing::Instrument;
 
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
@@ -176,6 +177,7 @@ async fn one(State(s): State<ProductsState>, ApiPath(id): ApiPath<i64>) -> Resul
     let product = sqlx::query_as::<_, Product>(concat!(select_products!(), " WHERE id = ?"))
         .bind(id)
         .fetch_optional(&s.db)
+        .instrument(crate::db::span("SELECT", "products"))
         .await?;
     product.map(Json).ok_or_else(|| ApiError::not_found("product"))
 }

@@ -12,6 +12,8 @@ use axum::{Json, Router};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 
+use tower_gateway::telemetry::TraceContextLayer;
+
 use crate::error::ApiError;
 
 /// The largest request body a service reads.
@@ -79,6 +81,9 @@ pub fn with_common<S: Clone + Send + Sync + 'static>(routes: Router<S>, state: S
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // The request's span, continuing the trace of whoever called: the
+        // gateway's attempt, or checkout-service's call for a price.
+        .layer(TraceContextLayer::new().skip_paths(["/healthz", "/readyz"]))
         .with_state(state)
 }
 
@@ -99,6 +104,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Starts the log, and the export of spans as `name` when `OTEL_*` says where
+/// (see [`demo_common::telemetry`]); `None` after printing why it cannot.
+pub fn telemetry(name: &str) -> Option<demo_common::telemetry::Telemetry> {
+    let config = demo_common::telemetry::TelemetryConfig::default().with_env(|name| std::env::var(name).ok());
+    match config.map_err(|e| e.to_string()).and_then(|config| demo_common::telemetry::init(name, &config)) {
+        Ok(telemetry) => Some(telemetry),
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            None
+        }
+    }
 }
 
 /// Serves `app` on `HOST:PORT` (default port `port`) until SIGINT/SIGTERM.

@@ -20,7 +20,9 @@ use tower_gateway::balance::dns::{Discovered, Source};
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "checkout-service";
-    demo_common::init_tracing();
+    let Some(telemetry) = server::telemetry(NAME) else {
+        return ExitCode::from(2);
+    };
     let source = match std::env::var("PRODUCT_SERVICE_DNS").ok().filter(|v| !v.is_empty()) {
         Some(name) => Source::Dns { name, every: Duration::from_secs(5) },
         None => {
@@ -53,5 +55,8 @@ async fn main() -> ExitCode {
     };
     let state = CheckoutState { db, products: ProductClient::new(products.endpoints().clone()), auth: Some(auth) };
     // `products` lives until the service ends: its DNS watcher with it.
-    server::run(NAME, checkout::app(state), 3005).await
+    let code = server::run(NAME, checkout::app(state), 3005).await;
+    // What is queued is sent before the process ends.
+    telemetry.shutdown();
+    code
 }

@@ -12,7 +12,9 @@ use demo_services::server;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    demo_common::init_tracing();
+    let Some(telemetry) = server::telemetry("product-service") else {
+        return ExitCode::from(2);
+    };
     let url = server::database_url("products.db");
     let state = match ProductsState::connect(&url).await {
         Ok(state) => state,
@@ -30,5 +32,8 @@ async fn main() -> ExitCode {
         Ok(auth) => state.with_auth(auth),
         Err(err) => return server::fail("product-service", &err),
     };
-    server::run("product-service", products::app(state), 3001).await
+    let code = server::run("product-service", products::app(state), 3001).await;
+    // What is queued is sent before the process ends.
+    telemetry.shutdown();
+    code
 }

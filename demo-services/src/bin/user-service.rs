@@ -27,7 +27,9 @@ use tower_gateway_auth::read_secret_file;
 #[tokio::main]
 async fn main() -> ExitCode {
     const NAME: &str = "user-service";
-    demo_common::init_tracing();
+    let Some(telemetry) = server::telemetry(NAME) else {
+        return ExitCode::from(2);
+    };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut keys = match server::keys_from_env() {
         Ok(keys) => keys,
@@ -99,5 +101,8 @@ async fn main() -> ExitCode {
             Err(err) => return server::fail(NAME, &format!("ADMIN_EMAIL {email}: {err:?}")),
         }
     }
-    server::run(NAME, users::app(state), 3002).await
+    let code = server::run(NAME, users::app(state), 3002).await;
+    // What is queued is sent before the process ends.
+    telemetry.shutdown();
+    code
 }

@@ -178,7 +178,21 @@ impl HttpClient {
     }
 
     pub async fn send(&self, method: Method, url: &str, body: Option<Value>) -> Option<(StatusCode, Value)> {
+        self.send_with(method, url, body, &[]).await.map(|(status, body, _)| (status, body))
+    }
+
+    /// [`send`](Self::send), with `headers` besides.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> Option<(StatusCode, Value, http::HeaderMap)> {
         let mut req = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
         if let Some(bearer) = &self.1 {
             req = req.header("authorization", bearer);
         }
@@ -190,9 +204,9 @@ impl HttpClient {
             None => Full::default(),
         };
         let res = self.0.request(req.body(body).unwrap()).await.ok()?;
-        let status = res.status();
-        let bytes = res.into_body().collect().await.ok()?.to_bytes();
-        Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.ok()?.to_bytes();
+        Some((parts.status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), parts.headers))
     }
 
     pub async fn get(&self, url: &str) -> Option<(StatusCode, Value)> {
