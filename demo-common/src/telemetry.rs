@@ -243,9 +243,17 @@ impl Telemetry {
 /// process named `service` (unless the configuration names it). A second call
 /// in one process changes nothing and exports nothing.
 pub fn init(service: &str, config: &TelemetryConfig) -> Result<Telemetry, String> {
+    init_parts(service, config, &[])
+}
+
+/// [`init`] for a process that runs several services (the one-process demo):
+/// the spans of requests served under a [`PartLayer`] naming one of `parts`
+/// are exported with that name as their `service.name`, the rest as the
+/// process's.
+pub fn init_parts(service: &str, config: &TelemetryConfig, parts: &[&'static str]) -> Result<Telemetry, String> {
     let spans = span_counts();
     let provider = match &config.otlp_endpoint {
-        Some(endpoint) => Some(provider(service, endpoint, config, &spans)?),
+        Some(endpoint) => Some(provider(service, endpoint, config, parts, &spans)?),
         None => None,
     };
     let filter = || {
@@ -297,53 +305,200 @@ fn provider(
     service: &str,
     endpoint: &str,
     config: &TelemetryConfig,
+    parts: &[&'static str],
     counts: &SpanCounts,
 ) -> Result<SdkTracerProvider, String> {
     let protocol = match config.otlp_protocol.as_deref() {
         Some("http/json") => Protocol::HttpJson,
         _ => Protocol::HttpBinary,
     };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(protocol)
-        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-        .with_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("the OTLP exporter: {e}"))?;
-    let processor = bounded(exporter, config.max_queued_spans.unwrap_or(2048), counts);
-    let name = config.service_name.clone().unwrap_or_else(|| service.to_owned());
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+    let exporter = || {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("the OTLP exporter: {e}"))
+    };
+    let resource = |name: &str| opentelemetry_sdk::Resource::builder().with_service_name(name.to_owned()).build();
+    let mut by_part = ByPart { main: exporter()?, parts: Vec::new() };
+    for &part in parts {
+        let mut part_exporter = exporter()?;
+        part_exporter.set_resource(&resource(part));
+        by_part.parts.push((part, part_exporter));
+    }
+    let processor = bounded(by_part, config.max_queued_spans.unwrap_or(2048), counts, !parts.is_empty());
+    let name = config.service_name.as_deref().unwrap_or(service);
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(config.sampler())
-        .with_resource(resource)
+        .with_resource(resource(name))
         .build())
+}
+
+thread_local! {
+    /// The part of the process whose request this thread is serving, if any.
+    static PART: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// The attribute a span of a part carries from its start to its export.
+const PART_KEY: &str = "demo.part";
+
+/// Serves each request of the service it wraps as `.0`, one of the `parts`
+/// given to [`init_parts`]: the spans made while the request is called and
+/// polled are exported under that `service.name`.
+#[derive(Debug, Clone, Copy)]
+pub struct PartLayer(pub &'static str);
+
+impl<S> tower_layer::Layer<S> for PartLayer {
+    type Service = InPart<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InPart { inner, part: self.0 }
+    }
+}
+
+/// The service of [`PartLayer`].
+#[derive(Debug, Clone)]
+pub struct InPart<S> {
+    inner: S,
+    part: &'static str,
+}
+
+/// Runs `f` with this thread serving `part`, as it was after.
+fn as_part<R>(part: &'static str, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PART.set(self.0);
+        }
+    }
+    let _restore = Restore(PART.replace(Some(part)));
+    f()
+}
+
+impl<S: tower_service::Service<R>, R> tower_service::Service<R> for InPart<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = PartFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let future = as_part(self.part, || self.inner.call(req));
+        PartFuture { future, part: self.part }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`InPart`].
+    #[derive(Debug)]
+    pub struct PartFuture<F> {
+        #[pin]
+        future: F,
+        part: &'static str,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for PartFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        as_part(this.part, || this.future.poll(cx))
+    }
+}
+
+/// Sends each part's spans through an exporter of its own (whose resource
+/// names the part), the rest through `main`.
+#[derive(Debug)]
+struct ByPart<E> {
+    main: E,
+    parts: Vec<(&'static str, E)>,
+}
+
+impl<E: SpanExporter> SpanExporter for ByPart<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if self.parts.is_empty() {
+            return self.main.export(batch).await;
+        }
+        let mut groups: Vec<Vec<SpanData>> = (0..=self.parts.len()).map(|_| Vec::new()).collect();
+        for mut span in batch {
+            let tag = span.attributes.iter().position(|kv| kv.key.as_str() == PART_KEY);
+            let part = tag.map(|at| span.attributes.swap_remove(at).value.to_string());
+            let group =
+                part.and_then(|part| self.parts.iter().position(|(name, _)| *name == part)).map_or(0, |i| i + 1);
+            groups[group].push(span);
+        }
+        let mut result = Ok(());
+        let exporters = std::iter::once(&self.main).chain(self.parts.iter().map(|(_, e)| e));
+        for (exporter, group) in exporters.zip(groups) {
+            if !group.is_empty()
+                && let Err(err) = exporter.export(group).await
+            {
+                result = Err(err);
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.parts
+            .iter()
+            .map(|(_, e)| e.shutdown_with_timeout(timeout))
+            .fold(self.main.shutdown_with_timeout(timeout), Result::and)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.parts.iter().map(|(_, e)| e.force_flush()).fold(self.main.force_flush(), Result::and)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        // The parts keep the resource naming them.
+        self.main.set_resource(resource);
+    }
 }
 
 /// A batch processor sending through `exporter`, with at most `bound` spans
 /// waiting or being sent, counted in `counts`.
-fn bounded<E: SpanExporter + 'static>(exporter: E, bound: usize, counts: &SpanCounts) -> Bounded<BatchSpanProcessor> {
+fn bounded<E: SpanExporter + 'static>(
+    exporter: E,
+    bound: usize,
+    counts: &SpanCounts,
+    tag_parts: bool,
+) -> Bounded<BatchSpanProcessor> {
     let pending = Arc::new(AtomicUsize::new(0));
     let exporter = Counted { inner: exporter, pending: pending.clone(), counts: counts.clone() };
     // The batch queue has room for every span `Bounded` lets in, so it never
     // drops one uncounted.
     let batch = BatchConfigBuilder::default().with_max_queue_size(bound + 512).with_max_export_batch_size(512).build();
     let batches = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
-    Bounded { inner: batches, pending, bound, dropped: counts.dropped.clone() }
+    Bounded { inner: batches, pending, bound, dropped: counts.dropped.clone(), tag_parts }
 }
 
 /// Lets a span into the batch queue only while fewer than `bound` are waiting
-/// or being sent; counts the rest as dropped.
+/// or being sent; counts the rest as dropped. With `tag_parts`, marks each span
+/// started while a [`PartLayer`] serves a request with that part.
 #[derive(Debug)]
 struct Bounded<P> {
     inner: P,
     pending: Arc<AtomicUsize>,
     bound: usize,
     dropped: Counter,
+    tag_parts: bool,
 }
 
 impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
     fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        if self.tag_parts
+            && let Some(part) = PART.get()
+        {
+            use opentelemetry::trace::Span as _;
+            span.set_attribute(opentelemetry::KeyValue::new(PART_KEY, part));
+        }
         self.inner.on_start(span, cx);
     }
 

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use base64::Engine;
+use demo_common::telemetry::{PartLayer, TelemetryConfig};
 use demo_gateway::{Config, Plan};
 use demo_services::checkout::{self, CheckoutState, ProductClient};
 use demo_services::products::{self, ProductsState};
@@ -31,15 +32,36 @@ use tower_gateway_auth::{KeyConfig, MemoryStore, RedisStore, TokenStore, read_se
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    demo_common::init_tracing();
-    match run().await {
+    // Spans go where OTEL_EXPORTER_OTLP_ENDPOINT says: the gateway's as
+    // "gateway", each service's under its own name (see `PartLayer`).
+    let telemetry = match TelemetryConfig::default().with_env(|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("demo: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let exporter = match demo_common::telemetry::init_parts("gateway", &telemetry, &SERVICES) {
+        Ok(exporter) => exporter,
+        Err(err) => {
+            eprintln!("demo: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match run(&telemetry).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("demo: {err}");
             ExitCode::from(2)
         }
-    }
+    };
+    // What is queued is sent before the process ends.
+    exporter.shutdown();
+    code
 }
+
+/// The services this process runs beside the gateway, as their spans name them.
+const SERVICES: [&str; 3] = ["product-service", "user-service", "checkout-service"];
 
 /// `n` random bytes, base64url.
 fn random(n: usize) -> Result<String, String> {
@@ -97,7 +119,8 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, String> {
     demo_gateway::bind(addr).map_err(|e| format!("{name} cannot listen on {addr}: {e}"))
 }
 
-async fn run() -> Result<(), String> {
+/// Runs the whole system until SIGINT/SIGTERM.
+async fn run(telemetry: &TelemetryConfig) -> Result<(), String> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let data_dir = PathBuf::from(env("DATA_DIR").unwrap_or_else(|| "data".into()));
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
@@ -137,6 +160,7 @@ async fn run() -> Result<(), String> {
         None => keys.authenticator().map_err(|e| e.to_string())?.store(store).build().map_err(|e| e.to_string())?,
     };
 
+    let [product_part, user_part, checkout_part] = SERVICES.map(PartLayer);
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = move || {
@@ -152,7 +176,7 @@ async fn run() -> Result<(), String> {
         let listener = bind("product-service", local(port)).await?;
         let state = ProductsState::connect(&db("products.db")).await.map_err(|e| format!("products.db: {e}"))?;
         let state = state.with_auth(auth.clone());
-        tasks.spawn(demo_services::server::serve(listener, products::app(state), stopped()));
+        tasks.spawn(demo_services::server::serve(listener, products::app(state).layer(product_part), stopped()));
         table.push(("product-service", port));
     }
     let passwords = Passwords::new(argon2::Params::default());
@@ -173,7 +197,7 @@ async fn run() -> Result<(), String> {
                 .await
                 .map_err(|e| format!("the admin {admin_email}: {e:?}"))?;
         }
-        tasks.spawn(demo_services::server::serve(listener, users::app(state), stopped()));
+        tasks.spawn(demo_services::server::serve(listener, users::app(state).layer(user_part), stopped()));
         table.push(("user-service", port));
     }
     {
@@ -182,7 +206,7 @@ async fn run() -> Result<(), String> {
             Endpoints::new(["http://127.0.0.1:3001", "http://127.0.0.1:3003"]).map_err(|e| e.to_string())?;
         let db = checkout::connect(&db("orders.db")).await.map_err(|e| format!("orders.db: {e}"))?;
         let state = CheckoutState { db, products: ProductClient::new(endpoints), auth: Some(auth.clone()) };
-        tasks.spawn(demo_services::server::serve(listener, checkout::app(state), stopped()));
+        tasks.spawn(demo_services::server::serve(listener, checkout::app(state).layer(checkout_part), stopped()));
         table.push(("checkout-service", 3005));
     }
     // Keys before the first token: the gateway fetches user-service's set now.
@@ -216,7 +240,13 @@ async fn run() -> Result<(), String> {
     );
     println!("  rate limits ({limits_store}): {}", limits.join(", "));
     println!("  admin: {admin_email} / {admin_password}");
-    println!("  health {base}/healthz  readiness {base}/readyz  metrics {base}/metrics\n");
+    println!("  health {base}/healthz  readiness {base}/readyz  metrics {base}/metrics");
+    match &telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            println!("  traces: OTLP to {endpoint}, as gateway, product-service, user-service and checkout-service\n")
+        }
+        None => println!("  traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)\n"),
+    }
     println!("Try it:\n");
     println!(
         "  curl -s -X POST {base}/api/users/signup -H 'content-type: application/json' -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\",\"password\":\"correct horse\"}}'"

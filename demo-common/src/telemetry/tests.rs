@@ -63,7 +63,7 @@ fn provider_over(ok: bool, bound: usize) -> (SdkTracerProvider, SpanCounts, mpsc
     let seen = Arc::new(Mutex::new(0));
     let counts = SpanCounts::default();
     let exporter = Held { release: Mutex::new(held), ok, seen: seen.clone() };
-    let provider = SdkTracerProvider::builder().with_span_processor(bounded(exporter, bound, &counts)).build();
+    let provider = SdkTracerProvider::builder().with_span_processor(bounded(exporter, bound, &counts, false)).build();
     (provider, counts, release, seen)
 }
 
@@ -99,4 +99,53 @@ fn a_refusing_collector_counts_the_spans_as_failed() {
     let _ = release.send(());
     let _ = provider.force_flush();
     assert_eq!((counts.exported.get(), counts.failed.get(), counts.dropped.get()), (0, 5, 0));
+}
+
+/// A span's name and its attributes' keys.
+type Seen = (String, Vec<String>);
+
+/// An exporter that keeps the names and attribute keys of what it is sent.
+#[derive(Debug, Default, Clone)]
+struct Recording(Arc<Mutex<Vec<Seen>>>);
+
+impl SpanExporter for Recording {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut kept = self.0.lock().unwrap();
+        for span in batch {
+            kept.push((span.name.to_string(), span.attributes.iter().map(|kv| kv.key.to_string()).collect()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_spans_of_a_part_go_through_its_own_exporter_untagged() {
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+
+    let (main, checkout) = (Recording::default(), Recording::default());
+    let by_part = ByPart { main: main.clone(), parts: vec![("checkout-service", checkout.clone())] };
+    let provider =
+        SdkTracerProvider::builder().with_span_processor(bounded(by_part, 100, &SpanCounts::default(), true)).build();
+    let tracer = provider.tracer("test");
+    tracer.in_span("the gateway's", |_| {});
+    let inside = tracer.clone();
+    let mut svc = PartLayer("checkout-service").layer(tower::service_fn(move |()| {
+        inside.in_span("made when called", |_| {});
+        let inside = inside.clone();
+        async move {
+            tokio::task::yield_now().await;
+            inside.in_span("made while polled", |_| {});
+            Ok::<_, std::convert::Infallible>(())
+        }
+    }));
+    svc.call(()).await.unwrap();
+    tracer.in_span("the gateway's again", |_| {});
+    provider.force_flush().unwrap();
+
+    let names = |r: &Recording| r.0.lock().unwrap().iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&main), ["the gateway's", "the gateway's again"]);
+    assert_eq!(names(&checkout), ["made when called", "made while polled"]);
+    let leaked = checkout.0.lock().unwrap().iter().any(|(_, keys)| keys.iter().any(|k| k == PART_KEY));
+    assert!(!leaked, "the part's tag is not exported");
 }
