@@ -94,8 +94,10 @@ async fn one_checkout_is_one_trace_from_the_gateway_through_checkout_to_product(
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let toml = format!(
         "[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n\
+         [limits.per-address]\nrate = 100\nper = \"second\"\nkey = \"client_ip\"\n\
          [upstreams.checkout]\nendpoints = [\"http://{closed}\", \"{}\"]\n\
-         [[routes]]\nname = \"checkout\"\nprefix = \"/api/checkout\"\nupstream = \"checkout\"\naccess = \"token\"\n",
+         [[routes]]\nname = \"checkout\"\nprefix = \"/api/checkout\"\nupstream = \"checkout\"\naccess = \"token\"\n\
+         limits = [\"per-address\"]\n",
         secret.display(),
         checkout.url()
     );
@@ -146,8 +148,13 @@ async fn one_checkout_is_one_trace_from_the_gateway_through_checkout_to_product(
         if incoming != Some(CLIENT) {
             assert_eq!(gateway_server.str("parentSpanId"), "", "{incoming:?}: a root span");
         }
-        let attempts = children(&trace, gateway_server);
-        assert!(attempts.iter().all(|a| a.kind() == 3), "{attempts:#?}");
+        // Beneath it: the token check, the rate-limit decision, and the attempts.
+        let below = children(&trace, gateway_server);
+        let check = |name: &str, key: &str| below.iter().find(|s| s.str("name") == name).and_then(|s| s.attr(key));
+        assert_eq!(check("auth", "auth.outcome").as_deref(), Some("allowed"), "{below:#?}");
+        assert!(matches!(check("auth", "auth.cache").as_deref(), Some("hit" | "lookup")));
+        assert_eq!(check("rate limit", "ratelimit.outcome").as_deref(), Some("allowed"));
+        let attempts: Vec<&Span> = below.into_iter().filter(|s| s.kind() == 3).collect();
         if attempts.len() == 2 {
             retried += 1;
             assert!(attempts.iter().any(|a| a.attr("error.type").as_deref() == Some("upstream_connect_failed")));

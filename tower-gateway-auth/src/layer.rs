@@ -201,24 +201,57 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         scrub(req.headers_mut(), self.auth.identity_header_names());
-        let state = match self.auth.begin(req.headers()) {
-            Step::Allow(verified) => match admit(&mut req, &verified, &self.roles) {
-                Ok(()) => State::Calling { future: self.inner.call(req) },
-                Err(rejection) => State::Refused { rejection },
-            },
+        // The check's span (OpenTelemetry, with tower-gateway's `TraceContextLayer`
+        // above): `hit` when the token cache answered, `lookup` when the store or
+        // the issuer's keys were asked; it ends before the request goes on.
+        let span = tracing::debug_span!(
+            target: "tower_gateway_auth::layer",
+            "auth",
+            otel.name = "auth",
+            otel.kind = "internal",
+            auth.cache = tracing::field::Empty,
+            auth.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let step = span.in_scope(|| self.auth.begin(req.headers()));
+        let state = match step {
+            Step::Allow(verified) => {
+                span.record("auth.cache", "hit");
+                match admitted(&span, admit(&mut req, &verified, &self.roles)) {
+                    Ok(()) => State::Calling { future: self.inner.call(req) },
+                    Err(rejection) => State::Refused { rejection },
+                }
+            }
             Step::Reject(rejection) => {
                 tracing::debug!(reason = rejection.code(), "request refused");
+                refusal(&span, &rejection);
                 State::Refused { rejection }
             }
             Step::Pending(check) => {
+                span.record("auth.cache", "lookup");
                 // The ready service goes into the future; a fresh clone stays behind.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                State::Checking { check, request: Some(req), inner: Some(inner), roles: self.roles.clone() }
+                State::Checking { check, request: Some(req), inner: Some(inner), roles: self.roles.clone(), span }
             }
         };
         ResponseFuture { state }
     }
+}
+
+/// Records the check's outcome on its span.
+fn admitted(span: &tracing::Span, result: Result<(), Rejection>) -> Result<(), Rejection> {
+    match &result {
+        Ok(()) => {
+            span.record("auth.outcome", "allowed");
+        }
+        Err(rejection) => refusal(span, rejection),
+    }
+    result
+}
+
+fn refusal(span: &tracing::Span, rejection: &Rejection) {
+    span.record("auth.outcome", "refused").record("error.type", rejection.code());
 }
 
 pin_project! {
@@ -243,6 +276,7 @@ pin_project! {
             request: Option<Req>,
             inner: Option<S>,
             roles: Roles,
+            span: tracing::Span,
         },
         Calling { #[pin] future: S::Future },
         Refused { rejection: Rejection },
@@ -265,17 +299,18 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Checking { check, request, inner, roles } => {
-                    let verified = match ready!(check.as_mut().poll(cx)) {
+                StateProj::Checking { check, request, inner, roles, span } => {
+                    let verified = match ready!(span.in_scope(|| check.as_mut().poll(cx))) {
                         Ok(verified) => verified,
                         Err(rejection) => {
                             tracing::debug!(reason = rejection.code(), "request refused");
+                            refusal(span, &rejection);
                             this.state.set(State::Refused { rejection });
                             continue;
                         }
                     };
                     let mut req = request.take().expect("request taken once");
-                    if let Err(rejection) = admit(&mut req, &verified, roles) {
+                    if let Err(rejection) = admitted(span, admit(&mut req, &verified, roles)) {
                         this.state.set(State::Refused { rejection });
                         continue;
                     }

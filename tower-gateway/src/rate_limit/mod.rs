@@ -231,21 +231,50 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let key = self.key.extract(&req);
-        let check = self.limiter.check(key.as_deref().unwrap_or(NO_KEY));
+        // The decision's span (see `crate::telemetry`): ended before the request goes on.
+        let span = tracing::debug_span!(
+            target: "tower_gateway::rate_limit",
+            "rate limit",
+            otel.name = "rate limit",
+            otel.kind = "internal",
+            ratelimit.limit = &**self.limiter.name(),
+            ratelimit.store = tracing::field::Empty,
+            ratelimit.outcome = tracing::field::Empty,
+        );
+        let check = span.in_scope(|| self.limiter.check(key.as_deref().unwrap_or(NO_KEY)));
         let state = match check.into_ready() {
-            Ok(Verdict::Allowed(decision)) => {
-                future::State::Calling { future: self.inner.call(req), fields: Some(fields(&self.limiter, &decision)) }
+            Ok(verdict) => {
+                span.record("ratelimit.store", "local");
+                record(&span, &verdict);
+                match verdict {
+                    Verdict::Allowed(decision) => future::State::Calling {
+                        future: self.inner.call(req),
+                        fields: Some(fields(&self.limiter, &decision)),
+                    },
+                    verdict => future::State::Refused { response: Some(refused(&self.limiter, verdict)) },
+                }
             }
-            Ok(verdict) => future::State::Refused { response: Some(refused(&self.limiter, verdict)) },
             Err(check) => {
+                span.record("ratelimit.store", "asked");
                 // The ready service goes into the future; a fresh clone stays behind.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                future::State::Deciding { check, request: Some(req), inner: Some(inner), limiter: self.limiter.clone() }
+                let limiter = self.limiter.clone();
+                future::State::Deciding { check, request: Some(req), inner: Some(inner), limiter, span }
             }
         };
         future::ResponseFuture { state }
     }
+}
+
+/// Records a decision on its span.
+fn record(span: &tracing::Span, verdict: &Verdict) {
+    let outcome = match verdict {
+        Verdict::Allowed(_) => "allowed",
+        Verdict::Limited(_) => "limited",
+        Verdict::Unavailable => "unavailable",
+    };
+    span.record("ratelimit.outcome", outcome);
 }
 
 pub mod future {
@@ -278,6 +307,7 @@ pub mod future {
                 request: Option<Req>,
                 inner: Option<S>,
                 limiter: Limiter,
+                span: tracing::Span,
             },
             Calling {
                 #[pin]
@@ -304,8 +334,9 @@ pub mod future {
             let mut this = self.project();
             loop {
                 match this.state.as_mut().project() {
-                    StateProj::Deciding { check, request, inner, limiter } => {
-                        let verdict = ready!(check.as_mut().poll(cx));
+                    StateProj::Deciding { check, request, inner, limiter, span } => {
+                        let verdict = ready!(span.in_scope(|| check.as_mut().poll(cx)));
+                        record(span, &verdict);
                         let next = match verdict {
                             Verdict::Allowed(decision) => {
                                 let req = request.take().expect("request taken once");

@@ -200,3 +200,39 @@ async fn a_skipped_path_gets_no_span_and_its_headers_pass_untouched() {
     assert_eq!(seen.unwrap(), malformed);
     assert!(spans.is_empty(), "{spans:#?}");
 }
+
+#[tokio::test]
+async fn each_rate_limit_decision_is_a_span_of_the_request_ended_before_it_goes_on() {
+    use crate::rate_limit::key::Global;
+    use crate::{Limiter, Quota, RateLimitLayer};
+
+    let (statuses, spans) = traced(async {
+        let svc = ServiceBuilder::new()
+            .layer(TraceContextLayer::new())
+            .layer(RateLimitLayer::new(Limiter::new("api", Quota::per_minute(1)), Global))
+            .service(tower::service_fn(|_req: Request<()>| async {
+                // Inside the request, after the decision: its span has ended.
+                tracing::debug_span!("handler", otel.kind = "internal").in_scope(|| {});
+                Ok::<_, Infallible>(Response::new(()))
+            }));
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            statuses.push(svc.clone().oneshot(Request::get("/").body(()).unwrap()).await.unwrap().status());
+        }
+        statuses
+    })
+    .await;
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    let mut decisions: Vec<&SpanData> = spans.iter().filter(|s| s.name == "rate limit").collect();
+    decisions.sort_by_key(|s| s.start_time);
+    let outcomes: Vec<Option<String>> = decisions.iter().map(|s| attr(s, "ratelimit.outcome")).collect();
+    assert_eq!(outcomes, [Some("allowed".to_owned()), Some("limited".to_owned())]);
+    let servers: Vec<&SpanData> = spans.iter().filter(|s| s.span_kind == SpanKind::Server).collect();
+    for decision in &decisions {
+        assert_eq!(attr(decision, "ratelimit.limit").as_deref(), Some("api"));
+        assert!(servers.iter().any(|s| s.span_context.span_id() == decision.parent_span_id));
+    }
+    let handler = spans.iter().find(|s| s.name == "handler").unwrap();
+    assert!(decisions[0].end_time <= handler.start_time, "the decision ends before the request goes on");
+    assert_ne!(handler.parent_span_id, decisions[0].span_context.span_id());
+}
