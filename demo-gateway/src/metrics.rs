@@ -134,6 +134,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
     latency: Family<RouteLabels, HistogramWithExemplars<TraceLabels>>,
+    upstream_latency: Family<UpstreamLabels, HistogramWithExemplars<TraceLabels>>,
     upstream: Family<EndpointLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
     upstream_errors: Family<UpstreamReasonLabels, Counter>,
@@ -179,6 +180,7 @@ pub(crate) struct RouteMetrics {
     upstream: Arc<str>,
     by_status: [Counter; 5],
     latency: HistogramWithExemplars<TraceLabels>,
+    upstream_latency: HistogramWithExemplars<TraceLabels>,
     retries: Counter,
 }
 
@@ -193,10 +195,10 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<StatusLabels, Counter>::default();
-        let latency = Family::<RouteLabels, HistogramWithExemplars<TraceLabels>>::new_with_constructor(
-            (|| HistogramWithExemplars::new(exponential_buckets(0.000_5, 2.0, 16)))
-                as fn() -> HistogramWithExemplars<TraceLabels>,
-        );
+        let histogram = (|| HistogramWithExemplars::new(exponential_buckets(0.000_5, 2.0, 16)))
+            as fn() -> HistogramWithExemplars<TraceLabels>;
+        let latency = Family::<RouteLabels, _>::new_with_constructor(histogram);
+        let upstream_latency = Family::<UpstreamLabels, _>::new_with_constructor(histogram);
         let upstream = Family::<EndpointLabels, Counter>::default();
         let retries = Family::<RouteLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamReasonLabels, Counter>::default();
@@ -224,6 +226,11 @@ impl Metrics {
         let config_alive = Family::<KindLabels, Gauge>::default();
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time to the response head of requests forwarded, retries included, by upstream",
+            upstream_latency.clone(),
+        );
         registry.register(
             "upstream_requests",
             "Requests answered through each endpoint of each upstream",
@@ -341,6 +348,7 @@ impl Metrics {
             config_alive,
             requests,
             latency,
+            upstream_latency,
             upstream,
             retries,
             upstream_errors,
@@ -381,6 +389,10 @@ impl Metrics {
             upstream: upstream.clone(),
             by_status: STATUS_CLASSES.map(status),
             latency: self.latency.get_or_create(&RouteLabels { route: route.clone() }).clone(),
+            upstream_latency: self
+                .upstream_latency
+                .get_or_create(&UpstreamLabels { upstream: upstream.clone() })
+                .clone(),
             retries: self.retries.get_or_create(&RouteLabels { route: route.clone() }).clone(),
         }
     }
@@ -393,7 +405,11 @@ impl Metrics {
         let trace = tower_gateway::telemetry::span_context(&tracing::Span::current())
             .filter(|trace| trace.is_sampled())
             .map(|trace| TraceLabels { trace_id: trace.trace_id().to_string() });
-        route.latency.observe(observed.latency.as_secs_f64(), trace, None);
+        let seconds = observed.latency.as_secs_f64();
+        if observed.endpoint.is_some() {
+            route.upstream_latency.observe(seconds, trace.clone(), None);
+        }
+        route.latency.observe(seconds, trace, None);
         if observed.attempts > 1 {
             route.retries.inc_by(u64::from(observed.attempts - 1));
         }

@@ -182,10 +182,15 @@ async fn one_trace_from_the_client_through_each_attempt_to_the_upstream_joined_b
     let (_, metrics) =
         get(&gateway.url("/metrics"), &[("accept", "application/openmetrics-text; version=1.0.0")]).await.unwrap();
     let exemplar = format!("# {{trace_id=\"{}\"}}", field(CLIENT, 1));
-    assert!(
-        metrics.lines().any(|l| l.starts_with("gateway_request_duration_seconds_bucket") && l.contains(&exemplar)),
-        "no exemplar with the trace id:\n{metrics}"
-    );
+    for (histogram, label) in [
+        ("gateway_request_duration_seconds_bucket", "route=\"items\""),
+        ("gateway_upstream_request_duration_seconds_bucket", "upstream=\"items\""),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(histogram) && l.contains(label) && l.contains(&exemplar)),
+            "no exemplar with the trace id on {histogram}:\n{metrics}"
+        );
+    }
 
     // No traceparent, or a malformed one: the gateway starts the trace, and
     // the upstream sees the gateway's context, never the malformed one.
