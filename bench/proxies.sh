@@ -128,8 +128,8 @@ gateway_conf() { # NAME PORT EXTRA_TOP ROUTE_EXTRA ENDPOINTS [TAIL]; no limits u
 listen = "127.0.0.1:$2"
 # wrk and the idle flood come from one address.
 max_connections_per_client = 100000
-$3
 $limits
+$3
 
 [upstreams.products]
 endpoints = [$5]
@@ -157,6 +157,22 @@ nginx_conf jwksfile 1 "server { listen 127.0.0.1:18110; location = /jwks.json { 
 mkdir -p "$work/jwksfile.tmp"; start_nginx jwksfile
 gateway_conf jwks 18108 "" 'access = "token"' "$two" "[jwt]
 jwks_url = \"http://127.0.0.1:18110/jwks.json\""
+# Traces exported over OTLP/HTTP to a one-worker nginx that takes every batch (the collector),
+# every request sampled, or one in a hundred; the plain gateway is the row with tracing off.
+nginx_conf otlp 1 "  client_max_body_size 64m;
+  server { listen 127.0.0.1:18113; location = /v1/traces { default_type application/json; return 200 '{}'; } }"
+mkdir -p "$work/otlp.tmp"; start_nginx otlp
+gateway_conf traced 18112 "[telemetry]
+otlp_endpoint = \"http://127.0.0.1:18113\"
+sampler = \"parentbased_always_on\"" 'access = "public"' "$two"
+# The collector down (nothing listens on 18115): every export fails, requests must not notice.
+gateway_conf traceddown 18116 "[telemetry]
+otlp_endpoint = \"http://127.0.0.1:18115\"
+sampler = \"parentbased_always_on\"" 'access = "public"' "$two"
+gateway_conf traced1pct 18114 "[telemetry]
+otlp_endpoint = \"http://127.0.0.1:18113\"
+sampler = \"parentbased_traceidratio\"
+sampler_arg = 0.01" 'access = "public"' "$two"
 # One endpoint answering 503 half the time: retried on the same endpoint (the only one is never
 # ejected), so a request fails only when all three attempts draw a 503.
 gateway_conf retries 18104 "" 'access = "public"' '"http://127.0.0.1:18083"' \
@@ -234,6 +250,9 @@ start_gateway eddsa warn
 start_gateway jwks warn
 start_gateway retries warn
 start_gateway tls warn
+start_gateway traced warn
+start_gateway traced1pct warn
+start_gateway traceddown warn
 [ "$have_redis" = yes ] && start_gateway redis warn
 [ "$have_redis" = yes ] && start_gateway ratelimit warn
 
@@ -248,7 +267,8 @@ hs_token=$("$bin/loadtool" token HS256 "$work/hs256.key")
 ed_token=$("$bin/loadtool" token EdDSA "$work/ed.key")
 for url in 127.0.0.1:18081/ 127.0.0.1:18082/ 127.0.0.1:18090/api/products/1 127.0.0.1:18091/api/products/1 \
   127.0.0.1:18092/api/products/1 127.0.0.1:18100/api/products/1 127.0.0.1:18101/api/products/1 \
-  127.0.0.1:18104/api/products/1 https://127.0.0.1:18443/api/products/1 127.0.0.1:18109/api/products/1; do
+  127.0.0.1:18104/api/products/1 https://127.0.0.1:18443/api/products/1 127.0.0.1:18109/api/products/1 \
+  127.0.0.1:18112/api/products/1 127.0.0.1:18114/api/products/1 127.0.0.1:18116/api/products/1; do
   case $url in https*) wait_http "$url" ;; *) wait_http "http://$url" ;; esac
 done
 wait_http http://127.0.0.1:18102/api/products/1 "authorization: Bearer $hs_token"
@@ -300,6 +320,9 @@ url_of() {
     tls) echo https://127.0.0.1:18443/api/products/1 ;;
     redis) echo http://127.0.0.1:18106/api/products/1 ;;
     ratelimit) echo http://127.0.0.1:18111/api/products/1 ;;
+    traced) echo http://127.0.0.1:18112/api/products/1 ;;
+    traced1pct) echo http://127.0.0.1:18114/api/products/1 ;;
+    traceddown) echo http://127.0.0.1:18116/api/products/1 ;;
   esac
 }
 header_of() {
@@ -367,7 +390,7 @@ rounds c256 256 "${closed[@]}"
 log "both logging every request: nginx (buffered access_log), the gateway (its default access log)"
 rounds logged 50 nginxlog gatewaylog
 log "feature costs against the plain gateway"
-features=(gateway bare gatewaylog hs256 eddsa jwks retries tls)
+features=(gateway bare gatewaylog traced traced1pct traceddown hs256 eddsa jwks retries tls)
 [ "$have_redis" = yes ] && features+=(ratelimit redis)
 # Fresh tokens: they live 15 minutes, and the rounds before took a while.
 hs_token=$("$bin/loadtool" token HS256 "$work/hs256.key")
@@ -576,7 +599,10 @@ targets() {
   echo "|---|---|---|---|"
   for t in "${features[@]}"; do
     case $t in
-      gateway) name="nothing more (plain, RUST_LOG=warn)" ;;
+      gateway) name="nothing more (plain, RUST_LOG=warn; tracing off)" ;;
+      traced) name="traces exported over OTLP/HTTP, every request sampled (2 spans each)" ;;
+      traced1pct) name="traces exported over OTLP/HTTP, 1% sampled" ;;
+      traceddown) name="traces, every request sampled, the collector down (every export fails)" ;;
       bare) name="(the bare hyper proxy, for the access log's target)" ;;
       ratelimit) name="a rate limit in Redis, one hot key (every request passes)" ;;
       gatewaylog) name="the access log (the default)" ;;
@@ -588,6 +614,14 @@ targets() {
       redis) name="JWT HS256, revocation looked up in Redis every request" ;;
     esac
     printf '| %s | %.0f | %s | %s |\n' "$name" "$(med features.$t 1)" "$(ratio features "$t" gateway)" "$(med features.$t 2)"
+  done
+  echo
+  for t in traced traced1pct traceddown; do
+    case $t in traced) port=18112 ;; traced1pct) port=18114 ;; *) port=18116 ;; esac
+    spans=$(curl -s "http://127.0.0.1:$port/metrics" \
+      | awk -F'[{}" ]+' '/^gateway_trace_spans_total/ { printf "%s %s, ", $3, $4 }')
+    echo "Spans of the $t gateway over the whole run: ${spans%, } (failed: not delivered; dropped: the export queue was full)."
+    echo
   done
   echo
   echo "## Latency, open loop (64 connections; each request timed from when it was due)"

@@ -152,7 +152,7 @@ pub struct Config {
     pub revocation: RevocationConfig,
     /// The log's format and where spans are exported (OTLP/HTTP), each value
     /// falling back to its `OTEL_*` variable: see
-    /// [`TelemetryConfig`](demo_common::telemetry::TelemetryConfig).
+    /// [`TelemetryConfig`].
     pub telemetry: TelemetryConfig,
     /// The upstreams, by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,

@@ -97,7 +97,7 @@ where
             let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
         }
         let client = req.extensions().get::<ClientAddr>().map(ClientAddr::ip).or_else(|| {
-            // The peer alone when nothing decided more (`ClientAddrLayer` runs after this).
+            // The peer alone when no `ClientAddrLayer` decided more before this layer.
             PeerAddr::of(req.extensions()).map(|peer| peer.ip().to_canonical())
         });
         if let Some(client) = client {
