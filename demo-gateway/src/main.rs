@@ -12,7 +12,9 @@ use demo_gateway::{Config, Gateway, Plan};
 /// (GET public, writes need the admin role); /api/users → 3002, 3004 (signup and login public,
 /// the list admin, the rest a token); /api/checkout → 3005 (a token). Environment overrides:
 /// GATEWAY_LISTEN, GATEWAY_CORS_ORIGINS, REDIS_URL, and the key: JWT_ALGORITHM with
-/// JWT_PUBLIC_KEY_FILE (or JWT_SECRET_FILE), JWT_ISSUER, JWT_AUDIENCE, JWT_TTL_SECS.
+/// JWT_PUBLIC_KEY_FILE (or JWT_SECRET_FILE), JWT_ISSUER, JWT_AUDIENCE, JWT_TTL_SECS. Traces:
+/// OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME,
+/// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, where [telemetry] says nothing.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
