@@ -105,3 +105,38 @@ async fn all_backends_down_is_502_within_the_backoff_bound() {
     assert!(elapsed >= Duration::from_millis(300), "retried with backoff: {elapsed:?}");
     assert!(elapsed < Duration::from_millis(450 + 1_000), "gave up within the bound: {elapsed:?}");
 }
+
+/// The route of `gateway`, as an axum user mounts it: with `nest_service`, or
+/// with `route_service` on the prefix and everything under it.
+#[tokio::test]
+async fn the_prefix_is_stripped_once_under_either_axum_mount() {
+    let a = backend("a").await;
+    let route = || {
+        ServiceBuilder::new()
+            .layer(StripPrefixLayer::new("/api/products"))
+            .layer(RoundRobinLayer::new(Endpoints::new([a.url()]).unwrap()))
+            .service(Proxy::new())
+    };
+    let nested = serve(axum::Router::new().nest_service("/api/products", route())).await;
+    let routed = serve(
+        axum::Router::new().route_service("/api/products", route()).route_service("/api/products/{*rest}", route()),
+    )
+    .await;
+    let client = Client::new();
+    for gw in [&nested, &routed] {
+        for (path, seen) in [
+            ("/api/products/item?x=1", "/item?x=1"),
+            ("/api/products", "/"),
+            // The prefix spelled again below the mount is part of the path.
+            ("/api/products/api/products/x", "/api/products/x"),
+        ] {
+            let reply = client.get(&format!("{}{path}", gw.url())).await.unwrap();
+            assert_eq!(reply.status, StatusCode::OK, "{path}");
+            let json = reply.json();
+            assert_eq!(json["path"], seen, "{path} under {}", gw.url());
+            assert_eq!(json["headers"]["x-forwarded-prefix"], "/api/products", "{path}");
+        }
+        let refused = client.get(&format!("{}/api/products/%2e%2e/checkout", gw.url())).await.unwrap();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -46,7 +46,7 @@
 //!
 //! - `axum`: the peer address from axum's `ConnectInfo<SocketAddr>`.
 //! - `redis`: `rate_limit::RedisStore`, limits shared by every replica.
-//! - `opentelemetry`: [`telemetry::TraceContextLayer`], and [`Proxy`] sending
+//! - `opentelemetry`: `telemetry::TraceContextLayer`, and [`Proxy`] sending
 //!   each attempt's trace context upstream.
 //!
 //! Failures reach the client as JSON (`{"error":{"code","message"}}`) with the
@@ -84,9 +84,12 @@ pub mod client_addr;
 pub mod error;
 pub(crate) mod future;
 pub mod header;
+pub mod mirror;
+pub mod modify_headers;
 pub mod proxy;
 pub mod rate_limit;
 pub mod retry;
+pub mod split;
 pub mod strip_prefix;
 pub mod telemetry;
 pub mod timeout;

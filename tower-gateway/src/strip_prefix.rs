@@ -281,9 +281,24 @@ pub fn strip<'a>(prefix: &str, path: &'a str) -> Result<Option<Cow<'a, str>>, Pa
     })
 }
 
+/// What takes the matched prefix's place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Replacement {
+    /// This path in place of the prefix (empty: the prefix is stripped).
+    Prefix(Arc<str>),
+    /// This path in place of the whole path.
+    FullPath(Arc<str>),
+}
+
 /// The path and query of `uri` with `prefix` stripped from its path.
 /// `Ok(None)`: the path does not match and the URI is left as it is.
+#[cfg(test)]
 fn stripped(prefix: &str, uri: &Uri) -> Result<Option<PathAndQuery>, PathError> {
+    rewritten(prefix, &Replacement::Prefix("".into()), uri)
+}
+
+/// The path and query of `uri` with `prefix` replaced in its path.
+fn rewritten(prefix: &str, replacement: &Replacement, uri: &Uri) -> Result<Option<PathAndQuery>, PathError> {
     let path = uri.path();
     if path == "*" {
         return Ok(None);
@@ -291,14 +306,20 @@ fn stripped(prefix: &str, uri: &Uri) -> Result<Option<PathAndQuery>, PathError> 
     let Some(rest) = strip(prefix, path)? else {
         return Ok(None);
     };
-    let rest = if rest.is_empty() { "/" } else { &rest };
-    let mut path_and_query = String::with_capacity(rest.len() + uri.query().map_or(0, |q| q.len() + 1));
+    let (head, rest) = match replacement {
+        Replacement::Prefix(with) => (&**with, &*rest),
+        Replacement::FullPath(path) => (&**path, ""),
+    };
+    let rest = if head.is_empty() && rest.is_empty() { "/" } else { rest };
+    let mut path_and_query = String::with_capacity(head.len() + rest.len() + uri.query().map_or(0, |q| q.len() + 1));
+    path_and_query.push_str(head);
     path_and_query.push_str(rest);
     if let Some(query) = uri.query() {
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    // The rest of a canonical path with the query it came with is always valid.
+    // A canonical path (or one checked like a prefix) with the query it came
+    // with is always valid.
     Ok(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok())
 }
 
@@ -322,6 +343,7 @@ fn strip_uri(prefix: &str, uri: &Uri) -> Result<Option<Uri>, PathError> {
 pub struct StripPrefixLayer {
     prefix: Arc<str>,
     header: HeaderValue,
+    replacement: Replacement,
 }
 
 impl StripPrefixLayer {
@@ -341,26 +363,61 @@ impl StripPrefixLayer {
 
     /// A layer stripping `prefix`, or why `prefix` cannot be one.
     pub fn try_new(prefix: &str) -> Result<Self, InvalidPrefix> {
-        let invalid = |reason| InvalidPrefix { prefix: prefix.to_owned(), reason };
-        if prefix.bytes().any(|b| matches!(b, b'?' | b'#' | b'%' | b';')) {
-            return Err(invalid("it must not contain '?', '#', '%' or ';'"));
-        }
-        check_path(prefix).map_err(|e| {
-            invalid(match e {
-                PathError::NotAbsolute => "it must start with '/'",
-                PathError::DotSegment => "it must not contain '.' or '..' segments",
-                PathError::EmptySegment => "it must not contain '//'",
-                _ => "it must be a plain path",
-            })
-        })?;
-        let trimmed = prefix.trim_end_matches('/');
-        let shown = if trimmed.is_empty() { "/" } else { trimmed };
-        PathAndQuery::try_from(shown).map_err(|_| invalid("it contains characters not allowed in a path"))?;
-        let header =
-            HeaderValue::from_str(shown).map_err(|_| invalid("it contains characters not allowed in a header"))?;
-        Ok(Self { prefix: trimmed.into(), header })
+        let (trimmed, header) = checked_prefix(prefix)?;
+        Ok(Self { prefix: trimmed.into(), header, replacement: Replacement::Prefix("".into()) })
     }
 
+    /// Puts `with` in the matched prefix's place instead of stripping it (the
+    /// Gateway API's `ReplacePrefixMatch`): with `/v2`, `/api/products/item`
+    /// becomes `/v2/item`. `X-Forwarded-Prefix` is sent only when the prefix is
+    /// stripped (`with` is `/`): a backend rebuilding links from it would
+    /// otherwise build them wrong.
+    ///
+    /// ```
+    /// # use tower_gateway::StripPrefixLayer;
+    /// let layer = StripPrefixLayer::new("/api/products").replace_prefix_with("/v2").unwrap();
+    /// assert!(StripPrefixLayer::new("/a").replace_prefix_with("/b/../c").is_err());
+    /// ```
+    pub fn replace_prefix_with(mut self, with: &str) -> Result<Self, InvalidPrefix> {
+        let (trimmed, _) = checked_prefix(with)?;
+        self.replacement = Replacement::Prefix(trimmed.into());
+        Ok(self)
+    }
+
+    /// Puts `path` in place of the whole path of a matching request (the
+    /// Gateway API's `ReplaceFullPath`), keeping the query: with `/status`,
+    /// `/api/health/deep?v=1` becomes `/status?v=1`.
+    pub fn replace_full_path(mut self, path: &str) -> Result<Self, InvalidPrefix> {
+        let (trimmed, _) = checked_prefix(path)?;
+        let path = if trimmed.is_empty() { "/" } else { trimmed };
+        self.replacement = Replacement::FullPath(path.into());
+        Ok(self)
+    }
+}
+
+/// `prefix` without its trailing `/`, and as a header value; or why it is no
+/// canonical path.
+fn checked_prefix(prefix: &str) -> Result<(&str, HeaderValue), InvalidPrefix> {
+    let invalid = |reason| InvalidPrefix { prefix: prefix.to_owned(), reason };
+    if prefix.bytes().any(|b| matches!(b, b'?' | b'#' | b'%' | b';')) {
+        return Err(invalid("it must not contain '?', '#', '%' or ';'"));
+    }
+    check_path(prefix).map_err(|e| {
+        invalid(match e {
+            PathError::NotAbsolute => "it must start with '/'",
+            PathError::DotSegment => "it must not contain '.' or '..' segments",
+            PathError::EmptySegment => "it must not contain '//'",
+            _ => "it must be a plain path",
+        })
+    })?;
+    let trimmed = prefix.trim_end_matches('/');
+    let shown = if trimmed.is_empty() { "/" } else { trimmed };
+    PathAndQuery::try_from(shown).map_err(|_| invalid("it contains characters not allowed in a path"))?;
+    let header = HeaderValue::from_str(shown).map_err(|_| invalid("it contains characters not allowed in a header"))?;
+    Ok((trimmed, header))
+}
+
+impl StripPrefixLayer {
     /// The prefix this layer strips, without a trailing `/`.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -412,11 +469,18 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match stripped(&self.layer.prefix, req.uri()) {
+        let layer = &self.layer;
+        // Under axum's `nest_service` the router has already taken its mount
+        // off the path: rewrite the path the client sent instead, so the
+        // prefix is neither stripped twice nor missed.
+        let sent = nested_original(&req);
+        match rewritten(&layer.prefix, &layer.replacement, sent.unwrap_or(req.uri())) {
             Ok(Some(path_and_query)) => {
                 let uri = std::mem::take(req.uri_mut());
                 *req.uri_mut() = with_path(uri, path_and_query);
-                req.headers_mut().insert(X_FORWARDED_PREFIX.clone(), self.layer.header.clone());
+                if matches!(&layer.replacement, Replacement::Prefix(with) if with.is_empty()) {
+                    req.headers_mut().insert(X_FORWARDED_PREFIX.clone(), layer.header.clone());
+                }
             }
             Ok(None) => {}
             Err(err) => {
@@ -427,6 +491,19 @@ where
         }
         future::ResponseFuture { inner: AnswerOrCall::call(self.inner.call(req)) }
     }
+}
+
+/// The URI the client sent, when axum's `nest_service` has taken its mount off
+/// the request's path.
+#[cfg(feature = "axum")]
+fn nested_original<B>(req: &Request<B>) -> Option<&Uri> {
+    req.extensions().get::<axum::extract::NestedPath>()?;
+    req.extensions().get::<axum::extract::OriginalUri>().map(|original| &original.0)
+}
+
+#[cfg(not(feature = "axum"))]
+fn nested_original<B>(_: &Request<B>) -> Option<&Uri> {
+    None
 }
 
 pub mod future {

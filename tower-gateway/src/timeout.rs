@@ -28,6 +28,10 @@
 //! # check(&route);
 //! ```
 //!
+//! A request may carry its own bound: an [`AttemptTimeout`] in its extensions,
+//! put there by a layer above (a route with a timeout of its own), is used
+//! instead of the layer's.
+//!
 //! [`Proxy`]: crate::Proxy
 
 use std::task::{Context, Poll};
@@ -39,6 +43,11 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::error::{UpstreamError, UpstreamErrorKind};
+
+/// A request's own timeout, used by [`Timeout`] instead of its own (a
+/// per-route timeout over an upstream's stack shared by several routes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimeout(pub Duration);
 
 /// Answers `504` when the inner service takes longer than a duration. See the
 /// [module docs](self).
@@ -93,7 +102,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        future::ResponseFuture { future: self.inner.call(req), sleep: tokio::time::sleep(self.timeout) }
+        let timeout = req.extensions().get::<AttemptTimeout>().map_or(self.timeout, |t| t.0);
+        future::ResponseFuture { future: self.inner.call(req), sleep: tokio::time::sleep(timeout) }
     }
 }
 
@@ -166,5 +176,24 @@ mod tests {
         assert_eq!(slow.extensions().get::<UpstreamError>().unwrap().kind(), UpstreamErrorKind::Timeout);
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         assert!(String::from_utf8_lossy(&slow.into_body().flat()).contains("upstream_timeout"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_with_its_own_timeout_is_bounded_by_it() {
+        let svc = TimeoutLayer::new(Duration::from_secs(2)).layer(tower::service_fn(|req: Request<u64>| async move {
+            tokio::time::sleep(Duration::from_secs(*req.body())).await;
+            Ok::<_, Infallible>(Response::new(Bytes::from_static(b"done")))
+        }));
+        let with = |secs: u64, own: u64| {
+            let mut req = Request::new(secs);
+            req.extensions_mut().insert(AttemptTimeout(Duration::from_secs(own)));
+            req
+        };
+        let started = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(with(5, 10)).await.unwrap().status(), http::StatusCode::OK, "a longer bound");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        assert_eq!(svc.oneshot(with(5, 1)).await.unwrap().status(), http::StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 }

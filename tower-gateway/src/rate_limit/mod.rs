@@ -17,7 +17,7 @@
 //!
 //! **Where the state lives.** By default in this process ([`MemoryStore`]:
 //! sharded, bounded, idle keys dropped first). With a shared [`Store`] —
-//! [`RedisStore`] with the `redis` feature — every process using the same limit
+//! `RedisStore` with the `redis` feature — every process using the same limit
 //! name draws on one quota, decided atomically in the store on the store's clock.
 //! A key this process already knows to be spent is refused without a round trip.
 //! If the store fails or is slow past the store timeout, the limiter either
@@ -55,6 +55,7 @@
 //! Layers stack: each limit is decided in turn, and a request refused by an inner
 //! limit has already counted against the outer ones — put the limit that should
 //! not be spent by refused requests innermost.
+#![cfg_attr(feature = "redis", doc = "\n\nWith the `redis` feature: [`RedisStore`].")]
 
 use std::fmt;
 use std::future::Future;

@@ -3,7 +3,7 @@
 //! [`Proxy`](crate::Proxy)) a client span per attempt whose context is sent
 //! upstream.
 //!
-//! [`TraceContextLayer`] (feature `opentelemetry`) reads `traceparent` and
+//! `TraceContextLayer` (feature `opentelemetry`) reads `traceparent` and
 //! `tracestate` ([W3C Trace Context]) from the request and opens the request's
 //! server span as their child; everything below runs inside it. Each call into
 //! a [`Proxy`](crate::Proxy) is an attempt with a client span of its own, child
