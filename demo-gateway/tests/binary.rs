@@ -120,12 +120,13 @@ fn print_config_shows_every_policy_and_masks_secrets() {
     assert_eq!(summary.len(), 10, "{text}");
     let admin = "access: role admin  limits: per-address";
     assert!(summary[0].starts_with("/api/users/keys/rotate ") && summary[0].ends_with(admin), "{text}");
-    assert!(summary[1].starts_with("/api/users/.well-known/* GET,HEAD"), "{text}");
-    assert!(summary[1].ends_with("access: public  limits: per-address"), "{text}");
-    assert!(summary[2].starts_with("/api/users/signup POST"), "{text}");
-    assert!(summary[2].ends_with("access: public  limits: per-address, signup-address"), "{text}");
-    assert!(summary[3].starts_with("/api/users/login POST"), "{text}");
-    assert!(summary[3].ends_with("access: public  limits: per-address, login-address, login-account"), "{text}");
+    // Exact paths first (the Gateway API's order), then prefixes, the longest first.
+    assert!(summary[1].starts_with("/api/users/signup POST"), "{text}");
+    assert!(summary[1].ends_with("access: public  limits: per-address, signup-address"), "{text}");
+    assert!(summary[2].starts_with("/api/users/login POST"), "{text}");
+    assert!(summary[2].ends_with("access: public  limits: per-address, login-address, login-account"), "{text}");
+    assert!(summary[4].starts_with("/api/users/.well-known/* GET,HEAD"), "{text}");
+    assert!(summary[4].ends_with("access: public  limits: per-address"), "{text}");
     assert!(summary.iter().any(|l| l.starts_with("/api/products/* ") && l.ends_with(admin)), "{text}");
     assert!(text.contains("[limits.login-account]"), "{text}");
 }

@@ -297,9 +297,15 @@ mod shipped;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod traffic;
 mod upstream;
 
 pub use route::{Access, LimitConfig, LimitKey, LimitStore, Per, RouteConfig, RouteMethod, StoreFailure};
 pub use shipped::{shipped_limits, shipped_routes};
 pub use tls::{SniCertificate, TlsConfig};
+pub use traffic::{
+    BackendRefConfig, HeaderMatchConfig, HeaderModifierConfig, HeaderValueConfig, MatchType, MirrorConfig,
+    PathModifier, PersistenceType, QueryMatchConfig, RedirectConfig, RedirectScheme, SessionPersistenceConfig,
+    TimeoutsConfig, UrlRewriteConfig,
+};
 pub use upstream::{RetryConfig, UpstreamConfig};

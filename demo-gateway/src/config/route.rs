@@ -4,6 +4,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::traffic::{
+    BackendRefConfig, HeaderMatchConfig, HeaderModifierConfig, MirrorConfig, QueryMatchConfig, RedirectConfig,
+    SessionPersistenceConfig, TimeoutsConfig, UrlRewriteConfig,
+};
+
 /// One rate limit: `rate` requests `per` second, minute or hour for each key,
 /// at most `burst` at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +216,16 @@ pub struct RouteConfig {
     /// Or matches this path alone (a trailing `/` allowed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The hosts matched (`"api.example.com"`, or `"*.example.com"` for any
+    /// host under it); any host when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    /// Headers the request must carry, all of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchConfig>,
+    /// Query parameters the request must carry, all of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryMatchConfig>,
     /// The methods matched (`"GET"`, `"HEAD"`, `"POST"`, `"PUT"`, `"DELETE"`,
     /// `"PATCH"`, `"OPTIONS"`); any method when empty. `GET` brings `HEAD`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -218,8 +233,33 @@ pub struct RouteConfig {
     /// What is stripped before forwarding (default: the prefix or path itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strip_prefix: Option<String>,
+    /// Or the path the upstream is asked for, made from the request's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_rewrite: Option<UrlRewriteConfig>,
     /// The upstream's name, in `[upstreams]`.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub upstream: String,
+    /// Or several upstreams sharing the route's requests by weight.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<BackendRefConfig>,
+    /// With `backend_refs`: what keeps a client on one side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistenceConfig>,
+    /// Or a redirect, forwarding nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<RedirectConfig>,
+    /// Headers changed on the way to the upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderModifierConfig>,
+    /// Headers changed on the way back to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderModifierConfig>,
+    /// The route's own timeouts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsConfig>,
+    /// A share of requests copied to another upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<MirrorConfig>,
     /// Who may use the route. Required: nothing is open by omission.
     pub access: Option<Access>,
     /// The names of the limits (in `[limits]`) requests count against, in order.

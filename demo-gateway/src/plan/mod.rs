@@ -19,7 +19,7 @@ use tower_http::cors::CorsLayer;
 use crate::alive::{Alive, Counted};
 use crate::config::{Access, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::routes::{Route, RouteBody, Table};
+use crate::routes::{Entry, Route, RouteBody, Table};
 use crate::shared::{Drain, Shared};
 use auth::authenticator;
 use limits::limits_of;
@@ -232,8 +232,13 @@ impl Plan {
             before: previous.map_or(&[][..], |p| &p.table.routes[..]),
         };
         for (i, route) in config.routes.iter().enumerate() {
+            // A route naming an upstream that was refused above is not
+            // checked again: that error is the one to report.
+            let named = std::iter::once(&route.upstream)
+                .chain(route.backend_refs.iter().map(|b| &b.name))
+                .chain(route.request_mirror.iter().map(|m| &m.backend_ref));
             let refused_upstream =
-                config.upstreams.contains_key(&route.upstream) && !upstreams.contains_key(route.upstream.as_str());
+                named.into_iter().any(|u| config.upstreams.contains_key(u) && !upstreams.contains_key(u.as_str()));
             let refused_limit = route.limits.iter().any(|l| config.limits.contains_key(l) && !limits.contains_key(l));
             let refused_auth = needs_token && auth.is_none() && !matches!(route.access, Some(Access::Public) | None);
             if refused_upstream || refused_limit || refused_auth {
@@ -241,23 +246,32 @@ impl Plan {
             }
             let at = format!("routes[{i}]");
             match route_of(&at, route, &parts) {
-                Ok(built) => match routes.iter().position(|r| r.overlaps(&built)) {
-                    Some(j) => errors.push(ConfigError::new(at, format!("matches the same requests as routes[{j}]"))),
-                    None => routes.push(built),
-                },
+                Ok(built) => {
+                    // A route's name keys its metrics and what a reload hands on.
+                    if let Some(j) = routes.iter().position(|r| r.name == built.name) {
+                        let message = format!("{:?} is the name of routes[{j}] too", built.name);
+                        errors.push(ConfigError::new(format!("{at}.name"), message));
+                    } else if let Some(j) = routes.iter().position(|r| r.overlaps(&built)) {
+                        errors.push(ConfigError::new(at, format!("matches the same requests as routes[{j}]")));
+                    } else {
+                        routes.push(built);
+                    }
+                }
                 Err(err) => errors.push(err),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        // The most specific first: the longest path, an exact path over a prefix of
-        // the same length, then a route naming methods over one taking any.
-        let mut order: Vec<(usize, &Route)> = routes.iter().enumerate().collect();
-        order.sort_by_key(|(_, r)| r.specificity());
-        check_fallthrough(&order).map_err(|e| vec![e])?;
-        routes.sort_by_key(|r| r.specificity());
+        // Every way each route matches, the most specific first (see
+        // `routes::matching` for the order); a stable sort, so the
+        // configuration's order decides the rest.
+        let mut entries: Vec<Entry> = routes.iter().enumerate().flat_map(|(i, r)| r.entries(i)).collect();
+        entries.sort_by_key(|e| routes[e.route].rank(e));
+        check_fallthrough(&routes, &entries).map_err(|e| vec![e])?;
         let table = Table {
+            any_hosts: routes.iter().any(|r| !r.hosts.is_empty()),
+            entries: entries.into(),
             routes,
             upstreams: upstreams.into_values().collect(),
             auth,
@@ -314,9 +328,12 @@ impl Plan {
     /// upstream and policy.
     pub fn to_masked_toml(&self) -> String {
         let mut text = String::from("# Routes, most specific first: a request takes the first that matches.\n");
-        for route in &self.table.routes {
+        for entry in &self.table.entries {
+            let route = &self.table.routes[entry.route];
             let upstream = route.metrics.upstream();
-            let mut line = format!("#   {:<28} -> {upstream:<10} access: {}", &*route.name, route.access);
+            let host = entry.host.as_ref().map(|h| format!("{h} ")).unwrap_or_default();
+            let name = format!("{host}{}", route.name);
+            let mut line = format!("#   {name:<28} -> {upstream:<10} access: {}", route.access);
             if !route.limits.is_empty() {
                 let names: Vec<&str> = route.limits.iter().map(|l| &**l).collect();
                 line.push_str(&format!("  limits: {}", names.join(", ")));
@@ -364,8 +381,11 @@ pub(super) fn at_least_one(field: &str, value: usize) -> Result<usize, ConfigErr
 
 mod auth;
 mod limits;
+#[cfg(test)]
+mod precedence_tests;
 mod route;
 mod server;
 #[cfg(test)]
 mod tests;
+mod traffic;
 mod upstream;

@@ -13,9 +13,11 @@ use tower_gateway::upgrade::{CloseAt, ReserveUpgradeLayer};
 use tower_gateway::{Body, StripPrefixLayer};
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
+use super::traffic;
 use super::{BuiltLimit, Settings};
 use crate::config::{Access, ConfigError, RouteConfig, RouteMethod};
-use crate::routes::{Matcher, Route, RouteBody, Stack, Upstream};
+use crate::routes::matching::could_take;
+use crate::routes::{Conditions, Entry, Matcher, Route, RouteBody, Stack, Upstream};
 use crate::shared::Shared;
 
 /// A layer's service as a piece of a route: boxed, its answers one [`Body`]
@@ -82,30 +84,38 @@ pub(super) fn strictness(access: &Access) -> u8 {
     }
 }
 
-/// Refuses a route naming methods whose path, asked with another method, is
-/// taken by a route with a weaker policy: a method-restricted route must not
-/// open its path to a more lenient route by omission. `routes` are in matching
-/// order, each with its index in the configuration.
-pub(super) fn check_fallthrough(routes: &[(usize, &Route)]) -> Result<(), ConfigError> {
+/// Refuses a route naming methods whose requests, asked with another method,
+/// could be taken by a route with a weaker policy: a method-restricted route
+/// must not open its path to a more lenient route by omission. `entries` are
+/// in matching order; a route's index is its place in the configuration.
+pub(super) fn check_fallthrough(routes: &[Route], entries: &[Entry]) -> Result<(), ConfigError> {
     const METHODS: [Method; 7] =
         [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
-    for (at, route) in routes {
-        let Some(methods) = &route.methods else { continue };
-        let path = route.matcher.path();
+    for from in entries {
+        let route = &routes[from.route];
+        let Some(methods) = &route.conditions.methods else { continue };
         for method in METHODS.iter().filter(|m| !methods.contains(m)) {
-            // The route `Table::recognize` would pick, given the request.
-            let taker = routes.iter().find(|(_, r)| r.takes(method, path));
-            if let Some((other, taker)) = taker
-                && strictness(&taker.access) < strictness(&route.access)
-            {
-                return Err(ConfigError::new(
-                    format!("routes[{at}].methods"),
-                    format!(
-                        "{method} {path} falls through to routes[{other}] ({}), more open than this route ({}): \
-                         give the other methods a route of their own",
-                        taker.access, route.access
-                    ),
-                ));
+            // The routes `Table::recognize` could pick for such a request, in
+            // order, up to the first that surely would.
+            for entry in entries {
+                let Some(surely) = could_take(routes, entry, from, method) else { continue };
+                let taker = &routes[entry.route];
+                if strictness(&taker.access) < strictness(&route.access) {
+                    return Err(ConfigError::new(
+                        format!("routes[{}].methods", from.route),
+                        format!(
+                            "{method} {} falls through to routes[{}] ({}), more open than this route ({}): \
+                             give the other methods a route of their own",
+                            route.matcher.path(),
+                            entry.route,
+                            taker.access,
+                            route.access
+                        ),
+                    ));
+                }
+                if surely {
+                    break;
+                }
             }
         }
     }
@@ -127,6 +137,11 @@ pub(super) struct Parts<'a> {
 pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Result<Route, ConfigError> {
     let Parts { upstreams, auth, limits, shared, settings, before } = *parts;
     let matcher = match (&config.prefix, &config.path) {
+        // A virtual host's whole space is a route of its own; with no host,
+        // `/` would take every path and is refused.
+        (Some(prefix), None) if !config.hostnames.is_empty() && prefix.trim_end_matches('/').is_empty() => {
+            Matcher::Prefix("".into())
+        }
         (Some(prefix), None) => Matcher::Prefix(path_field(at, "prefix", prefix)?.into()),
         (None, Some(path)) => Matcher::Path(path_field(at, "path", path)?.into()),
         (Some(_), Some(_)) => {
@@ -135,23 +150,12 @@ pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Res
         (None, None) => return Err(ConfigError::new(format!("{at}.prefix"), "give a prefix or a path to match")),
     };
     let methods = methods_of(at, &config.methods)?;
-    let strip = match &config.strip_prefix {
-        Some(strip) => {
-            let strip = path_field(at, "strip_prefix", strip)?;
-            if !Matcher::Prefix(strip.into()).matches(matcher.path()) {
-                return Err(ConfigError::new(
-                    format!("{at}.strip_prefix"),
-                    format!("{strip:?} is not a prefix of {:?}", matcher.path()),
-                ));
-            }
-            strip
-        }
-        None => matcher.path(),
+    let hosts = traffic::hosts_of(at, &config.hostnames)?;
+    let conditions = Conditions {
+        methods,
+        headers: traffic::headers_of(at, &config.headers)?,
+        query: traffic::query_of(at, &config.query_params)?,
     };
-    let upstream = upstreams.get(config.upstream.as_str()).ok_or_else(|| {
-        let known: Vec<&str> = upstreams.keys().copied().collect();
-        ConfigError::new(format!("{at}.upstream"), format!("{:?} is not one of {known:?}", config.upstream))
-    })?;
     let access = config.access.clone().ok_or_else(|| {
         ConfigError::new(
             format!("{at}.access"),
@@ -177,15 +181,24 @@ pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Res
     };
     let name: Arc<str> = match &config.name {
         Some(name) => name.as_str().into(),
+        // Unique as the matches are: `api.example.com/a/* GET,HEAD if x-canary ?debug`.
         None => {
             let star = if matches!(matcher, Matcher::Prefix(_)) { "/*" } else { "" };
-            match &methods {
-                Some(methods) => {
-                    let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
-                    format!("{}{star} {}", matcher.path(), names.join(",")).into()
-                }
-                None => format!("{}{star}", matcher.path()).into(),
+            let hosts: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+            let mut name = format!("{}{}{star}", hosts.join(","), matcher.path());
+            if let Some(methods) = &conditions.methods {
+                let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                name.push_str(&format!(" {}", names.join(",")));
             }
+            if !conditions.headers.is_empty() {
+                let names: Vec<&str> = config.headers.iter().map(|h| h.name.as_str()).collect();
+                name.push_str(&format!(" if {}", names.join(",")));
+            }
+            if !conditions.query.is_empty() {
+                let names: Vec<&str> = config.query_params.iter().map(|q| q.name.as_str()).collect();
+                name.push_str(&format!(" ?{}", names.join(",")));
+            }
+            name.into()
         }
     };
     let mut named: Vec<&BuiltLimit> = Vec::with_capacity(config.limits.len());
@@ -212,7 +225,7 @@ pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Res
     // WebSockets' group.
     let kept = before.iter().find(|r| r.name == name);
     let tunnels = config.websocket.then(|| kept.and_then(|r| r.tunnels.clone()).unwrap_or_default());
-    let mut svc: Stack = stacked(upstream.service.clone());
+    let (mut svc, upstream_label) = traffic::target_of(at, config, &matcher, &access, upstreams, auth)?;
     if let Some(group) = &tunnels {
         // Places among the tunnels before the upstream's retries and balancer: a
         // full set is answered `503` once, neither retried nor counted against
@@ -232,13 +245,18 @@ pub(super) fn route_of(at: &str, config: &RouteConfig, parts: &Parts<'_>) -> Res
         svc = stacked(layer.layer(svc));
     }
     svc = limited(svc, &outside);
-    let svc = stacked(StripPrefixLayer::new(strip).layer(svc));
+    // A redirect is made from the path the client sent: nothing is forwarded.
+    if config.request_redirect.is_none() {
+        svc = stacked(traffic::rewrite_of(at, config, &matcher)?.layer(svc));
+    }
+    let svc = traffic::outer_of(at, config, auth, svc)?;
     let limits = config.limits.iter().map(|l| Arc::from(l.as_str())).collect();
     Ok(Route {
-        metrics: shared.metrics.route(&name, &upstream.name),
+        metrics: shared.metrics.route(&name, &upstream_label),
         name,
         matcher,
-        methods,
+        hosts,
+        conditions,
         access,
         limits,
         websocket: config.websocket,

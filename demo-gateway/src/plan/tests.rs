@@ -43,12 +43,12 @@ fn the_shipped_policy_picks_the_most_specific_route() {
     ];
     for (method, path, name, access) in cases {
         let method: Method = method.parse().unwrap();
-        let Recognized::Route(i) = table.recognize(&method, path) else { panic!("{method} {path}: no route") };
+        let Recognized::Route(i) = table.recognize_path(&method, path) else { panic!("{method} {path}: no route") };
         let route = &table.routes[i];
         assert_eq!((&*route.name, &route.access), (name, &access), "{method} {path}");
     }
     for path in ["/api/productsX", "/api", "/api/user", "/", "/healthz"] {
-        assert_eq!(table.recognize(&Method::GET, path), Recognized::NotFound, "{path}");
+        assert_eq!(table.recognize_path(&Method::GET, path), Recognized::NotFound, "{path}");
     }
 }
 
@@ -58,7 +58,7 @@ fn a_path_taking_other_methods_is_405() {
     let mut config = keyed(Config::default(), &dir);
     config.routes.retain(|r| r.methods == [RouteMethod::Get, RouteMethod::Head]);
     let plan = Plan::compile(config).unwrap();
-    assert_eq!(plan.table.recognize(&Method::DELETE, "/api/products/1"), Recognized::MethodNotAllowed);
+    assert_eq!(plan.table.recognize_path(&Method::DELETE, "/api/products/1"), Recognized::MethodNotAllowed);
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn head_goes_where_get_goes_and_other_methods_only_to_a_route_as_strict() {
     let config: Config = toml::from_str(text).unwrap();
     let plan = Plan::compile(keyed_unless_jwt(config, &dir, text)).unwrap();
     let table = &plan.table;
-    let access = |method: Method| match table.recognize(&method, "/a/1") {
+    let access = |method: Method| match table.recognize_path(&method, "/a/1") {
         Recognized::Route(i) => table.routes[i].access.clone(),
         other => panic!("{method}: {other:?}"),
     };

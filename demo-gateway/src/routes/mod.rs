@@ -33,6 +33,12 @@ use crate::config::Access;
 use crate::metrics::{Metrics, Observed, RouteMetrics};
 use crate::shared::Shared;
 
+pub(crate) mod matching;
+mod redirect;
+
+pub(crate) use matching::{Conditions, Entry, Facts, HostMatch, Matcher, Recognized};
+pub(crate) use redirect::{Redirect, RedirectPath};
+
 /// The request body routes receive.
 pub(crate) type RouteBody = AxumBody;
 
@@ -49,32 +55,6 @@ pub(crate) type RouteService = Stack;
 /// the access log, the metrics and the request's span).
 pub use tower_gateway::telemetry::RouteName;
 
-/// What a route matches on the canonical path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Matcher {
-    /// This path and everything under it, on segment boundaries.
-    Prefix(Arc<str>),
-    /// This path alone, with or without a trailing `/`.
-    Path(Arc<str>),
-}
-
-impl Matcher {
-    pub(crate) fn path(&self) -> &str {
-        match self {
-            Self::Prefix(p) | Self::Path(p) => p,
-        }
-    }
-
-    pub(crate) fn matches(&self, path: &str) -> bool {
-        match self {
-            Self::Prefix(prefix) => {
-                path.strip_prefix(&**prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            }
-            Self::Path(exact) => path.strip_prefix(&**exact).is_some_and(|rest| rest.is_empty() || rest == "/"),
-        }
-    }
-}
-
 pub(crate) struct Upstream {
     pub(crate) name: Arc<str>,
     /// Its endpoints, listed or from a DNS name watched for as long as it lives.
@@ -87,7 +67,10 @@ pub(crate) struct Upstream {
 pub(crate) struct Route {
     pub(crate) name: Arc<str>,
     pub(crate) matcher: Matcher,
-    pub(crate) methods: Option<Box<[Method]>>,
+    /// The hosts it takes (any when empty).
+    pub(crate) hosts: Box<[HostMatch]>,
+    /// Its methods, headers and query parameters.
+    pub(crate) conditions: Conditions,
     pub(crate) access: Access,
     /// The names of the limits it counts against, in order.
     pub(crate) limits: Box<[Arc<str>]>,
@@ -102,26 +85,31 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    fn allows(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|methods| methods.contains(method))
+    /// Its entries in the table: one per hostname, or one for any host.
+    pub(crate) fn entries(&self, index: usize) -> Vec<Entry> {
+        if self.hosts.is_empty() {
+            return vec![Entry { route: index, host: None }];
+        }
+        self.hosts.iter().map(|h| Entry { route: index, host: Some(h.clone()) }).collect()
     }
 
-    /// Whether this route would take `method` on the canonical `path`, were
-    /// no more specific route to take it first.
-    pub(crate) fn takes(&self, method: &Method, path: &str) -> bool {
-        self.matcher.matches(path) && self.allows(method)
-    }
-
-    /// Sorts the most specific route first.
-    pub(crate) fn specificity(&self) -> (std::cmp::Reverse<usize>, bool, bool) {
-        let len = std::cmp::Reverse(self.matcher.path().len());
-        (len, matches!(self.matcher, Matcher::Prefix(_)), self.methods.is_none())
+    /// An entry's place in the order of precedence.
+    pub(crate) fn rank(&self, entry: &Entry) -> matching::Rank {
+        matching::rank(entry.host.as_ref(), &self.matcher, &self.conditions)
     }
 
     /// Whether some request would match both routes equally well.
     pub(crate) fn overlaps(&self, other: &Route) -> bool {
-        self.matcher == other.matcher
-            && match (&self.methods, &other.methods) {
+        let (a, b) = (&self.conditions, &other.conditions);
+        let same_hosts =
+            (self.hosts.is_empty() && other.hosts.is_empty()) || self.hosts.iter().any(|h| other.hosts.contains(h));
+        same_hosts
+            && self.matcher == other.matcher
+            && a.headers.len() == b.headers.len()
+            && a.headers.iter().all(|h| b.headers.contains(h))
+            && a.query.len() == b.query.len()
+            && a.query.iter().all(|q| b.query.contains(q))
+            && match (&a.methods, &b.methods) {
                 (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
                 (None, None) => true,
                 _ => false,
@@ -129,10 +117,24 @@ impl Route {
     }
 }
 
+impl matching::Matches for Route {
+    fn path(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    fn conditions(&self) -> &Conditions {
+        &self.conditions
+    }
+}
+
 /// Every route and upstream of one generation of the plan: what a reload swaps.
 /// A request is routed wholly by one table.
 pub(crate) struct Table {
     pub(crate) routes: Vec<Route>,
+    /// Every way each route matches, most specific first.
+    pub(crate) entries: Box<[Entry]>,
+    /// Whether any route names a host: if none, the host is not read.
+    pub(crate) any_hosts: bool,
     /// Each shared with the generations before, while its configuration stays.
     pub(crate) upstreams: Vec<Arc<Upstream>>,
     pub(crate) auth: Option<Authenticator>,
@@ -145,35 +147,29 @@ pub(crate) struct Table {
 
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let routes: Vec<String> =
-            self.routes.iter().map(|r| format!("{} -> {} ({})", r.name, r.metrics.upstream(), r.access)).collect();
+        let routes: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| &self.routes[e.route])
+            .map(|r| format!("{} -> {} ({})", r.name, r.metrics.upstream(), r.access))
+            .collect();
         f.debug_struct("Table").field("routes", &routes).finish_non_exhaustive()
     }
 }
 
-/// What the table says about a request.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Recognized {
-    /// The index of the route that takes it.
-    Route(usize),
-    /// Routes take the path, but none this method.
-    MethodNotAllowed,
-    /// No route takes the path.
-    NotFound,
-}
-
 impl Table {
-    /// The route for `method` on the canonical `path`: the first, in order of
-    /// specificity, that matches both.
-    pub(crate) fn recognize(&self, method: &Method, path: &str) -> Recognized {
-        let mut path_matched = false;
-        for (i, route) in self.routes.iter().enumerate() {
-            if route.takes(method, path) {
-                return Recognized::Route(i);
-            }
-            path_matched |= route.matcher.matches(path);
-        }
-        if path_matched { Recognized::MethodNotAllowed } else { Recognized::NotFound }
+    /// The route for the request: the first entry, in order of precedence,
+    /// that matches it whole.
+    pub(crate) fn recognize(&self, req: &Facts<'_>) -> Recognized {
+        matching::recognize(&self.entries, &self.routes, req)
+    }
+
+    /// The route for `method` on the canonical `path`, with no host, header
+    /// or query.
+    #[cfg(test)]
+    pub(crate) fn recognize_path(&self, method: &Method, path: &str) -> Recognized {
+        let headers = http::HeaderMap::new();
+        self.recognize(&Facts { method, path, host: None, headers: &headers, query: None })
     }
 
     /// Ready when every upstream has an endpoint and, if a route needs a token,
@@ -236,6 +232,21 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
     }
 }
 
+/// The host a request is for, without its port: `Host`, or the target's
+/// authority (HTTP/2's `:authority`), as `check_host` let it through.
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let authority = match req.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
+    // `host[:port]`, or `[v6]:port`.
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => host,
+        _ => authority,
+    };
+    Some(host)
+}
+
 /// Dispatches each request to its route. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub(crate) struct Routes {
@@ -292,7 +303,9 @@ impl Service<Request<RouteBody>> for Routes {
             Ok(path) => path,
             Err(err) => return ready(json_error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string())),
         };
-        let route = match self.table.recognize(req.method(), &path) {
+        let host = if self.table.any_hosts { request_host(&req) } else { None };
+        let facts = Facts { method: req.method(), path: &path, host, headers: req.headers(), query: req.uri().query() };
+        let route = match self.table.recognize(&facts) {
             Recognized::Route(i) => &self.table.routes[i],
             Recognized::MethodNotAllowed => {
                 self.table.shared.metrics.unrouted();
