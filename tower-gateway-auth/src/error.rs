@@ -78,11 +78,10 @@ impl Rejection {
             Self::Forbidden => (StatusCode::FORBIDDEN, Some("Bearer error=\"insufficient_scope\"")),
             _ => (StatusCode::UNAUTHORIZED, Some("Bearer error=\"invalid_token\"")),
         };
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.message() } });
-        let mut response = Response::new(B::from(Bytes::from(body.to_string())));
-        *response.status_mut() = status;
+        // The one JSON envelope, with its `Refusal` for layers that answer
+        // otherwise (gRPC's status).
+        let mut response: Response<B> = tower_gateway::error::json_error(status, self.code(), self.message());
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match challenge {
             Some(challenge) => headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)),
             None if self == Self::KeySourceUnavailable => {

@@ -126,12 +126,40 @@ impl fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
-/// A response with `status` and the body `{"error":{"code":code,"message":message}}`.
+/// A refusal's code and message, in the extensions of each [`json_error`]
+/// response: for layers further out that answer in another form (gRPC's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    code: Box<str>,
+    message: Box<str>,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `message`, for an error response made
+    /// otherwise than by [`json_error`].
+    pub fn new(code: &str, message: &str) -> Self {
+        Self { code: code.into(), message: message.into() }
+    }
+
+    /// The machine-readable code (`missing_token`, `upstream_timeout`, …).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// A response with `status` and the body `{"error":{"code":code,"message":message}}`,
+/// and a [`Refusal`] in its extensions.
 pub fn json_error<B: From<Bytes>>(status: StatusCode, code: &str, message: &str) -> Response<B> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     let mut response = Response::new(B::from(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.extensions_mut().insert(Refusal::new(code, message));
     response
 }
 

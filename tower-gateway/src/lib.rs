@@ -28,8 +28,8 @@
 //!     .service(Proxy::new());
 //!
 //! // `route` is a `Service<http::Request<B>>` for any body `B` with `Bytes` chunks,
-//! // infallible, so it mounts straight into axum. The layer strips the prefix:
-//! // mount with `route_service` (`nest_service` strips it too, and it would go twice).
+//! // infallible, so it mounts straight into axum. The layer strips the prefix;
+//! // with this crate's `axum` feature it also sees what `nest_service` took off.
 //! let app: axum::Router = axum::Router::new()
 //!     .route_service("/api/products", route.clone())
 //!     .route_service("/api/products/{*rest}", route);
@@ -44,7 +44,8 @@
 //!
 //! # Features
 //!
-//! - `axum`: the peer address from axum's `ConnectInfo<SocketAddr>`.
+//! - `axum`: the peer address from axum's `ConnectInfo<SocketAddr>`, and
+//!   [`StripPrefix`] under `nest_service` (it reads the path the client sent).
 //! - `redis`: `rate_limit::RedisStore`, limits shared by every replica.
 //! - `opentelemetry`: `telemetry::TraceContextLayer`, and [`Proxy`] sending
 //!   each attempt's trace context upstream.
@@ -83,6 +84,7 @@ pub mod body;
 pub mod client_addr;
 pub mod error;
 pub(crate) mod future;
+pub mod grpc;
 pub mod header;
 pub mod mirror;
 pub mod modify_headers;

@@ -163,9 +163,20 @@ pub struct Builder {
     tls: Option<Arc<rustls::ClientConfig>>,
     forwarded_proto: HeaderValue,
     tunnels: Option<Tunnels>,
+    http2: bool,
 }
 
 impl Builder {
+    /// Speaks HTTP/2 to the upstream (default: HTTP/1.1): over `http://`
+    /// with prior knowledge (h2c), over `https://` by ALPN (`h2` alone). One
+    /// connection per endpoint then carries many requests at once, as many
+    /// as the server's `SETTINGS_MAX_CONCURRENT_STREAMS` allows; gRPC needs
+    /// it. WebSocket upgrades are not forwarded over HTTP/2.
+    pub fn http2(mut self, http2: bool) -> Self {
+        self.http2 = http2;
+        self
+    }
+
     /// How long to wait for a TCP connection (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -181,7 +192,7 @@ impl Builder {
     /// How `https://` upstreams are verified, instead of the default (the Mozilla
     /// roots of `webpki-roots`, no client certificate): a config trusting your
     /// own CA, or presenting a client certificate (mTLS). Its ALPN is set to
-    /// HTTP/1.1. The server name sent (SNI) and checked is the endpoint's host.
+    /// HTTP/1.1 (or `h2` with [`http2`](Self::http2)). The server name sent (SNI) and checked is the endpoint's host.
     pub fn tls_config(mut self, config: impl Into<Arc<rustls::ClientConfig>>) -> Self {
         self.tls = Some(config.into());
         self
@@ -223,20 +234,24 @@ impl Builder {
             Some(config) => Arc::unwrap_or_clone(config),
             None => default_tls(),
         };
-        // The connector offers HTTP/1.1 by ALPN itself (and refuses a config that sets any).
+        // The connector offers the protocol by ALPN itself (and refuses a config that sets any).
         tls.alpn_protocols.clear();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let connector = if self.http2 {
+            connector.enable_http2().wrap_connector(http)
+        } else {
+            connector.enable_http1().wrap_connector(http)
+        };
         let pools = Pools {
             connector,
             idle_timeout: self.pool_idle_timeout,
+            http2: self.http2,
             per_thread: ThreadLocal::new(),
             _body: PhantomData,
         };
-        Proxy { pools: Arc::new(pools), forwarded_proto: self.forwarded_proto, tunnels: self.tunnels }
+        // No upgrade crosses an HTTP/2 connection to the upstream.
+        let tunnels = if self.http2 { None } else { self.tunnels };
+        Proxy { pools: Arc::new(pools), forwarded_proto: self.forwarded_proto, tunnels }
     }
 }
 
@@ -244,8 +259,12 @@ type PooledClient<B> = Client<HttpsConnector<HttpConnector>, Outgoing<B>>;
 
 /// A request body on its way upstream, its trailers dropped: they are headers
 /// nothing in front of the proxy looked at (an `x-user-id` among them would
-/// reach the upstream however carefully the headers were filtered).
-struct Outgoing<B>(Pin<Box<B>>);
+/// reach the upstream however carefully the headers were filtered). A gRPC
+/// request keeps gRPC's own (`grpc-*`) and no others.
+struct Outgoing<B> {
+    body: Pin<Box<B>>,
+    grpc: bool,
+}
 
 impl<B: HttpBody> HttpBody for Outgoing<B> {
     type Data = B::Data;
@@ -255,19 +274,27 @@ impl<B: HttpBody> HttpBody for Outgoing<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        match std::task::ready!(self.0.as_mut().poll_frame(cx)) {
-            // Trailers end a body: so does dropping them.
-            Some(Ok(frame)) if frame.is_trailers() => Poll::Ready(None),
+        let grpc = self.grpc;
+        match std::task::ready!(self.body.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) if frame.is_trailers() => {
+                let trailers = frame.into_trailers().unwrap_or_default();
+                let kept: HeaderMap = trailers
+                    .into_iter()
+                    .filter_map(|(n, v)| n.filter(|n| grpc && n.as_str().starts_with("grpc-")).map(|n| (n, v)))
+                    .collect();
+                // Trailers end a body: so does dropping them.
+                Poll::Ready((!kept.is_empty()).then(|| Ok(http_body::Frame::trailers(kept))))
+            }
             other => Poll::Ready(other),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
+        self.body.size_hint()
     }
 }
 
@@ -280,6 +307,7 @@ impl<B: HttpBody> HttpBody for Outgoing<B> {
 struct Pools<B> {
     connector: HttpsConnector<HttpConnector>,
     idle_timeout: Duration,
+    http2: bool,
     // Each a `PooledClient<B>`, kept as `Any` so that `Proxy<B>` asks nothing
     // of `B` where it is named, only where it is built and called.
     per_thread: ThreadLocal<Box<dyn std::any::Any + Send>>,
@@ -296,6 +324,8 @@ where
             let client: PooledClient<B> = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(self.idle_timeout)
                 .pool_timer(TokioTimer::new())
+                .http2_only(self.http2)
+                .timer(TokioTimer::new())
                 .build(self.connector.clone());
             Box::new(client)
         });
@@ -343,6 +373,7 @@ impl Proxy<()> {
             connect_timeout: Duration::from_secs(1),
             tls: None,
             pool_idle_timeout: Duration::from_secs(30),
+            http2: false,
             forwarded_proto: HeaderValue::from_static("http"),
             tunnels: Some(Tunnels::default()),
         }
@@ -376,8 +407,9 @@ fn upstream_host(uri: &Uri) -> Option<HeaderValue> {
     crate::header::shared_value(text.as_bytes()).ok()
 }
 
-/// Prepares a request for the upstream: hop-by-hop headers out, forwarding headers in.
-fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
+/// Prepares a request for the upstream: hop-by-hop headers out, forwarding
+/// headers in, the version the upstream speaks.
+fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue, http2: bool) {
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
     if let Some(host) = headers.remove(header::HOST) {
@@ -414,7 +446,18 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue) {
         Some(value) => headers.insert(X_FORWARDED_FOR.clone(), value),
         None => headers.remove(&X_FORWARDED_FOR),
     };
-    *req.version_mut() = Version::HTTP_11;
+    if http2 {
+        // HTTP/2 names the authority in `:authority`, from the URI.
+        headers.remove(header::HOST);
+        // gRPC servers ask that a call say it takes trailers (`TE` is the one
+        // connection header HTTP/2 allows, with this value only).
+        if crate::grpc::is_grpc(headers) {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+    }
 }
 
 impl<B> Service<Request<B>> for Proxy<B>
@@ -448,18 +491,20 @@ where
                     return future::ResponseFuture::answered(upgrade::TooManyUpgrades.into_response());
                 };
                 let client = hyper::upgrade::on(&mut req);
-                prepare(&mut req, &self.forwarded_proto);
+                prepare(&mut req, &self.forwarded_proto, false);
                 upgrade::restore(req.headers_mut());
                 Some(Pending { place, client, key })
             }
             None => {
-                prepare(&mut req, &self.forwarded_proto);
+                prepare(&mut req, &self.forwarded_proto, self.pools.http2);
                 None
             }
         };
         #[cfg(feature = "opentelemetry")]
         crate::telemetry::inject(&span, req.headers_mut());
-        let future = span.in_scope(|| self.pools.client().request(req.map(|body| Outgoing(Box::pin(body)))));
+        let grpc = crate::grpc::is_grpc(req.headers());
+        let future =
+            span.in_scope(|| self.pools.client().request(req.map(|body| Outgoing { body: Box::pin(body), grpc })));
         future::ResponseFuture { state: future::State::Sending { future, upgrade: pending }, span }
     }
 }

@@ -230,7 +230,8 @@ pub struct RouteConfig {
     /// `"PATCH"`, `"OPTIONS"`); any method when empty. `GET` brings `HEAD`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<RouteMethod>,
-    /// What is stripped before forwarding (default: the prefix or path itself).
+    /// What is stripped before forwarding (default: the prefix or path itself;
+    /// `"/"` strips nothing, as gRPC routes want).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strip_prefix: Option<String>,
     /// Or the path the upstream is asked for, made from the request's.

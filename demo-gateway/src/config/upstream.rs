@@ -29,6 +29,10 @@ pub struct UpstreamConfig {
     /// The private key (PEM) of `client_cert_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 to the endpoints: prior knowledge (h2c) to `http://`, ALPN
+    /// `h2` to `https://`. Needed for gRPC; no WebSocket route may use it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
     /// Consecutive refused connections before an endpoint is skipped.
     pub eject_after: u32,
     /// Consecutive timeouts, resets or 502/503/504 before an endpoint is skipped.
@@ -52,6 +56,7 @@ impl Default for UpstreamConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            http2: false,
             eject_after: 1,
             eject_after_gateway_failures: 5,
             max_ejected_percent: 50,

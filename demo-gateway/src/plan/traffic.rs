@@ -183,6 +183,14 @@ pub(super) fn target_of(
             "give one of upstream, backend_refs or request_redirect",
         ));
     }
+    if config.websocket {
+        let named =
+            std::iter::once(config.upstream.as_str()).chain(config.backend_refs.iter().map(|b| b.name.as_str()));
+        if let Some(h2) = named.filter_map(|n| upstreams.get(n)).find(|u| u.http2) {
+            let why = format!("upstream {} speaks HTTP/2, which carries no WebSocket upgrade here", h2.name);
+            return Err(ConfigError::new(format!("{at}.websocket"), why));
+        }
+    }
     if config.session_persistence.is_some() && config.backend_refs.is_empty() {
         return Err(ConfigError::new(format!("{at}.session_persistence"), "needs backend_refs to choose among"));
     }
@@ -340,6 +348,8 @@ pub(super) fn rewrite_of(at: &str, config: &RouteConfig, matcher: &Matcher) -> R
         (Some(_), Some(_)) => {
             Err(ConfigError::new(format!("{at}.url_rewrite"), "give strip_prefix or url_rewrite, not both"))
         }
+        // `/`: nothing stripped, the path forwarded as it came (gRPC's).
+        (Some(strip), None) if strip.trim_end_matches('/').is_empty() => Ok(StripPrefixLayer::new("/")),
         (Some(strip), None) => {
             let strip = path_field(at, "strip_prefix", strip)?;
             if !Matcher::Prefix(strip.into()).matches(matcher.path()) {

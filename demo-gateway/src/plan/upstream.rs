@@ -79,7 +79,8 @@ pub(super) fn upstream_of(name: &str, config: &UpstreamConfig, shared: &Shared) 
     let discovered = Discovered::new(source).map_err(|e| ConfigError::new(format!("{at}.endpoints"), e))?;
     let mut proxy = Proxy::builder()
         .connect_timeout(positive(&format!("{at}.connect_timeout_ms"), config.connect_timeout_ms)?)
-        .tunnels(shared.tunnels.clone());
+        .tunnels(shared.tunnels.clone())
+        .http2(config.http2);
     if let Some(tls) =
         crate::tls::upstream_config(config).map_err(|(field, e)| ConfigError::new(format!("{at}.{field}"), e))?
     {
@@ -104,6 +105,7 @@ pub(super) fn upstream_of(name: &str, config: &UpstreamConfig, shared: &Shared) 
         .service(proxy);
     Ok(Upstream {
         name: name.into(),
+        http2: config.http2,
         _watching: discovered.is_watched().then(|| Counted::new(&shared.alive.dns_watchers)),
         discovered,
         service,

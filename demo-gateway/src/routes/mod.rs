@@ -57,6 +57,8 @@ pub use tower_gateway::telemetry::RouteName;
 
 pub(crate) struct Upstream {
     pub(crate) name: Arc<str>,
+    /// Whether it speaks HTTP/2 (no WebSocket crosses it).
+    pub(crate) http2: bool,
     /// Its endpoints, listed or from a DNS name watched for as long as it lives.
     pub(crate) discovered: Discovered,
     pub(crate) service: UpstreamService,

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 use tower_gateway::Body;
 use tower_gateway::error::BoxError;
+use tower_gateway::grpc::GrpcLayer;
 use tower_gateway::telemetry::TraceContextLayer;
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -59,6 +60,7 @@ fn json_errors(response: Response<UnsyncBoxBody<Bytes, BoxError>>) -> Response<R
     };
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     let (mut parts, _) = response.into_parts();
+    parts.extensions.insert(tower_gateway::error::Refusal::new(code, message));
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Either::Right(Full::new(Bytes::from(body))))
@@ -255,6 +257,12 @@ pub(super) fn app(plan: &Plan) -> App {
     let entry = Entry::new(plan);
     let idle = settings.body_idle_timeout;
     let app = ServiceBuilder::new()
+        // A gRPC call refused anywhere below (no route, a token, a limit, a
+        // timeout) is answered with its grpc-status; its deadline bounds it.
+        .map_response(|response: Response<tower_gateway::ResponseBody<ResponseBody>>| {
+            response.map(|body| body.into_inner().unwrap_or_else(|answer| Either::Right(Full::new(answer))))
+        })
+        .layer(GrpcLayer::new())
         .map_response(json_errors)
         // Who the client is, decided once and before any header is removed
         // (the entry takes `Forwarded` out, and a `Connection` naming

@@ -1,0 +1,195 @@
+//! gRPC through the gateway, from tonic's own client to tonic's own server
+//! (`grpc.health.v1` and server reflection), over HTTP/2 both sides: unary,
+//! server streaming and bidirectional calls with their trailers, the
+//! gateway's refusals as gRPC statuses, and the client's deadline.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use demo_gateway::Config;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::{Channel, Server};
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+use tower_gateway_auth::{Algorithm, TokenIssuer};
+use tower_gateway_tests::Gateway;
+
+const SECRET: &str = "a grpc test secret of at least 32 bytes";
+
+/// A tonic server with health (`inventory.v1.Inventory` serving) and
+/// reflection, on a loopback port; stopped with its task.
+async fn grpc_server() -> (String, tokio::task::JoinHandle<()>) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("inventory.v1.Inventory", ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        // The reporter lives as long as the server, so Watch streams stay open.
+        let _reporter = reporter;
+        Server::builder().add_service(health).add_service(reflection).serve_with_incoming(incoming).await.unwrap();
+    });
+    (url, task)
+}
+
+/// An HTTP/2 server that takes every call and never answers.
+async fn silent_h2() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_: Request<Incoming>| {
+                    std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+struct Setup {
+    gateway: Gateway,
+    token: String,
+    _servers: (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>),
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self._servers.0.abort();
+        self._servers.1.abort();
+    }
+}
+
+async fn setup() -> Setup {
+    let (grpc, grpc_task) = grpc_server().await;
+    let (slow, slow_task) = silent_h2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let text = format!(
+        "[jwt]\nsecret_file = {secret:?}\n\
+         [upstreams.grpc]\nendpoints = [{grpc:?}]\nhttp2 = true\n\
+         [upstreams.slow]\nendpoints = [{slow:?}]\nhttp2 = true\ntimeout_ms = 30000\n\
+         [[routes]]\nprefix = \"/grpc.health.v1.Health\"\nstrip_prefix = \"/\"\nupstream = \"grpc\"\naccess = \"public\"\n\
+         [[routes]]\nprefix = \"/grpc.reflection.v1.ServerReflection\"\nstrip_prefix = \"/\"\nupstream = \"grpc\"\naccess = \"token\"\n\
+         [[routes]]\nprefix = \"/slow.v1.Slow\"\nstrip_prefix = \"/\"\nupstream = \"slow\"\naccess = \"public\"\n"
+    );
+    let config = Config::from_toml(&text, "the test", |_| None).unwrap();
+    let gateway = Gateway::start(config).await;
+    let token = TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap().issue("7", None, &[]).unwrap();
+    Setup { gateway, token, _servers: (grpc_task, slow_task), _dir: dir }
+}
+
+/// A tonic channel to the gateway over h2c (prior knowledge).
+async fn channel(setup: &Setup) -> Channel {
+    Channel::from_shared(setup.gateway.url()).unwrap().connect().await.unwrap()
+}
+
+#[tokio::test]
+async fn unary_and_server_streaming_calls_pass_with_their_status() {
+    let setup = setup().await;
+    let mut health = HealthClient::new(channel(&setup).await);
+    let serving = health.check(HealthCheckRequest { service: "inventory.v1.Inventory".into() }).await.unwrap();
+    assert_eq!(serving.into_inner().status, ServingStatus::Serving as i32);
+    // The upstream's own error status arrives in its trailers, intact.
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    // Server streaming: Watch sends the current status and stays open.
+    let mut watch =
+        health.watch(HealthCheckRequest { service: "inventory.v1.Inventory".into() }).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn a_bidirectional_stream_passes_both_ways_behind_a_token_and_is_refused_without_one() {
+    let setup = setup().await;
+    let mut reflection = ServerReflectionClient::new(channel(&setup).await);
+    let ask = |symbol: &str| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+    };
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+
+    let refused = reflection.server_reflection_info(tokio_stream::iter([list.clone()])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // The gateway's own reason, not one inferred from an HTTP status.
+    assert!(refused.message().contains("token"), "{refused:?}");
+    assert_eq!(refused.metadata().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"), "{refused:?}");
+
+    // Three requests, sent as a stream; two answers read as one, then the
+    // server's error status for the third, from the stream's trailers.
+    let mut call = tonic::Request::new(tokio_stream::iter([list, ask("grpc.health.v1.Health"), ask("no.Such")]));
+    call.metadata_mut().insert("authorization", format!("Bearer {}", setup.token).parse().unwrap());
+    let results: Vec<Result<ServerReflectionResponse, tonic::Status>> =
+        reflection.server_reflection_info(call).await.unwrap().into_inner().collect().await;
+    assert_eq!(results.len(), 3, "{results:?}");
+    let status = results[2].as_ref().unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::NotFound, "symbol 'no.Such' not found"));
+    let answers: Vec<&ServerReflectionResponse> = results[..2].iter().map(|r| r.as_ref().unwrap()).collect();
+    let Some(MessageResponse::ListServicesResponse(services)) = &answers[0].message_response else { panic!() };
+    let names: Vec<&str> = services.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    assert!(matches!(answers[1].message_response, Some(MessageResponse::FileDescriptorResponse(_))));
+}
+
+#[tokio::test]
+async fn a_service_no_route_names_is_unimplemented_at_the_gateway() {
+    let setup = setup().await;
+    // Health's client, sent to a path the gateway routes nowhere.
+    let channel = channel(&setup).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/unrouted.v1.Nothing/Call");
+    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, tonic_health::pb::HealthCheckResponse>::default();
+    let status = grpc.unary(tonic::Request::new(HealthCheckRequest::default()), path, codec).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::Unimplemented, "no service is routed at this path"));
+}
+
+#[tokio::test]
+async fn the_clients_deadline_ends_a_call_the_upstream_never_answers() {
+    let setup = setup().await;
+    let stream = tokio::net::TcpStream::connect(setup.gateway.addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    // An empty message: no compression, length 0.
+    let req = Request::post(format!("{}/slow.v1.Slow/Call", setup.gateway.url()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .unwrap();
+    let started = Instant::now();
+    let res = send.send_request(req).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    // The client's 300 ms, not the upstream's 30 s.
+    assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(res.into_body().collect().await.unwrap().to_bytes().is_empty(), "trailers-only");
+}
