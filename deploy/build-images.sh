@@ -55,6 +55,7 @@ image gateway demo-gateway "$bin/demo-gateway" "$bin/probe"
 image product-service product-service "$bin/product-service" "$bin/probe"
 image user-service user-service "$bin/user-service" "$bin/probe"
 image checkout-service checkout-service "$bin/checkout-service" "$bin/probe"
+image inventory-service inventory-service "$bin/inventory-service" "$bin/grpc-health"
 redis_server=$(command -v redis-server || true)
 if [ -z "$redis_server" ]; then
   echo "redis-server is not installed (Debian: apt-get install redis-server)" >&2

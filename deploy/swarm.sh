@@ -165,7 +165,7 @@ up() {
   (cd "$here" && docker stack deploy --resolve-image never -c stack.yml "$stack" >/dev/null)
   log "waiting for every service to run and the gateway to be ready"
   wait_for 180 "the gateway is ready (/readyz on its admin listener)" admin /readyz
-  for svc in product-service user-service checkout-service; do
+  for svc in product-service user-service checkout-service inventory-service; do
     wait_for 60 "$svc has its replicas in the gateway" ready_endpoints "$svc"
   done
   wait_for 90 "every task is healthy" all_healthy
@@ -189,6 +189,7 @@ ready_endpoints() { # SERVICE: the gateway knows as many endpoints as the servic
     product-service) upstream=products ;;
     user-service) upstream=users ;;
     checkout-service) upstream=checkout ;;
+    inventory-service) upstream=inventory ;;
   esac
   want=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "${stack}_$svc")
   have=$(metric "gateway_endpoints{upstream=\"$upstream\"}")
@@ -494,6 +495,19 @@ check() {
     [ "${out%% *}" = 201 ] || fail "checkout with the $which token: $out"
   done
   echo "   rotated $kid_before -> $kid_after; the new login's token and the one from before: 200 at the gateway, 201 at checkout"
+
+  log "6d. gRPC: inventory-service's health through the gateway, h2c on 8080 and h2 on 8443; an unrouted service UNIMPLEMENTED; a checkout past the stock 409"
+  local grpc_health="${CARGO_TARGET_DIR:-$root/target}/release/grpc-health"
+  [ -x "$grpc_health" ] || (cd "$root" && cargo build --release --locked -p demo-services --bin grpc-health)
+  out=$("$grpc_health" "$plain_base" inventory.v1.Inventory) || fail "gRPC health over h2c on 8080: $out"
+  echo "   h2c  $plain_base: $out"
+  out=$("$grpc_health" --ca "$cacert" "https://127.0.0.1:8443" inventory.v1.Inventory) || fail "gRPC health over TLS on 8443: $out"
+  echo "   h2   https://127.0.0.1:8443: $out"
+  out=$("$grpc_health" --ca "$cacert" --unrouted "https://127.0.0.1:8443") || fail "an unrouted gRPC service: $out"
+  echo "   an unrouted service: $out"
+  out=$(json_post "$base/api/checkout" '{"product_id":3,"quantity":1000}' "authorization: Bearer $admin" "idempotency-key: stock-$email")
+  [ "${out%% *}" = 409 ] && [ "$(echo "${out#* }" | jq -r .error.code)" = out_of_stock ] || fail "a checkout past the stock: $out"
+  echo "   1000 of product 3: ${out#* }"
 
   log "7. the check removes the users it created (each deletes itself; their orders stay on record)"
   local made id who own

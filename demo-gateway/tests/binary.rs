@@ -114,19 +114,27 @@ fn print_config_shows_every_policy_and_masks_secrets() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("prefix = \"/api/checkout\""), "{text}");
-    assert_eq!(text.matches("access = ").count() + text.matches("[routes.access]").count(), 10, "{text}");
+    assert_eq!(text.matches("access = ").count() + text.matches("[routes.access]").count(), 13, "{text}");
     let summary: Vec<&str> =
         text.lines().filter(|l| l.contains("access: ")).map(|l| l.trim_start_matches('#').trim()).collect();
-    assert_eq!(summary.len(), 10, "{text}");
+    assert_eq!(summary.len(), 13, "{text}");
+    let at =
+        |start: &str| summary.iter().position(|l| l.starts_with(start)).unwrap_or_else(|| panic!("{start}: {text}"));
     let admin = "access: role admin  limits: per-address";
-    assert!(summary[0].starts_with("/api/users/keys/rotate ") && summary[0].ends_with(admin), "{text}");
-    // Exact paths first (the Gateway API's order), then prefixes, the longest first.
-    assert!(summary[1].starts_with("/api/users/signup POST"), "{text}");
-    assert!(summary[1].ends_with("access: public  limits: per-address, signup-address"), "{text}");
-    assert!(summary[2].starts_with("/api/users/login POST"), "{text}");
-    assert!(summary[2].ends_with("access: public  limits: per-address, login-address, login-account"), "{text}");
-    assert!(summary[4].starts_with("/api/users/.well-known/* GET,HEAD"), "{text}");
-    assert!(summary[4].ends_with("access: public  limits: per-address"), "{text}");
+    // Exact paths first (the Gateway API's order), the longest first; then prefixes.
+    assert!(summary[0].starts_with("/inventory.v1.Inventory/Restock ") && summary[0].ends_with(admin), "{text}");
+    assert!(summary[1].starts_with("/api/users/keys/rotate ") && summary[1].ends_with(admin), "{text}");
+    assert!(summary[2].starts_with("/api/users/signup POST"), "{text}");
+    assert!(summary[2].ends_with("access: public  limits: per-address, signup-address"), "{text}");
+    assert!(summary[3].starts_with("/api/users/login POST"), "{text}");
+    assert!(summary[3].ends_with("access: public  limits: per-address, login-address, login-account"), "{text}");
+    assert!(summary[at("/inventory.v1.Inventory/* ")].ends_with("access: token  limits: per-address"), "{text}");
+    assert!(summary[at("/grpc.health.v1.Health/* ")].ends_with("access: public  limits: per-address"), "{text}");
+    assert!(
+        summary[at("/api/users/.well-known/* GET,HEAD")].ends_with("access: public  limits: per-address"),
+        "{text}"
+    );
+    assert!(at("/api/users/signup POST") < at("/api/users/* PUT"), "{text}");
     assert!(summary.iter().any(|l| l.starts_with("/api/products/* ") && l.ends_with(admin)), "{text}");
     assert!(text.contains("[limits.login-account]"), "{text}");
 }

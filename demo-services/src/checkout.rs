@@ -19,6 +19,11 @@
 //! second order), the same key with another body `422`, and a duplicate arriving
 //! while the first is still in progress `409`. The order and the stored response
 //! are written in one transaction.
+//!
+//! **Stock.** With [`CheckoutState::inventory`], an order first reserves its
+//! quantity from inventory-service (gRPC, through tower-gateway's stack), keyed
+//! by the user and the idempotency key so a retry takes nothing more; too few
+//! left is `409 out_of_stock`, and no order is made.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +47,7 @@ use tracing::Instrument;
 
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
+use crate::inventory::{InventoryClient, ReserveError};
 use crate::money::Cents;
 use crate::products::Product;
 
@@ -122,6 +128,9 @@ pub struct CheckoutState {
     /// Verifies the forwarded token and sets `x-user-id` from it. `None` trusts
     /// `x-user-id` as sent: for tests of the service alone, never deployed.
     pub auth: Option<Authenticator>,
+    /// Where stock is reserved before an order is made (`None`: stock is not
+    /// kept, as before inventory-service).
+    pub inventory: Option<InventoryClient>,
 }
 
 /// Opens the orders database at `url`.
@@ -136,7 +145,10 @@ pub fn app(state: CheckoutState) -> Router {
     if let Some(auth) = &state.auth {
         routes = routes.route_layer(JwtAuthLayer::new(auth.clone()));
     }
-    let ready = crate::server::Readiness::db(db).upstream("product-service", state.products.endpoints.clone());
+    let mut ready = crate::server::Readiness::db(db).upstream("product-service", state.products.endpoints.clone());
+    if let Some(inventory) = &state.inventory {
+        ready = ready.upstream("inventory-service", inventory.endpoints().clone());
+    }
     crate::server::with_common(routes, state, ready)
 }
 
@@ -208,6 +220,7 @@ async fn create(
     }
     let Some(key) = idempotency_key(&headers)? else {
         let total = total(&s, &new).await?;
+        reserve(&s, &uuid::Uuid::new_v4().to_string(), &new).await?;
         let mut tx = db::begin_write(&s.db).await?;
         let order = insert_order(&mut tx, user, &new, total).await?;
         tx.commit().await?;
@@ -218,7 +231,14 @@ async fn create(
     if let Some(stored) = claim(&s.db, user, &key, &request).await? {
         return Ok(stored);
     }
-    let total = match total(&s, &new).await {
+    // The stock is reserved under the user's key: a retry takes nothing more.
+    let order_key = format!("{user}:{key}");
+    let priced = async {
+        let total = total(&s, &new).await?;
+        reserve(&s, &order_key, &new).await?;
+        Ok::<_, ApiError>(total)
+    };
+    let total = match priced.await {
         Ok(total) => total,
         Err(err) => {
             // Nothing was done: let the client try again with the same key.
@@ -292,6 +312,18 @@ async fn claim(db: &SqlitePool, user: i64, key: &str, request: &str) -> Result<O
             tx.commit().await?;
             Ok(None)
         }
+    }
+}
+
+/// Takes the order's stock from inventory-service, if stock is kept: `409`
+/// `out_of_stock` when too few are left.
+async fn reserve(s: &CheckoutState, order_key: &str, new: &NewOrder) -> Result<(), ApiError> {
+    let Some(inventory) = &s.inventory else { return Ok(()) };
+    match inventory.reserve(order_key, new.product_id, new.quantity).await {
+        Ok(_remaining) => Ok(()),
+        Err(ReserveError::OutOfStock(message)) => Err(ApiError::new(StatusCode::CONFLICT, "out_of_stock", message)),
+        Err(ReserveError::UnknownProduct) => Err(ApiError::invalid("no stock is kept for this product")),
+        Err(ReserveError::Unavailable(_)) => Err(ApiError::unavailable("inventory-service is unavailable; try again")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The seed's three backend services — users, products, checkout — on axum and
 //! SQLite, each a `fn app(state) -> axum::Router` that a test drives with
-//! `oneshot`, the demo runs in-process, and a binary serves on its own port.
+//! `oneshot`, the demo runs in-process, and a binary serves on its own port; and
+//! [`inventory`], a gRPC service (tonic) on SQLite that checkout reserves stock from.
 //!
 //! Every service keeps its data in one SQLite file (WAL, busy timeout, foreign
 //! keys, migrations at start-up, seed rows only in a new database); replicas of a
@@ -10,6 +11,7 @@
 pub mod checkout;
 pub mod db;
 pub mod error;
+pub mod inventory;
 pub mod money;
 pub mod passwords;
 pub mod products;

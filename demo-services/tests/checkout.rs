@@ -29,6 +29,7 @@ async fn fixture() -> Fixture {
         db: checkout::connect(&orders_url).await.unwrap(),
         products: ProductClient::new(endpoints),
         auth: None,
+        inventory: None,
     };
     Fixture { app: checkout::app(state.clone()), state, _products: products, _dirs: (products_dir, orders_dir) }
 }
@@ -170,6 +171,7 @@ async fn product_service_down_is_503_and_the_key_can_be_used_again() {
         db: checkout::connect(&orders_url).await.unwrap(),
         products: ProductClient::new(endpoints.clone()),
         auth: None,
+        inventory: None,
     };
     let app = checkout::app(state.clone());
     let body = json!({"product_id": 1, "quantity": 1});
@@ -231,8 +233,12 @@ async fn restart_keeps_orders() {
     let endpoints = Endpoints::new([format!("http://{}", products.addr)]).unwrap();
     let (_dir, url) = temp_db("orders.db");
     let db = checkout::connect(&url).await.unwrap();
-    let app =
-        checkout::app(CheckoutState { db: db.clone(), products: ProductClient::new(endpoints.clone()), auth: None });
+    let app = checkout::app(CheckoutState {
+        db: db.clone(),
+        products: ProductClient::new(endpoints.clone()),
+        auth: None,
+        inventory: None,
+    });
     let (_, created) = order(&app, "1", json!({"product_id": 2, "quantity": 1}), Some("k")).await;
     db.close().await;
 
@@ -240,6 +246,7 @@ async fn restart_keeps_orders() {
         db: checkout::connect(&url).await.unwrap(),
         products: ProductClient::new(endpoints),
         auth: None,
+        inventory: None,
     });
     assert_eq!(call(&app, Method::GET, "/", None, &[("x-user-id", "1")]).await.1, json!([created.clone()]));
     assert_eq!(
@@ -258,6 +265,7 @@ async fn not_ready_without_a_product_endpoint() {
         db: checkout::connect(&url).await.unwrap(),
         products: ProductClient::new(endpoints.clone()),
         auth: None,
+        inventory: None,
     });
     let (status, body) = call(&app, Method::GET, "/readyz", None, &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -87,6 +87,7 @@ async fn checkout_keeps_pricing_with_one_product_instance_killed() {
         db: checkout::connect(&orders_url).await.unwrap(),
         products: ProductClient::new(endpoints),
         auth: None,
+        inventory: None,
     };
     let app = checkout::app(state.clone());
 

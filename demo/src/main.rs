@@ -22,6 +22,7 @@ use base64::Engine;
 use demo_common::telemetry::{PartLayer, TelemetryConfig};
 use demo_gateway::{Config, Plan};
 use demo_services::checkout::{self, CheckoutState, ProductClient};
+use demo_services::inventory::{self, InventoryClient, InventoryState};
 use demo_services::products::{self, ProductsState};
 use demo_services::signing::{SealingKey, SigningKeys};
 use demo_services::users::{self, Passwords, Tokens, UsersState};
@@ -205,9 +206,27 @@ async fn run(telemetry: &TelemetryConfig) -> Result<(), String> {
         let endpoints =
             Endpoints::new(["http://127.0.0.1:3001", "http://127.0.0.1:3003"]).map_err(|e| e.to_string())?;
         let db = checkout::connect(&db("orders.db")).await.map_err(|e| format!("orders.db: {e}"))?;
-        let state = CheckoutState { db, products: ProductClient::new(endpoints), auth: Some(auth.clone()) };
+        let inventory = Endpoints::new(["http://127.0.0.1:50051"]).map_err(|e| e.to_string())?;
+        let state = CheckoutState {
+            db,
+            products: ProductClient::new(endpoints),
+            auth: Some(auth.clone()),
+            inventory: Some(InventoryClient::new(inventory)),
+        };
         tasks.spawn(demo_services::server::serve(listener, checkout::app(state).layer(checkout_part), stopped()));
         table.push(("checkout-service", 3005));
+    }
+    {
+        let listener = bind("inventory-service", local(50051)).await?;
+        let state = InventoryState::connect(&db("inventory.db")).await.map_err(|e| format!("inventory.db: {e}"))?;
+        let stop = stopped();
+        tasks.spawn(async move {
+            if let Err(err) = inventory::serve(state, listener, stop).await {
+                eprintln!("inventory-service: {err}");
+            }
+            Ok(())
+        });
+        table.push(("inventory-service", 50051));
     }
     // Keys before the first token: the gateway fetches user-service's set now.
     if !auth.prefetch().await {
@@ -233,7 +252,7 @@ async fn run(telemetry: &TelemetryConfig) -> Result<(), String> {
     for (name, port) in &table {
         println!("  {name:<18} http://127.0.0.1:{port}");
     }
-    println!("\n  data in {}/ (products.db, users.db, orders.db)", data_dir.display());
+    println!("\n  data in {}/ (products.db, users.db, orders.db, inventory.db)", data_dir.display());
     println!(
         "  tokens: EdDSA, signed with key {} (rotated daily); the gateway finds the keys by {discovery_url}; revoked {store_name}",
         signing.current_kid().await.map_err(|e| e.to_string())?
@@ -266,6 +285,19 @@ async fn run(telemetry: &TelemetryConfig) -> Result<(), String> {
     }
     println!(
         "  curl -s -X PUT {base}/api/products/1 -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Laptop\",\"price\":0.01}}'   # 403: needs admin"
+    );
+    println!("\ngRPC through the gateway (inventory-service; h2c here, h2 on 8443):\n");
+    println!(
+        "  cargo run -q --release -p demo-services --bin grpc-health -- {base} inventory.v1.Inventory   # SERVING"
+    );
+    if let Some(ca_file) = &ca_file {
+        println!(
+            "  cargo run -q --release -p demo-services --bin grpc-health -- --ca {} https://127.0.0.1:8443 inventory.v1.Inventory",
+            ca_file.display()
+        );
+    }
+    println!(
+        "  cargo run -q --release -p demo-services --bin grpc-health -- --unrouted {base}   # UNIMPLEMENTED: no route"
     );
     println!("\nRotate the signing key (tokens issued before stay valid until they expire):\n");
     println!("  curl -s {base}/api/users/.well-known/jwks.json");

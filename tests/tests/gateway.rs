@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower_gateway::balance::Endpoints;
 use tower_gateway_auth::{Algorithm, Authenticator, Key, KeyConfig, RedisStore, TokenIssuer, TokenStore};
-use tower_gateway_tests::{Client, Gateway, RedisServer, Reply, Server, backend, counting_backend, raw_get, serve};
+use tower_gateway_tests::{
+    Client, Gateway, RedisServer, Reply, Server, backend, closed_port, counting_backend, raw_get, serve,
+};
 
 const SECRET: &str = "an end-to-end test secret of 32+ bytes";
 
@@ -87,6 +89,9 @@ impl Services {
         config.upstreams.insert("products".into(), upstream(urls(&self.products)));
         config.upstreams.insert("users".into(), upstream(urls(&self.users)));
         config.upstreams.insert("checkout".into(), upstream(vec![self.checkout.url()]));
+        // The shipped policy names inventory-service too; these tests call no gRPC.
+        let inventory = UpstreamConfig { http2: true, ..upstream(vec![format!("http://{}", closed_port())]) };
+        config.upstreams.insert("inventory".into(), inventory);
         config.routes = demo_gateway::config::shipped_routes();
         config
     }
@@ -120,6 +125,7 @@ async fn start_services_with(store: Arc<dyn TokenStore>) -> Services {
         db: checkout::connect(&db("orders.db")).await.unwrap(),
         products: ProductClient::new(endpoints),
         auth: Some(auth.clone()),
+        inventory: None,
     };
     let checkout = serve(checkout::app(state)).await;
     Services { products, users: user_instances, checkout, users_state: users_state.unwrap(), _data: data }

@@ -69,6 +69,8 @@ async fn silent_h2() -> (String, tokio::task::JoinHandle<()>) {
 
 struct Setup {
     gateway: Gateway,
+    /// With TLS: the CA (PEM), the HTTPS listener and the redirect listener.
+    tls: Option<(String, std::net::SocketAddr, std::net::SocketAddr)>,
     token: String,
     _servers: (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>),
     _dir: tempfile::TempDir,
@@ -82,6 +84,12 @@ impl Drop for Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(false).await
+}
+
+/// With `tls`: HTTPS (HTTP/2 by ALPN) beside the plain listener, and a
+/// redirect listener that serves gRPC calls (h2c) and redirects the rest.
+async fn setup_with(tls: bool) -> Setup {
     let (grpc, grpc_task) = grpc_server().await;
     let (slow, slow_task) = silent_h2().await;
     let dir = tempfile::tempdir().unwrap();
@@ -95,10 +103,52 @@ async fn setup() -> Setup {
          [[routes]]\nprefix = \"/grpc.reflection.v1.ServerReflection\"\nstrip_prefix = \"/\"\nupstream = \"grpc\"\naccess = \"token\"\n\
          [[routes]]\nprefix = \"/slow.v1.Slow\"\nstrip_prefix = \"/\"\nupstream = \"slow\"\naccess = \"public\"\n"
     );
-    let config = Config::from_toml(&text, "the test", |_| None).unwrap();
+    let mut config = Config::from_toml(&text, "the test", |_| None).unwrap();
+    let tls = tls.then(|| {
+        let (ca, cert, key) = test_ca(dir.path());
+        let (listen, redirect) = (tower_gateway_tests::closed_port(), tower_gateway_tests::closed_port());
+        config.tls = Some(demo_gateway::config::TlsConfig {
+            redirect_listen: Some(redirect.to_string()),
+            redirect_serves_grpc: true,
+            ..demo_gateway::config::TlsConfig::new(listen.to_string(), cert, key)
+        });
+        (ca, listen, redirect)
+    });
     let gateway = Gateway::start(config).await;
     let token = TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap().issue("7", None, &[]).unwrap();
-    Setup { gateway, token, _servers: (grpc_task, slow_task), _dir: dir }
+    Setup { gateway, tls, token, _servers: (grpc_task, slow_task), _dir: dir }
+}
+
+/// A CA (PEM) and a certificate and key for 127.0.0.1 it signed, in `dir`.
+fn test_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (ca.pem(), cert, key)
+}
+
+/// A tonic channel to `url`, trusting `ca` if given, once the listener answers.
+async fn connect(url: String, ca: Option<&str>) -> Channel {
+    let mut endpoint = Channel::from_shared(url).unwrap();
+    if let Some(ca) = ca {
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(tls).unwrap();
+    }
+    for _ in 0..250 {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{:?} did not answer within 5 s", endpoint.uri());
 }
 
 /// A tonic channel to the gateway over h2c (prior knowledge).
@@ -155,6 +205,24 @@ async fn a_bidirectional_stream_passes_both_ways_behind_a_token_and_is_refused_w
     let names: Vec<&str> = services.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     assert!(matches!(answers[1].message_response, Some(MessageResponse::FileDescriptorResponse(_))));
+}
+
+#[tokio::test]
+async fn over_tls_and_on_the_redirect_listener_calls_pass_and_the_rest_is_redirected() {
+    let setup = setup_with(true).await;
+    let (ca, listen, redirect) = setup.tls.clone().unwrap();
+    let asked = || HealthCheckRequest { service: "inventory.v1.Inventory".into() };
+    // HTTPS, HTTP/2 by ALPN.
+    let mut health = HealthClient::new(connect(format!("https://{listen}"), Some(&ca)).await);
+    assert_eq!(health.check(asked()).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
+    // The redirect listener: gRPC served over h2c, anything else 308 to HTTPS.
+    let mut plain = HealthClient::new(connect(format!("http://{redirect}"), None).await);
+    assert_eq!(plain.check(asked()).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
+    let redirected = tower_gateway_tests::Client::new()
+        .get(&format!("http://{redirect}/grpc.health.v1.Health/Check"))
+        .await
+        .unwrap();
+    assert_eq!(redirected.status, http::StatusCode::PERMANENT_REDIRECT);
 }
 
 #[tokio::test]

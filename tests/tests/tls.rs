@@ -145,6 +145,7 @@ async fn setup() -> Setup {
             sni: vec![SniCertificate { names: vec!["Other.Test".into()], cert_file: other_cert, key_file: other_key }],
             hsts_max_age_secs: Some(600),
             redirect_listen: Some(redirect.to_string()),
+            redirect_serves_grpc: false,
         }),
         upstreams: [("products".to_owned(), UpstreamConfig { endpoints: vec![products.url()], ..Default::default() })]
             .into(),

@@ -14,7 +14,7 @@ fn local(ports: &[u16]) -> UpstreamConfig {
     }
 }
 
-/// The shipped policy, over upstreams named `products`, `users` and `checkout`.
+/// The shipped policy, over upstreams named `products`, `users`, `checkout` and `inventory`.
 pub fn shipped_routes() -> Vec<RouteConfig> {
     let admin = || Some(Access::Roles(vec!["admin".into()]));
     let route = |prefix: &str, methods: &[RouteMethod], upstream: &str, access| RouteConfig {
@@ -66,7 +66,24 @@ pub fn shipped_routes() -> Vec<RouteConfig> {
         limited(route("/api/users", &[RouteMethod::Put], "users", Some(Access::Token)), &["account-change"]),
         limited(route("/api/users", &[], "users", Some(Access::Token)), &[]),
         limited(route("/api/checkout", &[], "checkout", Some(Access::Token)), &["checkout-user"]),
+        // inventory-service (gRPC): its health public, its methods for tokens,
+        // Restock for admins; the path forwarded as it came.
+        limited(grpc(route("/grpc.health.v1.Health", &[], "inventory", Some(Access::Public))), &[]),
+        limited(grpc(route("/inventory.v1.Inventory", &[], "inventory", Some(Access::Token))), &[]),
+        limited(
+            grpc(RouteConfig {
+                prefix: None,
+                path: Some("/inventory.v1.Inventory/Restock".into()),
+                ..route("", &[], "inventory", admin())
+            }),
+            &[],
+        ),
     ]
+}
+
+/// A gRPC route: the path forwarded as it came.
+fn grpc(route: RouteConfig) -> RouteConfig {
+    RouteConfig { strip_prefix: Some("/".into()), ..route }
 }
 
 /// The shipped limits, named by [`shipped_routes`]:
@@ -108,7 +125,8 @@ pub fn shipped_limits() -> BTreeMap<String, LimitConfig> {
 
 impl Default for Config {
     /// The shipped system on 127.0.0.1: products on 3001 and 3003, users on 3002 and
-    /// 3004, checkout on 3005, with the [shipped policy](shipped_routes).
+    /// 3004, checkout on 3005, inventory (gRPC, h2c) on 50051, with the
+    /// [shipped policy](shipped_routes).
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
@@ -152,6 +170,7 @@ impl Default for Config {
                         ..local(&[3005])
                     },
                 ),
+                ("inventory".into(), UpstreamConfig { http2: true, ..local(&[50051]) }),
             ]),
             routes: shipped_routes(),
         }

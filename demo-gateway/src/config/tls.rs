@@ -36,6 +36,12 @@ pub struct TlsConfig {
     /// same URL over HTTPS (`0.0.0.0:80`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_listen: Option<String>,
+    /// On `redirect_listen`, serve gRPC calls (h2c, prior knowledge) as the
+    /// HTTPS listener does instead of redirecting them: a gRPC client follows
+    /// no redirect. Off by default; what it serves in plain text, it serves to
+    /// anyone who can reach the port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_serves_grpc: bool,
 }
 
 /// A certificate served for some server names.
@@ -68,6 +74,7 @@ impl TlsConfig {
             sni: Vec::new(),
             hsts_max_age_secs: None,
             redirect_listen: None,
+            redirect_serves_grpc: false,
         }
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct TlsSettings {
     pub(crate) reload_every: Duration,
     pub(crate) hsts: Option<http::HeaderValue>,
     pub(crate) redirect_listen: Option<SocketAddr>,
+    /// Whether the redirect listener serves gRPC calls instead of redirecting them.
+    pub(crate) redirect_serves_grpc: bool,
 }
 
 /// The server's settings, checked.

@@ -94,6 +94,7 @@ pub(super) fn settings(config: &Config, loaded: Option<&TlsSettings>) -> Result<
                 }
                 None => None,
             },
+            redirect_serves_grpc: tls.redirect_serves_grpc,
             handshake_timeout: positive("tls.handshake_timeout_ms", tls.handshake_timeout_ms)?,
             max_handshakes: at_least_one("tls.max_handshakes", tls.max_handshakes)?,
             reload_every: positive("tls.reload_interval_ms", tls.reload_interval_ms)?,

@@ -415,6 +415,9 @@ pub(super) enum Current {
     /// The main listeners' app, or the admin listener's.
     Live(Gateway, fn(&Generation) -> &App),
     Fixed(App),
+    /// The redirect listener serving gRPC: gRPC calls to the main app, the
+    /// rest to the redirect.
+    GrpcOr(Gateway, App),
 }
 
 impl Service<Request<Incoming>> for Current {
@@ -431,6 +434,10 @@ impl Service<Request<Incoming>> for Current {
         match self {
             Self::Live(gateway, pick) => pick(&gateway.inner.current.load()).run(req),
             Self::Fixed(app) => app.run(req),
+            Self::GrpcOr(gateway, _) if tower_gateway::grpc::is_grpc(req.headers()) => {
+                gateway.inner.current.load().app.run(req)
+            }
+            Self::GrpcOr(_, redirect) => redirect.run(req),
         }
     }
 }

@@ -116,14 +116,20 @@ pub async fn serve(
         }
         None => None,
     };
-    let redirect = match tls.as_ref().and_then(|(tls, ..)| tls.redirect_listen.map(|addr| (addr, tls.listen.port()))) {
-        Some((addr, https_port)) => {
+    let redirect = match tls.as_ref().and_then(|(tls, ..)| tls.redirect_listen.map(|addr| (addr, tls))) {
+        Some((addr, tls)) => {
+            let https_port = tls.listen.port();
             let router = Router::new().fallback(move |headers: http::HeaderMap, uri: http::Uri| async move {
                 to_https(&headers, &uri, https_port)
             });
-            let app = Current::Fixed(side_app(router));
+            let app = if tls.redirect_serves_grpc {
+                Current::GrpcOr(gateway.clone(), side_app(router))
+            } else {
+                Current::Fixed(side_app(router))
+            };
             let redirect = side_listener(addr, app, REDIRECT_MAX_CONNECTIONS, &conns, &side_builders).await?;
-            tracing::info!(addr = %redirect.listener.local_addr()?, "redirect listener: 308 to HTTPS");
+            let grpc = if tls.redirect_serves_grpc { "; gRPC served (h2c)" } else { "" };
+            tracing::info!(addr = %redirect.listener.local_addr()?, "redirect listener: 308 to HTTPS{grpc}");
             Some(redirect)
         }
         None => None,
