@@ -58,7 +58,8 @@ async fn grpc_backend() -> String {
     reporter.set_service_status("bench", tonic_health::ServingStatus::Serving).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // No Nagle on the server's sockets, as the gateway has none on its own.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let _reporter = reporter;
         Server::builder().add_service(health).serve_with_incoming(incoming).await.unwrap();
