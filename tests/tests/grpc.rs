@@ -261,3 +261,74 @@ async fn the_clients_deadline_ends_a_call_the_upstream_never_answers() {
     assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert!(res.into_body().collect().await.unwrap().to_bytes().is_empty(), "trailers-only");
 }
+
+/// An HTTP/2 upstream gets one connection (from each gateway worker: one here),
+/// and at most as many requests at once as its `SETTINGS_MAX_CONCURRENT_STREAMS`:
+/// the rest wait their turn on that connection and are all answered.
+#[tokio::test]
+async fn an_http2_upstream_gets_one_connection_bounded_by_its_max_concurrent_streams() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (connections, in_flight, most) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (c, f, m, r) = (connections.clone(), in_flight.clone(), most.clone(), release.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let (f, m, r) = (f.clone(), m.clone(), r.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_: Request<Incoming>| {
+                    let (f, m, r) = (f.clone(), m.clone(), r.clone());
+                    async move {
+                        let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(now, Ordering::SeqCst);
+                        r.acquire().await.unwrap().forget();
+                        f.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(2)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let text = format!(
+        "workers = 1\n[upstreams.h2]\nendpoints = [{url:?}]\nhttp2 = true\n\
+         [[routes]]\nprefix = \"/items\"\nupstream = \"h2\"\naccess = \"public\"\n"
+    );
+    let gateway = Gateway::start(Config::from_toml(&text, "the test", |_| None).unwrap()).await;
+    let client = tower_gateway_tests::Client::new();
+    // A first request opens the connection.
+    release.add_permits(1);
+    let probe = client.get(&format!("{}/items/x", gateway.url())).await.unwrap();
+    assert_eq!(probe.status, http::StatusCode::OK, "{}", String::from_utf8_lossy(&probe.body));
+    let requests: Vec<_> = (0..8)
+        .map(|i| {
+            let (client, url) = (client.clone(), format!("{}/items/{i}", gateway.url()));
+            tokio::spawn(async move { client.get(&url).await.unwrap().status })
+        })
+        .collect();
+    for _ in 0..250 {
+        if in_flight.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Held there: no third stream is opened, and no second connection.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!((in_flight.load(Ordering::SeqCst), connections.load(Ordering::SeqCst)), (2, 1));
+    release.add_permits(8);
+    for request in requests {
+        assert_eq!(request.await.unwrap(), http::StatusCode::OK);
+    }
+    assert_eq!((most.load(Ordering::SeqCst), connections.load(Ordering::SeqCst)), (2, 1));
+    server.abort();
+}
