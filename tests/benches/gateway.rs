@@ -7,39 +7,18 @@
 //!
 //! `cargo bench -p tower-gateway-tests --bench gateway`
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use demo_gateway::config::{LimitConfig, LimitKey, LimitStore, Per, RouteConfig, StoreFailure, UpstreamConfig};
 use demo_gateway::{Access, Config, Plan};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tower_gateway_tests::{RedisServer, median, product_backend};
+use tower_gateway_tests::{RedisServer, get_throughput, median, product_backend};
 
 const CONNECTIONS: usize = 16;
 const REQUESTS: usize = 20_000;
 
 /// Requests per second for `REQUESTS` GETs of `url` from `CONNECTIONS` concurrent clients.
 async fn throughput(url: &str) -> f64 {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(CONNECTIONS).build_http();
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..CONNECTIONS {
-        let (client, uri) = (client.clone(), url.parse::<http::Uri>().unwrap());
-        tasks.spawn(async move {
-            for _ in 0..REQUESTS / CONNECTIONS {
-                let res = client.get(uri.clone()).await.unwrap();
-                assert!(res.status().is_success());
-                res.into_body().collect().await.unwrap();
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    REQUESTS as f64 / start.elapsed().as_secs_f64()
+    get_throughput(url, CONNECTIONS, REQUESTS).await
 }
 
 #[tokio::main]

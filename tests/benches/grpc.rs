@@ -17,15 +17,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use tower_gateway_tests::median;
+use tower_gateway_tests::{get_throughput, median};
 
 const CONCURRENCY: usize = 16;
 const REQUESTS: usize = 20_000;
@@ -67,26 +66,9 @@ async fn grpc_backend() -> String {
     url
 }
 
-/// Requests per second: `REQUESTS` GETs of `url` from `CONCURRENCY` clients.
+/// Requests per second for `REQUESTS` GETs of `url` from `CONCURRENCY` concurrent clients.
 async fn http_throughput(url: &str) -> f64 {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(CONCURRENCY).build_http();
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..CONCURRENCY {
-        let (client, uri) = (client.clone(), url.parse::<http::Uri>().unwrap());
-        tasks.spawn(async move {
-            for _ in 0..REQUESTS / CONCURRENCY {
-                let res = client.get(uri.clone()).await.unwrap();
-                assert!(res.status().is_success());
-                res.into_body().collect().await.unwrap();
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    REQUESTS as f64 / start.elapsed().as_secs_f64()
+    get_throughput(url, CONCURRENCY, REQUESTS).await
 }
 
 /// Calls per second: `REQUESTS` health checks from `CONCURRENCY` tasks on one channel.

@@ -199,6 +199,29 @@ pub async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -
     tokio::time::timeout(std::time::Duration::from_secs(5), read).await.expect("a response within 5 s")
 }
 
+/// Requests per second for `requests` GETs of `url` from `concurrency`
+/// concurrent clients sharing one HTTP/1.1 pool; panics on a failed request.
+pub async fn get_throughput(url: &str, concurrency: usize, requests: usize) -> f64 {
+    let client: HyperClient<_, Full<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).pool_max_idle_per_host(concurrency).build_http();
+    let start = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, uri) = (client.clone(), url.parse::<http::Uri>().expect("a URL"));
+        tasks.spawn(async move {
+            for _ in 0..requests / concurrency {
+                let res = client.get(uri.clone()).await.expect("an answer");
+                assert!(res.status().is_success(), "{}", res.status());
+                res.into_body().collect().await.expect("a whole body");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a client task");
+    }
+    requests as f64 / start.elapsed().as_secs_f64()
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();

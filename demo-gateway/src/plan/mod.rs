@@ -387,6 +387,7 @@ mod limits;
 mod precedence_tests;
 mod route;
 mod server;
+mod stack;
 #[cfg(test)]
 mod tests;
 mod traffic;

@@ -1,35 +1,23 @@
 //! Routes: each one's match, access policy, limits and stack.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use tokio::sync::Semaphore;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_gateway::rate_limit::{RateLimitLayer, ReadJsonLayer};
 use tower_gateway::upgrade::{CloseAt, ReserveUpgradeLayer};
-use tower_gateway::{Body, StripPrefixLayer};
 use tower_gateway_auth::{Authenticator, JwtAuthLayer};
 
-use super::traffic;
+use super::stack::stacked;
+use super::traffic::{self, path_field};
 use super::{BuiltLimit, Settings};
 use crate::config::{Access, ConfigError, RouteConfig, RouteMethod};
 use crate::routes::matching::could_take;
 use crate::routes::{Conditions, Entry, Matcher, Route, RouteBody, Stack, Upstream};
 use crate::shared::Shared;
-
-/// A layer's service as a piece of a route: boxed, its answers one [`Body`]
-/// again (the layers' `ResponseBody` flattens with no allocation).
-pub(super) fn stacked<S, B>(svc: S) -> Stack
-where
-    S: Service<Request<RouteBody>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    B: Into<Body> + 'static,
-{
-    Stack::new(svc.map_response(|response: Response<B>| response.map(Into::into)))
-}
 
 /// `svc` behind `limits`, the first listed outermost; the JSON body is read just
 /// before the first limit that needs it.
@@ -43,14 +31,6 @@ pub(super) fn limited(mut svc: Stack, limits: &[&BuiltLimit]) -> Stack {
         }
     }
     svc
-}
-
-pub(super) fn path_field<'a>(at: &str, field: &str, value: &'a str) -> Result<&'a str, ConfigError> {
-    let layer = StripPrefixLayer::try_new(value).map_err(|e| ConfigError::new(format!("{at}.{field}"), e))?;
-    if layer.prefix().is_empty() {
-        return Err(ConfigError::new(format!("{at}.{field}"), "a route needs a path below '/'"));
-    }
-    Ok(value.trim_end_matches('/'))
 }
 
 pub(super) fn methods_of(at: &str, methods: &[RouteMethod]) -> Result<Option<Box<[Method]>>, ConfigError> {

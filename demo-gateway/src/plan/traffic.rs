@@ -19,13 +19,22 @@ use tower_gateway::{StripPrefixLayer, TimeoutLayer};
 use tower_gateway_auth::{Authenticated, Authenticator};
 
 use super::positive;
-use super::route::{path_field, stacked};
+use super::stack::stacked;
 use crate::config::{
     Access, ConfigError, HeaderMatchConfig, HeaderModifierConfig, MatchType, PathModifier, PersistenceType,
     QueryMatchConfig, RedirectScheme, RouteConfig,
 };
 use crate::routes::matching::{QueryMatch, header_regex};
 use crate::routes::{HostMatch, Matcher, Redirect, RedirectPath, RouteBody, Stack, Upstream};
+
+/// A route's path or prefix, canonical and below `/`, without its trailing `/`.
+pub(super) fn path_field<'a>(at: &str, field: &str, value: &'a str) -> Result<&'a str, ConfigError> {
+    let layer = StripPrefixLayer::try_new(value).map_err(|e| ConfigError::new(format!("{at}.{field}"), e))?;
+    if layer.prefix().is_empty() {
+        return Err(ConfigError::new(format!("{at}.{field}"), "a route needs a path below '/'"));
+    }
+    Ok(value.trim_end_matches('/'))
+}
 
 /// `hostnames`, lower-cased: exact names and `*.` wildcards.
 pub(super) fn hosts_of(at: &str, hostnames: &[String]) -> Result<Box<[HostMatch]>, ConfigError> {
