@@ -332,3 +332,88 @@ async fn an_http2_upstream_gets_one_connection_bounded_by_its_max_concurrent_str
     assert_eq!((most.load(Ordering::SeqCst), connections.load(Ordering::SeqCst)), (2, 1));
     server.abort();
 }
+
+/// A health service that answers UNAVAILABLE to its first `failures` calls.
+#[derive(Debug, Clone)]
+struct Flaky {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: usize,
+}
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Flaky {
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<tonic_health::pb::HealthCheckResponse, tonic::Status>> + Send>,
+    >;
+
+    async fn check(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < self.failures {
+            return Err(tonic::Status::unavailable("warming up"));
+        }
+        Ok(tonic::Response::new(tonic_health::pb::HealthCheckResponse { status: ServingStatus::Serving as i32 }))
+    }
+
+    async fn watch(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+}
+
+/// A gRPC call is retried only when configured for its method and status: the
+/// configured route gets SERVING after two UNAVAILABLE attempts, an unconfigured
+/// one passes the first UNAVAILABLE on.
+#[tokio::test]
+async fn grpc_calls_are_retried_only_for_configured_methods_and_statuses() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    let mut counters = Vec::new();
+    for _ in 0..2 {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let flaky = Flaky { calls: calls.clone(), failures: 2 };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let service = tonic_health::pb::health_server::HealthServer::new(flaky);
+        servers.push(tokio::spawn(async move {
+            Server::builder().add_service(service).serve_with_incoming(incoming).await.unwrap();
+        }));
+        counters.push(calls);
+    }
+    let text = format!(
+        "[upstreams.retried]\nendpoints = [{:?}]\nhttp2 = true\n\
+         retry = {{ attempts = 3, backoff_ms = 10, max_backoff_ms = 10, grpc_statuses = [\"unavailable\"], \
+           grpc_methods = [\"/grpc.health.v1.Health/Check\"] }}\n\
+         [upstreams.plain]\nendpoints = [{:?}]\nhttp2 = true\n\
+         [[routes]]\nprefix = \"/grpc.health.v1.Health\"\nstrip_prefix = \"/\"\nupstream = \"retried\"\naccess = \"public\"\n\
+         [[routes]]\nprefix = \"/grpc.health.v1.Health\"\nhostnames = [\"plain.test\"]\nstrip_prefix = \"/\"\nupstream = \"plain\"\naccess = \"public\"\n",
+        urls[0], urls[1]
+    );
+    let gateway = Gateway::start(Config::from_toml(&text, "the test", |_| None).unwrap()).await;
+    let asked = || HealthCheckRequest { service: String::new() };
+
+    let retried = Channel::from_shared(gateway.url()).unwrap().connect().await.unwrap();
+    let answer = HealthClient::new(retried).check(asked()).await.unwrap();
+    assert_eq!(answer.into_inner().status, ServingStatus::Serving as i32);
+    assert_eq!(counters[0].load(Ordering::SeqCst), 3, "two UNAVAILABLE attempts, then SERVING");
+
+    let plain = Channel::from_shared(gateway.url())
+        .unwrap()
+        .origin("http://plain.test".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let refused = HealthClient::new(plain).check(asked()).await.unwrap_err();
+    assert_eq!((refused.code(), refused.message()), (Code::Unavailable, "warming up"));
+    assert_eq!(counters[1].load(Ordering::SeqCst), 1, "not configured: not retried");
+    for server in servers {
+        server.abort();
+    }
+}

@@ -308,4 +308,4 @@ pub use traffic::{
     PathModifier, PersistenceType, QueryMatchConfig, RedirectConfig, RedirectScheme, SessionPersistenceConfig,
     TimeoutsConfig, UrlRewriteConfig,
 };
-pub use upstream::{RetryConfig, UpstreamConfig};
+pub use upstream::{GrpcStatus, RetryConfig, UpstreamConfig};

@@ -83,6 +83,44 @@ pub struct RetryConfig {
     /// The upstream honours `Idempotency-Key`, so a request carrying one may be
     /// retried whatever its method (checkout's does; default no).
     pub idempotency_key: bool,
+    /// gRPC calls retried on these statuses (`"unavailable"`, …), when their
+    /// method is in `grpc_methods`; no other gRPC call is retried but for a
+    /// connection never made.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grpc_statuses: Vec<GrpcStatus>,
+    /// The gRPC methods (`/package.Service/Method`, unary ones only) that may be
+    /// retried: their request is read whole before it is sent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grpc_methods: Vec<String>,
+}
+
+/// A gRPC status a call may be retried on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum GrpcStatus {
+    Cancelled,
+    Unknown,
+    DeadlineExceeded,
+    ResourceExhausted,
+    Aborted,
+    Internal,
+    Unavailable,
+}
+
+impl GrpcStatus {
+    /// Its code on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Cancelled => 1,
+            Self::Unknown => 2,
+            Self::DeadlineExceeded => 4,
+            Self::ResourceExhausted => 8,
+            Self::Aborted => 10,
+            Self::Internal => 13,
+            Self::Unavailable => 14,
+        }
+    }
 }
 
 impl Default for RetryConfig {
@@ -94,6 +132,8 @@ impl Default for RetryConfig {
             jitter: 0.5,
             max_replay_body_bytes: 64 * 1024,
             idempotency_key: false,
+            grpc_statuses: Vec::new(),
+            grpc_methods: Vec::new(),
         }
     }
 }

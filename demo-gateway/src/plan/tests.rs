@@ -215,3 +215,22 @@ async fn a_reload_takes_the_tls_listener_as_loaded_and_reads_no_certificate_agai
     // A first compile does read them.
     assert_eq!(Plan::compile(config).unwrap_err().field, "tls.cert_file");
 }
+
+#[test]
+fn grpc_retries_name_methods_and_statuses_together() {
+    let with = |retry: &str| {
+        let text = format!(
+            "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\nhttp2 = true\nretry = {{ {retry} }}\n\
+             [[routes]]\nprefix = \"/a\"\nupstream = \"u\"\naccess = \"public\""
+        );
+        Plan::compile(toml::from_str(&text).unwrap()).map(|_| ()).map_err(|e| e.field)
+    };
+    assert_eq!(with("grpc_statuses = [\"unavailable\"], grpc_methods = [\"/pkg.Svc/Get\"]"), Ok(()));
+    for bad in ["pkg.Svc/Get", "/pkg.Svc", "/pkg.Svc/Get/x", "//Get", "/pkg.Svc/Ge t"] {
+        let retry = format!("grpc_statuses = [\"unavailable\"], grpc_methods = [{bad:?}]");
+        assert_eq!(with(&retry), Err("upstreams.u.retry.grpc_methods[0]".into()), "{bad}");
+    }
+    assert_eq!(with("grpc_statuses = [\"unavailable\"]"), Err("upstreams.u.retry.grpc_statuses".into()));
+    assert_eq!(with("grpc_methods = [\"/pkg.Svc/Get\"]"), Err("upstreams.u.retry.grpc_statuses".into()));
+    assert!(toml::from_str::<Config>("[upstreams.u]\nretry = { grpc_statuses = [\"ok\"] }").is_err(), "a closed set");
+}

@@ -25,7 +25,25 @@ pub(super) fn retry_layer(at: &str, retry: &RetryConfig) -> Result<RetryLayer, C
     if !(0.0..=10.0).contains(&retry.jitter) {
         return Err(ConfigError::new(format!("{at}.retry.jitter"), "must be between 0 and 10"));
     }
+    for (j, method) in retry.grpc_methods.iter().enumerate() {
+        let well_formed = method.strip_prefix('/').and_then(|m| m.split_once('/')).is_some_and(|(service, name)| {
+            !service.is_empty() && !name.is_empty() && !name.contains('/') && !method.contains(char::is_whitespace)
+        });
+        if !well_formed {
+            return Err(ConfigError::new(
+                format!("{at}.retry.grpc_methods[{j}]"),
+                format!("{method:?} is not /package.Service/Method"),
+            ));
+        }
+    }
+    if retry.grpc_statuses.is_empty() != retry.grpc_methods.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.retry.grpc_statuses"),
+            "give grpc_statuses and grpc_methods together: the statuses to retry, for these methods",
+        ));
+    }
     let policy = RetryPolicy::new()
+        .retry_grpc(retry.grpc_statuses.iter().map(|s| s.code()), retry.grpc_methods.iter().cloned())
         .max_attempts(retry.attempts)
         .retry_idempotency_key(retry.idempotency_key)
         .backoff(backoff, Duration::from_millis(retry.max_backoff_ms), retry.jitter)

@@ -1,5 +1,6 @@
-//! The route table: a request's canonical path and method pick the most specific
-//! route, whose stack (`StripPrefix → JwtAuth per its policy → the upstream's
+//! The route table: a request's host, canonical path, method, headers and query
+//! pick the most specific route (the order is in [`matching`]), whose stack
+//! (`StripPrefix → limits → JwtAuth per its policy → filters → the upstream's
 //! Retry → RoundRobin → Proxy`) answers it. Recognising the route is a pure
 //! function of the table ([`Table::recognize`]); the [`Routes`] service around it
 //! only dispatches and counts.

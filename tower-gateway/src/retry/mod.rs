@@ -10,6 +10,9 @@
 //! memory first so that it can be sent again byte for byte; a larger body, or one
 //! of unknown length, is streamed through once and its request is never retried.
 //! A body that breaks off while being read is answered `400` (`invalid_body`).
+//! A gRPC call the policy may retry ([`RetryPolicy::retry_grpc`]) is read whole
+//! whatever its length says (gRPC sends none), and past the bound is refused
+//! `413` (`body_too_large`, RESOURCE_EXHAUSTED to a gRPC client).
 //!
 //! **Per-try timeout.** Put a [`TimeoutLayer`](crate::TimeoutLayer) under this
 //! layer: every attempt passes through it, so each is bounded, and its `504` is
@@ -42,6 +45,7 @@ mod policy;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -56,6 +60,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use self::body::ReplayBody;
+use self::policy::GrpcRetry;
 pub use self::policy::{Attempts, IDEMPOTENCY_KEY, RetryPolicy};
 use crate::body::ResponseBody;
 use crate::error::{BoxError, json_error};
@@ -70,6 +75,8 @@ use crate::error::{BoxError, json_error};
 pub struct RetryLayer<P = RetryPolicy> {
     policy: P,
     max_replay_body: usize,
+    /// The gRPC calls a [`RetryPolicy`] may retry, whose bodies are read whole.
+    grpc: Option<Arc<GrpcRetry>>,
 }
 
 impl Default for RetryLayer {
@@ -78,12 +85,15 @@ impl Default for RetryLayer {
     }
 }
 
-impl<P> RetryLayer<P> {
+impl<P: 'static> RetryLayer<P> {
     /// Retries according to `policy`, with a 64 KiB replay buffer.
     pub fn new(policy: P) -> Self {
-        Self { policy, max_replay_body: 64 * 1024 }
+        let grpc = (&policy as &dyn std::any::Any).downcast_ref::<RetryPolicy>().and_then(|p| p.grpc().cloned());
+        Self { policy, max_replay_body: 64 * 1024, grpc }
     }
+}
 
+impl<P> RetryLayer<P> {
     /// Buffers request bodies up to `bytes` so they can be replayed.
     pub fn max_replay_body(mut self, bytes: usize) -> Self {
         self.max_replay_body = bytes;
@@ -95,7 +105,11 @@ impl<S, P: Clone> Layer<S> for RetryLayer<P> {
     type Service = Retry<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry { inner: tower::retry::Retry::new(self.policy.clone(), inner), max_replay_body: self.max_replay_body }
+        Retry {
+            inner: tower::retry::Retry::new(self.policy.clone(), inner),
+            max_replay_body: self.max_replay_body,
+            grpc: self.grpc.clone(),
+        }
     }
 }
 
@@ -105,9 +119,10 @@ impl<S, P: Clone> Layer<S> for RetryLayer<P> {
 pub struct Retry<S, P = RetryPolicy> {
     inner: tower::retry::Retry<P, S>,
     max_replay_body: usize,
+    grpc: Option<Arc<GrpcRetry>>,
 }
 
-impl<S, P: Clone> Retry<S, P> {
+impl<S, P: Clone + 'static> Retry<S, P> {
     /// Wraps `inner`, retrying according to `policy`.
     pub fn new(inner: S, policy: P) -> Self {
         RetryLayer::new(policy).layer(inner)
@@ -158,7 +173,11 @@ where
             let req = Request::from_parts(parts, ReplayBody::buffered(Bytes::new()));
             return future::ResponseFuture::calling(self.inner.call(req));
         }
-        let fits = body.size_hint().upper().is_some_and(|n| n <= self.max_replay_body as u64);
+        // A gRPC call the policy may retry is read whole whatever its length
+        // says (gRPC sends none): up to the bound, past which it is refused.
+        let grpc =
+            self.grpc.as_ref().is_some_and(|g| crate::grpc::is_grpc(&parts.headers) && g.takes(parts.uri.path()));
+        let fits = grpc || body.size_hint().upper().is_some_and(|n| n <= self.max_replay_body as u64);
         if !fits {
             let req = Request::from_parts(parts, ReplayBody::streamed(body));
             return future::ResponseFuture::calling(self.inner.call(req));
@@ -255,6 +274,14 @@ pub mod future {
                     StateProj::Collecting { collect, parts, service } => {
                         let body = match ready!(collect.poll(cx)) {
                             Ok(collected) => collected.to_bytes(),
+                            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                                let message = "the request body is larger than the replay buffer of a retried call";
+                                return Poll::Ready(Ok(json_error(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    "body_too_large",
+                                    message,
+                                )));
+                            }
                             Err(err) => {
                                 tracing::debug!(%err, "request body could not be read");
                                 let message = "the request body could not be read";

@@ -47,6 +47,21 @@ struct Config {
     max_attempts: u32,
     trust_idempotency_key: bool,
     backoff: ExponentialBackoffMaker<FreshRng>,
+    grpc: Option<Arc<GrpcRetry>>,
+}
+
+/// Which gRPC calls may be retried, and on which statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GrpcRetry {
+    codes: Box<[u16]>,
+    methods: Box<[Box<str>]>,
+}
+
+impl GrpcRetry {
+    /// Whether the gRPC call at `path` (`/package.Service/Method`) is one of them.
+    pub(crate) fn takes(&self, path: &str) -> bool {
+        self.methods.iter().any(|m| **m == *path)
+    }
 }
 
 /// Decides which failed requests to send again, when, and how often.
@@ -59,6 +74,12 @@ struct Config {
 ///   only where the upstream honours one, which you say with
 ///   [`retry_idempotency_key`](Self::retry_idempotency_key): a client's key
 ///   proves nothing about an upstream that ignores it.
+/// - A gRPC call (`content-type: application/grpc`) is retried, besides a
+///   connection never made, only if [`retry_grpc`](Self::retry_grpc) names its
+///   method, and only when its status is one named there: a `grpc-status` in a
+///   trailers-only answer (a status that comes after messages cannot be undone),
+///   or the code a gateway error maps to ([`grpc::code_for`](crate::grpc::code_for):
+///   `503` is UNAVAILABLE, `504` DEADLINE_EXCEEDED).
 /// - At most [`max_attempts`](Self::max_attempts) attempts in all (default 3, the
 ///   seed's), waiting an exponential backoff with jitter between them (default:
 ///   100 ms, doubling, at most 2 s, plus up to 50 % jitter), and only while the
@@ -90,7 +111,7 @@ impl RetryPolicy {
         )
         .expect("the default backoff is valid");
         Self {
-            config: Arc::new(Config { max_attempts: 3, trust_idempotency_key: false, backoff }),
+            config: Arc::new(Config { max_attempts: 3, trust_idempotency_key: false, backoff, grpc: None }),
             budget: Arc::new(TpsBudget::default()),
             attempts: 1,
             backoff: None,
@@ -119,6 +140,29 @@ impl RetryPolicy {
         self
     }
 
+    /// Retries the gRPC calls of `methods` (their paths, `/package.Service/Method`)
+    /// that answer one of `codes` (gRPC status codes: 14 is UNAVAILABLE). Name
+    /// unary methods only: a call's request body is read whole before it is sent
+    /// (see [`RetryLayer`](super::RetryLayer)), which a streaming call would
+    /// wait on for ever.
+    pub fn retry_grpc(
+        mut self,
+        codes: impl IntoIterator<Item = u16>,
+        methods: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let grpc = GrpcRetry {
+            codes: codes.into_iter().collect(),
+            methods: methods.into_iter().map(|m| m.into().into_boxed_str()).collect(),
+        };
+        Arc::make_mut(&mut self.config).grpc = (!grpc.methods.is_empty()).then(|| Arc::new(grpc));
+        self
+    }
+
+    /// The gRPC calls this policy may retry, if any.
+    pub(crate) fn grpc(&self) -> Option<&Arc<GrpcRetry>> {
+        self.config.grpc.as_ref()
+    }
+
     /// The retry budget, shared by every request through this policy's layer.
     pub fn budget(mut self, budget: TpsBudget) -> Self {
         self.budget = Arc::new(budget);
@@ -144,18 +188,34 @@ pub(crate) fn is_idempotent<B>(req: &Request<B>, trust_key: bool) -> bool {
 }
 
 /// Whether a failed attempt may be sent again (budget and attempts aside).
-pub(crate) fn is_retryable<B, RB, E>(req: &Request<B>, result: &Result<Response<RB>, E>, trust_key: bool) -> bool {
+pub(crate) fn is_retryable<B, RB, E>(
+    req: &Request<B>,
+    result: &Result<Response<RB>, E>,
+    trust_key: bool,
+    grpc: Option<&GrpcRetry>,
+) -> bool {
     match result {
         Ok(response) => {
             if response.extensions().get::<UpstreamError>().is_some_and(|e| e.kind() == UpstreamErrorKind::Connect) {
                 return true;
+            }
+            if crate::grpc::is_grpc(req.headers()) {
+                let Some(grpc) = grpc.filter(|g| g.takes(req.uri().path())) else { return false };
+                let code = if response.status() == StatusCode::OK && crate::grpc::is_grpc(response.headers()) {
+                    // Trailers-only: the status is in the head. Otherwise it
+                    // comes after messages already on their way.
+                    response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+                } else {
+                    Some(crate::grpc::code_for(response.status()))
+                };
+                return code.is_some_and(|code| grpc.codes.contains(&code));
             }
             matches!(
                 response.status(),
                 StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
             ) && is_idempotent(req, trust_key)
         }
-        Err(_) => is_idempotent(req, trust_key),
+        Err(_) => is_idempotent(req, trust_key) && !crate::grpc::is_grpc(req.headers()),
     }
 }
 
@@ -167,7 +227,10 @@ impl<B, RB, E> Policy<Request<ReplayBody<B>>, Response<RB>, E> for RetryPolicy {
         req: &mut Request<ReplayBody<B>>,
         result: &mut Result<Response<RB>, E>,
     ) -> Option<Self::Future> {
-        if !is_retryable(req, result, self.config.trust_idempotency_key) || self.attempts >= self.config.max_attempts {
+        let config = &self.config;
+        if !is_retryable(req, result, config.trust_idempotency_key, config.grpc.as_deref())
+            || self.attempts >= config.max_attempts
+        {
             return self.done(result);
         }
         if !self.budget.withdraw() {
@@ -219,29 +282,29 @@ mod tests {
         let refused: Result<Response<()>, ()> =
             Ok(UpstreamError::new(UpstreamErrorKind::Connect).into_response::<bytes::Bytes>().map(|_| ()));
         for method in [Method::GET, Method::POST, Method::PATCH] {
-            assert!(is_retryable(&req(method, false), &refused, false));
+            assert!(is_retryable(&req(method, false), &refused, false, None));
         }
     }
 
     #[test]
     fn gateway_errors_are_retried_only_when_idempotent() {
         for code in [502, 503, 504] {
-            assert!(is_retryable(&req(Method::GET, false), &status(code), false));
-            assert!(is_retryable(&req(Method::PUT, false), &status(code), false));
-            assert!(is_retryable(&req(Method::DELETE, false), &status(code), false));
-            assert!(!is_retryable(&req(Method::POST, false), &status(code), true));
-            assert!(!is_retryable(&req(Method::PATCH, false), &status(code), true));
-            assert!(is_retryable(&req(Method::POST, true), &status(code), true));
-            assert!(!is_retryable(&req(Method::POST, true), &status(code), false), "a key the upstream ignores");
+            assert!(is_retryable(&req(Method::GET, false), &status(code), false, None));
+            assert!(is_retryable(&req(Method::PUT, false), &status(code), false, None));
+            assert!(is_retryable(&req(Method::DELETE, false), &status(code), false, None));
+            assert!(!is_retryable(&req(Method::POST, false), &status(code), true, None));
+            assert!(!is_retryable(&req(Method::PATCH, false), &status(code), true, None));
+            assert!(is_retryable(&req(Method::POST, true), &status(code), true, None));
+            assert!(!is_retryable(&req(Method::POST, true), &status(code), false, None), "a key the upstream ignores");
         }
-        assert!(is_retryable(&req(Method::GET, false), &Err::<Response<()>, _>(()), false));
-        assert!(!is_retryable(&req(Method::POST, false), &Err::<Response<()>, _>(()), true));
+        assert!(is_retryable(&req(Method::GET, false), &Err::<Response<()>, _>(()), false, None));
+        assert!(!is_retryable(&req(Method::POST, false), &Err::<Response<()>, _>(()), true, None));
     }
 
     #[test]
     fn other_statuses_are_not_retried() {
         for code in [200, 201, 400, 404, 409, 422, 500, 501] {
-            assert!(!is_retryable(&req(Method::GET, true), &status(code), true), "{code}");
+            assert!(!is_retryable(&req(Method::GET, true), &status(code), true, None), "{code}");
         }
     }
 
@@ -252,5 +315,33 @@ mod tests {
         let mut c = b.clone();
         let (x, y, z) = (a.next_u64(), b.next_u64(), c.next_u64());
         assert!(x != y || y != z, "clones drew the same numbers");
+    }
+
+    #[test]
+    fn grpc_calls_are_retried_only_for_named_methods_and_statuses() {
+        let grpc = RetryPolicy::new().retry_grpc([14], ["/inventory.v1.Inventory/GetStock"]);
+        let grpc = grpc.grpc().map(|g| &**g);
+        let call = |path: &str| Request::post(path).header("content-type", "application/grpc").body(()).unwrap();
+        let trailers_only = |code: &str| -> Result<Response<()>, ()> {
+            Ok(Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", code)
+                .body(())
+                .unwrap())
+        };
+        let get_stock = call("/inventory.v1.Inventory/GetStock");
+        assert!(is_retryable(&get_stock, &trailers_only("14"), false, grpc), "UNAVAILABLE, named");
+        assert!(is_retryable(&get_stock, &status(503), false, grpc), "a gateway 503 is UNAVAILABLE");
+        assert!(!is_retryable(&get_stock, &status(504), false, grpc), "DEADLINE_EXCEEDED is not named");
+        assert!(!is_retryable(&get_stock, &trailers_only("5"), false, grpc), "NOT_FOUND is not named");
+        let ok_head: Result<Response<()>, ()> =
+            Ok(Response::builder().header("content-type", "application/grpc").body(()).unwrap());
+        assert!(!is_retryable(&get_stock, &ok_head, false, grpc), "a status after messages");
+        let reserve = call("/inventory.v1.Inventory/Reserve");
+        assert!(!is_retryable(&reserve, &trailers_only("14"), false, grpc), "not a named method");
+        assert!(!is_retryable(&get_stock, &trailers_only("14"), false, None), "none named");
+        let refused: Result<Response<()>, ()> =
+            Ok(UpstreamError::new(UpstreamErrorKind::Connect).into_response::<bytes::Bytes>().map(|_| ()));
+        assert!(is_retryable(&reserve, &refused, false, None), "a connection never made, as for any request");
     }
 }
