@@ -278,10 +278,15 @@ impl<B: HttpBody> HttpBody for Outgoing<B> {
         match std::task::ready!(self.body.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) if frame.is_trailers() => {
                 let trailers = frame.into_trailers().unwrap_or_default();
-                let kept: HeaderMap = trailers
-                    .into_iter()
-                    .filter_map(|(n, v)| n.filter(|n| grpc && n.as_str().starts_with("grpc-")).map(|n| (n, v)))
-                    .collect();
+                let mut kept = HeaderMap::new();
+                if grpc {
+                    // Every value of a kept name, repeated ones too.
+                    for (name, value) in &trailers {
+                        if name.as_str().starts_with("grpc-") {
+                            kept.append(name, value.clone());
+                        }
+                    }
+                }
                 // Trailers end a body: so does dropping them.
                 Poll::Ready((!kept.is_empty()).then(|| Ok(http_body::Frame::trailers(kept))))
             }

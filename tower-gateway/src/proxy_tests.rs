@@ -544,3 +544,29 @@ async fn a_clients_request_trailers_never_reach_the_upstream() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("hello none"), "the body arrived, its trailers did not: {response}");
 }
+
+/// The trailers `body` sends after "data", as the upstream would read them
+/// through [`Outgoing`].
+async fn trailers_sent(trailers: HeaderMap, grpc: bool) -> Option<HeaderMap> {
+    let frames = [
+        Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"data"))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let collected = Outgoing { body: Box::pin(body), grpc }.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(collected.to_bytes(), "data");
+    trailers
+}
+
+#[tokio::test]
+async fn a_grpc_call_keeps_every_value_of_its_grpc_trailers_and_nothing_else() {
+    let mut trailers = HeaderMap::new();
+    trailers.append("grpc-x", HeaderValue::from_static("1"));
+    trailers.append("grpc-x", HeaderValue::from_static("2"));
+    trailers.append("x-user-id", HeaderValue::from_static("7"));
+    let kept = trailers_sent(trailers.clone(), true).await.expect("gRPC's trailers pass");
+    assert_eq!(kept.get_all("grpc-x").iter().collect::<Vec<_>>(), ["1", "2"]);
+    assert_eq!(kept.len(), 2, "x-user-id never passes: {kept:?}");
+    assert_eq!(trailers_sent(trailers, false).await, None, "no trailers at all on a call that is not gRPC");
+}
