@@ -414,7 +414,7 @@ fn upstream_host(uri: &Uri) -> Option<HeaderValue> {
 
 /// Prepares a request for the upstream: hop-by-hop headers out, forwarding
 /// headers in, the version the upstream speaks.
-fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue, http2: bool) {
+fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue, http2: bool, grpc: bool) {
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
     if let Some(host) = headers.remove(header::HOST) {
@@ -456,7 +456,7 @@ fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue, http2: bool) 
         headers.remove(header::HOST);
         // gRPC servers ask that a call say it takes trailers (`TE` is the one
         // connection header HTTP/2 allows, with this value only).
-        if crate::grpc::is_grpc(headers) {
+        if grpc {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         *req.version_mut() = Version::HTTP_2;
@@ -489,6 +489,7 @@ where
             (Some(tunnels), Some(_)) => upgrade::websocket_upgrade(&req).cloned().map(|key| (tunnels, key)),
             _ => None,
         };
+        let grpc = crate::grpc::is_grpc(req.headers());
         let span = attempt_span(&req);
         let pending = match upgrade {
             Some((tunnels, key)) => {
@@ -496,18 +497,17 @@ where
                     return future::ResponseFuture::answered(upgrade::TooManyUpgrades.into_response());
                 };
                 let client = hyper::upgrade::on(&mut req);
-                prepare(&mut req, &self.forwarded_proto, false);
+                prepare(&mut req, &self.forwarded_proto, false, grpc);
                 upgrade::restore(req.headers_mut());
                 Some(Pending { place, client, key })
             }
             None => {
-                prepare(&mut req, &self.forwarded_proto, self.pools.http2);
+                prepare(&mut req, &self.forwarded_proto, self.pools.http2, grpc);
                 None
             }
         };
         #[cfg(feature = "opentelemetry")]
         crate::telemetry::inject(&span, req.headers_mut());
-        let grpc = crate::grpc::is_grpc(req.headers());
         let future =
             span.in_scope(|| self.pools.client().request(req.map(|body| Outgoing { body: Box::pin(body), grpc })));
         future::ResponseFuture { state: future::State::Sending { future, upgrade: pending }, span }
