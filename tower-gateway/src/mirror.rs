@@ -207,13 +207,9 @@ where
             return self.inner.call(req.map(Tee::passing));
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut copy = Request::new(MirrorBody { frames: rx, length: length.unwrap_or(0) });
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        let req = req.map(|body| Tee { inner: body, copy: Some(tx) });
+        let (parts, body) = req.into_parts();
+        let copy = Request::from_parts(parts.clone(), MirrorBody { frames: rx, length: length.unwrap_or(0) });
+        let req = Request::from_parts(parts, Tee { inner: body, copy: Some(tx) });
         let future = self.inner.call(req);
         let (mirror, stats) = (self.layer.mirror.clone(), stats.clone());
         stats.sent.fetch_add(1, Ordering::Relaxed);
