@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response};
 use http_body::Body as HttpBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -61,12 +61,17 @@ use thread_local::ThreadLocal;
 use tower_service::Service;
 
 use crate::Body;
-use crate::client_addr::ClientAddr;
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
 use crate::upgrade::{self, OnUpgrade, Place, Tunnels};
 
+mod forwarding;
+pub mod future;
+
+use self::forwarding::prepare;
+pub use self::forwarding::remove_hop_by_hop;
+
 /// The address of the client that sent a request: the peer of its connection.
-/// [`Proxy`] sends it as `X-Forwarded-For` (unless a [`ClientAddr`] says more),
+/// [`Proxy`] sends it as `X-Forwarded-For` (unless a [`ClientAddr`](crate::ClientAddr) says more),
 /// [`ClientAddrLayer`](crate::ClientAddrLayer) starts from it, and
 /// [`ClientIp`](crate::rate_limit::key::ClientIp) counts by it.
 ///
@@ -103,57 +108,6 @@ impl PeerAddr {
 /// builder's [`forwarded_proto`](Builder::forwarded_proto).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientScheme(pub http::uri::Scheme);
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including every header
-/// named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names they have is cheaper
-    // than a lookup for each of the seven that may be there.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        // `keep-alive` and `close`, the options nearly every `Connection` says,
-        // are skipped when they name nothing the fixed list below leaves (a
-        // `Keep-Alive` header is on it).
-        let has_close = headers.contains_key("close");
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|name| {
-                !name.eq_ignore_ascii_case("keep-alive") && (has_close || !name.eq_ignore_ascii_case("close"))
-            })
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// The hop-by-hop headers a message may carry besides those its `Connection` names.
-static HOP_BY_HOP: [&HeaderName; 7] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::TE,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::PROXY_AUTHORIZATION,
-];
 
 /// Builds a [`Proxy`]. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -397,74 +351,6 @@ where
     }
 }
 
-/// The `Host` an upstream at `uri` is sent: its authority without user info,
-/// and without the port when it is the scheme's default.
-fn upstream_host(uri: &Uri) -> Option<HeaderValue> {
-    let authority = uri.authority()?;
-    let text = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, host)| host);
-    let default_port = match uri.scheme_str() {
-        Some("http") => Some(80),
-        Some("https") => Some(443),
-        _ => None,
-    };
-    let text =
-        if authority.port_u16().is_some_and(|port| Some(port) == default_port) { authority.host() } else { text };
-    crate::header::shared_value(text.as_bytes()).ok()
-}
-
-/// Prepares a request for the upstream: hop-by-hop headers out, forwarding
-/// headers in, the version the upstream speaks.
-fn prepare<B>(req: &mut Request<B>, forwarded_proto: &HeaderValue, http2: bool, grpc: bool) {
-    let headers = req.headers_mut();
-    remove_hop_by_hop(headers);
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    } else {
-        headers.remove(&X_FORWARDED_HOST);
-    }
-    // The upstream's own name, as hyper-util's client would write it (no
-    // user info, no default port), but cut from the thread's slab.
-    if let Some(host) = upstream_host(req.uri()) {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    let proto = match req.extensions().get::<ClientScheme>() {
-        Some(ClientScheme(scheme)) if *scheme == http::uri::Scheme::HTTP => HeaderValue::from_static("http"),
-        Some(ClientScheme(scheme)) if *scheme == http::uri::Scheme::HTTPS => HeaderValue::from_static("https"),
-        Some(ClientScheme(scheme)) => {
-            HeaderValue::from_str(scheme.as_str()).unwrap_or_else(|_| forwarded_proto.clone())
-        }
-        None => forwarded_proto.clone(),
-    };
-    let headers = req.headers_mut();
-    headers.insert(X_FORWARDED_PROTO.clone(), proto);
-    // The client's own forwarding claims are never passed on: X-Forwarded-For is
-    // what ClientAddr verified, or the peer alone.
-    headers.remove(header::FORWARDED);
-    headers.remove(&X_REAL_IP);
-    let forwarded_for = match (req.extensions().get::<ClientAddr>(), PeerAddr::of(req.extensions())) {
-        (Some(client), _) => Some(client.forwarded_for()),
-        (None, Some(peer)) => Some(crate::client_addr::ip_header_value(peer.ip().to_canonical())),
-        (None, None) => None,
-    };
-    let headers = req.headers_mut();
-    match forwarded_for {
-        Some(value) => headers.insert(X_FORWARDED_FOR.clone(), value),
-        None => headers.remove(&X_FORWARDED_FOR),
-    };
-    if http2 {
-        // HTTP/2 names the authority in `:authority`, from the URI.
-        headers.remove(header::HOST);
-        // gRPC servers ask that a call say it takes trailers (`TE` is the one
-        // connection header HTTP/2 allows, with this value only).
-        if grpc {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        *req.version_mut() = Version::HTTP_2;
-    } else {
-        *req.version_mut() = Version::HTTP_11;
-    }
-}
-
 impl<B> Service<Request<B>> for Proxy<B>
 where
     B: HttpBody + Send + 'static,
@@ -543,149 +429,6 @@ struct Pending {
     key: HeaderValue,
 }
 
-pub mod future {
-    //! The response future of [`Proxy`].
-
-    #[allow(clippy::wildcard_imports)]
-    use super::*;
-
-    pin_project! {
-        /// The response future of [`Proxy`].
-        #[derive(Debug)]
-        pub struct ResponseFuture {
-            #[pin]
-            pub(super) state: State,
-            // The attempt's span until it ends (`Span::none()` after).
-            pub(super) span: tracing::Span,
-        }
-
-        impl PinnedDrop for ResponseFuture {
-            fn drop(this: Pin<&mut Self>) {
-                // Given up before an answer: a timeout above, or the client gone.
-                let span = this.project().span;
-                if !span.is_disabled() {
-                    span.record("error.type", "cancelled");
-                    span.record("otel.status_code", "ERROR");
-                }
-            }
-        }
-    }
-
-    pin_project! {
-        #[project = StateProj]
-        #[derive(Debug)]
-        pub(super) enum State {
-            Sending {
-                #[pin]
-                future: hyper_util::client::legacy::ResponseFuture,
-                // A WebSocket upgrade's place, the client's side and its key,
-                // until the upstream answers.
-                upgrade: Option<Pending>,
-            },
-            Failed { kind: UpstreamErrorKind },
-            Answered { response: Option<Response<Body>> },
-        }
-    }
-
-    impl ResponseFuture {
-        pub(super) fn failed(kind: UpstreamErrorKind) -> Self {
-            Self { state: State::Failed { kind }, span: tracing::Span::none() }
-        }
-
-        pub(super) fn answered(response: Response<Body>) -> Self {
-            Self { state: State::Answered { response: Some(response) }, span: tracing::Span::none() }
-        }
-    }
-
-    /// Records how an attempt ended on its span, and ends it.
-    fn end(span: &mut tracing::Span, response: &Response<Body>) {
-        if span.is_disabled() {
-            return;
-        }
-        let status = response.status();
-        span.record("http.response.status_code", status.as_u16());
-        if let Some(error) = response.extensions().get::<UpstreamError>() {
-            span.record("error.type", error.kind().code());
-            span.record("otel.status_code", "ERROR");
-        } else if status.is_server_error() {
-            // Client spans: a 5xx from the upstream is an error of the call.
-            span.record("error.type", status.as_str());
-            span.record("otel.status_code", "ERROR");
-        }
-        *span = tracing::Span::none();
-    }
-
-    impl Future for ResponseFuture {
-        type Output = Result<Response<Body>, Infallible>;
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            let this = self.project();
-            let response = {
-                let _entered = this.span.enter();
-                std::task::ready!(poll_state(this.state, cx))
-            };
-            end(this.span, &response);
-            Poll::Ready(Ok(response))
-        }
-    }
-
-    fn poll_state(state: Pin<&mut State>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
-        let kind = match state.project() {
-            StateProj::Failed { kind } => *kind,
-            StateProj::Answered { response } => {
-                return Poll::Ready(response.take().expect("polled after completion"));
-            }
-            StateProj::Sending { future, upgrade } => match std::task::ready!(future.poll(cx)) {
-                Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                    let Some(Pending { place, client, key }) = upgrade.take() else {
-                        // Nothing asked for it: the connection is not the client's to have.
-                        tracing::debug!("the upstream switched protocols unasked");
-                        return Poll::Ready(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response());
-                    };
-                    // Only the WebSocket asked for, accepted for this key: any
-                    // other protocol would hand the client a tunnel past
-                    // everything in front of the proxy.
-                    if !upgrade::accepts(response.headers(), &key) {
-                        tracing::debug!("the upstream switched protocols without accepting the WebSocket");
-                        return Poll::Ready(UpstreamError::new(UpstreamErrorKind::Upgrade).into_response());
-                    }
-                    let upstream = hyper::upgrade::on(&mut response);
-                    let (mut parts, _) = response.into_parts();
-                    remove_hop_by_hop(&mut parts.headers);
-                    upgrade::restore(&mut parts.headers);
-                    tokio::spawn(upgrade::splice(place, client, upstream));
-                    return Poll::Ready(Response::from_parts(parts, Body::empty()));
-                }
-                Ok(response) => {
-                    let (mut parts, body) = response.into_parts();
-                    // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length means
-                    // nothing (hyper decoded the chunks); relayed, it would make the
-                    // client cut the body short.
-                    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-                        parts.headers.remove(header::CONTENT_LENGTH);
-                    }
-                    remove_hop_by_hop(&mut parts.headers);
-                    return Poll::Ready(Response::from_parts(parts, Body::streamed(body)));
-                }
-                Err(err) => {
-                    let kind = if err.is_connect() && from_tls(&err) {
-                        UpstreamErrorKind::Tls
-                    } else if err.is_connect() {
-                        UpstreamErrorKind::Connect
-                    } else if from_request_body(&err) {
-                        UpstreamErrorKind::RequestBody
-                    } else {
-                        UpstreamErrorKind::Reset
-                    };
-                    tracing::debug!(error = %ErrorChain(&err), ?kind, "upstream request failed");
-                    kind
-                }
-            },
-        };
-        Poll::Ready(UpstreamError::new(kind).into_response())
-    }
-}
-
 /// The TLS configuration for `https://` upstreams unless one is given: the
 /// Mozilla roots, aws-lc-rs chosen explicitly (no process-wide default needed).
 fn default_tls() -> rustls::ClientConfig {
@@ -696,46 +439,6 @@ fn default_tls() -> rustls::ClientConfig {
         .expect("aws-lc-rs supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth()
-}
-
-/// The causes of `err`, nearest first: its sources, and inside each
-/// `io::Error` the error it carries (`io::Error::source` skips that one).
-fn causes<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(err.source(), |err| {
-        match err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        }
-    })
-}
-
-/// Whether a connection failed in the TLS handshake: a rustls error among its
-/// causes (tokio-rustls and hyper-rustls each wrap it in an `io::Error`).
-fn from_tls(err: &(dyn std::error::Error + 'static)) -> bool {
-    causes(err).any(|cause| cause.is::<rustls::Error>())
-}
-
-/// Whether the request failed because the body being sent failed to arrive from
-/// the client (hyper's "user" body error), rather than the upstream.
-fn from_request_body(err: &(dyn std::error::Error + 'static)) -> bool {
-    causes(err).any(|cause| cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user))
-}
-
-/// Displays an error with its sources, which is where hyper keeps the detail.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            write!(f, ": {err}")?;
-            source = err.source();
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

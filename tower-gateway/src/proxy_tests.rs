@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
@@ -103,7 +104,9 @@ fn hop_by_hop_headers_and_connection_named_ones_are_removed() {
 
 #[test]
 fn the_upstream_host_is_its_authority_without_user_info_or_a_default_port() {
-    let host = |uri: &str| super::upstream_host(&uri.parse::<Uri>().unwrap()).map(|v| v.to_str().unwrap().to_owned());
+    let host = |uri: &str| {
+        super::forwarding::upstream_host(&uri.parse::<Uri>().unwrap()).map(|v| v.to_str().unwrap().to_owned())
+    };
     assert_eq!(host("http://10.0.0.5:8080/x").as_deref(), Some("10.0.0.5:8080"));
     assert_eq!(host("http://svc:80/x").as_deref(), Some("svc"));
     assert_eq!(host("https://svc:443/").as_deref(), Some("svc"));
