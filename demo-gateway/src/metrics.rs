@@ -11,7 +11,7 @@ use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tower_gateway::Limiter;
 use tower_gateway::balance::{Endpoint, Endpoints};
 use tower_gateway::rate_limit::LimitStats;
@@ -194,152 +194,113 @@ impl Metrics {
     /// Registers every family.
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
-        let requests = Family::<StatusLabels, Counter>::default();
         let histogram = (|| HistogramWithExemplars::new(exponential_buckets(0.000_5, 2.0, 16)))
             as fn() -> HistogramWithExemplars<TraceLabels>;
         let latency = Family::<RouteLabels, _>::new_with_constructor(histogram);
         let upstream_latency = Family::<UpstreamLabels, _>::new_with_constructor(histogram);
-        let upstream = Family::<EndpointLabels, Counter>::default();
-        let retries = Family::<RouteLabels, Counter>::default();
-        let upstream_errors = Family::<UpstreamReasonLabels, Counter>::default();
-        let auth_rejections = Family::<ReasonLabels, Counter>::default();
-        let endpoints = Family::<UpstreamLabels, Gauge>::default();
-        let ejected = Family::<UpstreamLabels, Gauge>::default();
-        let unrouted = Counter::default();
-        let overloaded = Counter::default();
-        let connections = Gauge::default();
-        let connections_refused = Counter::default();
-        let client_connections_refused = Counter::default();
-        let connections_closed_idle = Counter::default();
-        let connections_parked = Gauge::default();
-        let tls_handshakes = Family::<OutcomeLabels, Counter>::default();
-        let tls_reloads = Family::<OutcomeLabels, Counter>::default();
-        let websockets = Gauge::default();
-        let websocket_upgrades = Family::<OutcomeLabels, Counter>::default();
-        let websockets_closed_idle = Counter::default();
-        let websockets_closed_at_deadline = Counter::default();
-        let websockets_closed_route_removed = Counter::default();
-        let limit_decisions = Family::<DecisionLabels, Counter>::default();
-        let limit_store_errors = Family::<LimitLabels, Counter>::default();
-        let config_reloads = Family::<OutcomeLabels, Counter>::default();
-        let config_info = Family::<ConfigLabels, Gauge>::default();
-        let config_alive = Family::<KindLabels, Gauge>::default();
-        registry.register("requests", "Requests answered, by route and status class", requests.clone());
+        let requests: Family<StatusLabels, Counter> =
+            registered(&mut registry, "requests", "Requests answered, by route and status class");
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
         registry.register(
             "upstream_request_duration_seconds",
             "Time to the response head of requests forwarded, retries included, by upstream",
             upstream_latency.clone(),
         );
-        registry.register(
-            "upstream_requests",
-            "Requests answered through each endpoint of each upstream",
-            upstream.clone(),
-        );
-        registry.register("retries", "Retries sent, by route", retries.clone());
-        registry.register("upstream_errors", "Upstream failures by upstream and kind", upstream_errors.clone());
-        registry.register(
-            "auth_rejections",
-            "Requests refused by the route's access policy, by reason",
-            auth_rejections.clone(),
-        );
-        registry.register("endpoints", "Endpoints known, by upstream", endpoints.clone());
-        registry.register(
-            "ejected_endpoints",
-            "Endpoints ejected for refusing connections, by upstream",
-            ejected.clone(),
-        );
-        registry.register("unrouted_requests", "Requests matching no route", unrouted.clone());
-        registry.register("overloaded_requests", "Requests refused at the concurrency limit", overloaded.clone());
-        registry.register("connections", "Client connections open", connections.clone());
-        registry.register(
-            "connections_refused",
-            "Client connections refused at their listener's cap",
-            connections_refused.clone(),
-        );
-        registry.register(
+        let upstream: Family<EndpointLabels, Counter> =
+            registered(&mut registry, "upstream_requests", "Requests answered through each endpoint of each upstream");
+        let retries: Family<RouteLabels, Counter> = registered(&mut registry, "retries", "Retries sent, by route");
+        let upstream_errors: Family<UpstreamReasonLabels, Counter> =
+            registered(&mut registry, "upstream_errors", "Upstream failures by upstream and kind");
+        let auth_rejections: Family<ReasonLabels, Counter> =
+            registered(&mut registry, "auth_rejections", "Requests refused by the route's access policy, by reason");
+        let endpoints: Family<UpstreamLabels, Gauge> =
+            registered(&mut registry, "endpoints", "Endpoints known, by upstream");
+        let ejected: Family<UpstreamLabels, Gauge> =
+            registered(&mut registry, "ejected_endpoints", "Endpoints ejected for refusing connections, by upstream");
+        let unrouted: Counter = registered(&mut registry, "unrouted_requests", "Requests matching no route");
+        let overloaded: Counter =
+            registered(&mut registry, "overloaded_requests", "Requests refused at the concurrency limit");
+        let connections: Gauge = registered(&mut registry, "connections", "Client connections open");
+        let connections_refused: Counter =
+            registered(&mut registry, "connections_refused", "Client connections refused at their listener's cap");
+        let client_connections_refused: Counter = registered(
+            &mut registry,
             "client_connections_refused",
             "Client connections refused at max_connections_per_client",
-            client_connections_refused.clone(),
         );
-        registry.register(
+        let connections_closed_idle: Counter = registered(
+            &mut registry,
             "connections_closed_idle",
             "Client connections closed for sending no request in time, or idle under pressure",
-            connections_closed_idle.clone(),
         );
-        registry.register(
+        let connections_parked: Gauge = registered(
+            &mut registry,
             "connections_parked",
             "Client connections waiting for their client with no buffer (idle HTTP/1.1, or no request yet)",
-            connections_parked.clone(),
         );
-        registry.register(
-            "tls_handshakes",
-            "TLS handshakes by outcome (ok, failed, timed_out)",
-            tls_handshakes.clone(),
-        );
-        registry.register("tls_reloads", "Certificate reloads by outcome (ok, refused)", tls_reloads.clone());
-        registry.register("websockets", "WebSocket connections open through the gateway", websockets.clone());
-        registry.register(
+        let tls_handshakes: Family<OutcomeLabels, Counter> =
+            registered(&mut registry, "tls_handshakes", "TLS handshakes by outcome (ok, failed, timed_out)");
+        let tls_reloads: Family<OutcomeLabels, Counter> =
+            registered(&mut registry, "tls_reloads", "Certificate reloads by outcome (ok, refused)");
+        let websockets: Gauge =
+            registered(&mut registry, "websockets", "WebSocket connections open through the gateway");
+        let websocket_upgrades: Family<OutcomeLabels, Counter> = registered(
+            &mut registry,
             "websocket_upgrades",
             "WebSocket upgrades by outcome (opened: sent upstream; refused: at websocket_max_connections or its client's cap)",
-            websocket_upgrades.clone(),
         );
-        registry.register(
+        let websockets_closed_idle: Counter = registered(
+            &mut registry,
             "websockets_closed_idle",
             "WebSocket connections closed for carrying no byte within websocket_idle_timeout_ms",
-            websockets_closed_idle.clone(),
         );
-        registry.register(
+        let websockets_closed_at_deadline: Counter = registered(
+            &mut registry,
             "websockets_closed_at_deadline",
             "WebSocket connections closed at websocket_max_lifetime_ms or when the token that opened them expired",
-            websockets_closed_at_deadline.clone(),
         );
-        registry.register(
+        let websockets_closed_route_removed: Counter = registered(
+            &mut registry,
             "websockets_closed_route_removed",
             "WebSocket connections closed websocket_removed_route_grace_ms after a reload removed their route",
-            websockets_closed_route_removed.clone(),
         );
-        registry.register(
+        let limit_decisions: Family<DecisionLabels, Counter> = registered(
+            &mut registry,
             "rate_limit_decisions",
             "Rate-limit decisions by limit and outcome (allowed, limited, fallback_allowed, fallback_limited, unavailable)",
-            limit_decisions.clone(),
         );
-        registry.register(
+        let limit_store_errors: Family<LimitLabels, Counter> = registered(
+            &mut registry,
             "rate_limit_store_errors",
             "Rate-limit store calls that failed or took too long, by limit",
-            limit_store_errors.clone(),
         );
-        registry.register(
-            "config_reloads",
-            "Configuration reloads by outcome (applied, refused)",
-            config_reloads.clone(),
-        );
-        registry.register("config_info", "The configuration served: its generation and hash", config_info.clone());
-        let key_fetches = Family::<IssuerOutcomeLabels, Counter>::default();
-        let keys = Family::<IssuerLabels, Gauge>::default();
-        let key_set_age = Family::<IssuerLabels, Gauge>::default();
-        let keys_skipped = Family::<IssuerLabels, Counter>::default();
-        registry.register(
+        let config_reloads: Family<OutcomeLabels, Counter> =
+            registered(&mut registry, "config_reloads", "Configuration reloads by outcome (applied, refused)");
+        let config_info: Family<ConfigLabels, Gauge> =
+            registered(&mut registry, "config_info", "The configuration served: its generation and hash");
+        let key_fetches: Family<IssuerOutcomeLabels, Counter> = registered(
+            &mut registry,
             "jwt_key_fetches",
             "Fetches of an issuer's published keys, by outcome (ok, unreachable, timeout, status, too_large, redirect, invalid)",
-            key_fetches.clone(),
         );
-        registry.register("jwt_keys", "Keys held of an issuer's published set", keys.clone());
+        let keys: Family<IssuerLabels, Gauge> =
+            registered(&mut registry, "jwt_keys", "Keys held of an issuer's published set");
         registry.register(
             "trace_spans",
             "Spans finished, by outcome: exported, failed (the collector refused or was unreachable), dropped (the queue was full)",
             demo_common::telemetry::span_counts().family(),
         );
-        registry.register(
+        let key_set_age: Family<IssuerLabels, Gauge> = registered(
+            &mut registry,
             "jwt_key_set_age_seconds",
             "Age of the key set held of an issuer (-1 before the first fetch)",
-            key_set_age.clone(),
         );
-        registry.register("jwt_keys_skipped", "Published keys skipped as unusable, by issuer", keys_skipped.clone());
-        registry.register(
+        let keys_skipped: Family<IssuerLabels, Counter> =
+            registered(&mut registry, "jwt_keys_skipped", "Published keys skipped as unusable, by issuer");
+        let config_alive: Family<KindLabels, Gauge> = registered(
+            &mut registry,
             "config_alive",
             "What generations of the configuration have alive (tables, upstreams, dns_watchers)",
-            config_alive.clone(),
         );
         Self {
             registry,
@@ -596,6 +557,13 @@ impl Metrics {
 }
 
 /// Brings `counter` up to `total`, counted elsewhere (scrapes are one at a time).
+/// A metric of type `M`, registered as `name` with `help`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 fn catch_up(counter: &Counter, total: u64) {
     counter.inc_by(total.saturating_sub(counter.get()));
 }
