@@ -36,7 +36,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use sqlx::migrate::Migrator;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_gateway::balance::Endpoints;
@@ -52,7 +52,9 @@ use crate::money::Cents;
 use crate::products::Product;
 
 /// The schema: orders and stored idempotent responses.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/orders");
+pub static MIGRATIONS: db::Migrations = db::Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite/orders");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres/orders");
 
 /// How long a request may hold its idempotency key before a retry may take it over.
 pub const IN_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -122,7 +124,7 @@ impl ProductClient {
 #[derive(Debug, Clone)]
 pub struct CheckoutState {
     /// The orders database.
-    pub db: SqlitePool,
+    pub db: AnyPool,
     /// How to reach product-service.
     pub products: ProductClient,
     /// Verifies the forwarded token and sets `x-user-id` from it. `None` trusts
@@ -134,8 +136,8 @@ pub struct CheckoutState {
 }
 
 /// Opens the orders database at `url`.
-pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
-    db::connect(url, &MIGRATOR).await
+pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
+    db::connect(url, &MIGRATIONS).await
 }
 
 /// The service's routes.
@@ -242,7 +244,7 @@ async fn create(
         Ok(total) => total,
         Err(err) => {
             // Nothing was done: let the client try again with the same key.
-            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND status_code IS NULL")
+            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status_code IS NULL")
                 .bind(user)
                 .bind(&key)
                 .execute(&s.db)
@@ -253,7 +255,7 @@ async fn create(
     let mut tx = db::begin_write(&s.db).await?;
     let order = insert_order(&mut tx, user, &new, total).await?;
     let body = serde_json::to_string(&order).map_err(ApiError::internal)?;
-    sqlx::query("UPDATE idempotency_keys SET status_code = 201, response = ? WHERE user_id = ? AND key = ?")
+    sqlx::query("UPDATE idempotency_keys SET status_code = 201, response = $1 WHERE user_id = $2 AND key = $3")
         .bind(&body)
         .bind(user)
         .bind(&key)
@@ -265,10 +267,10 @@ async fn create(
 
 /// Takes the key for this request, or answers for it: the stored response, `422`
 /// for a different request under the same key, `409` while another holds it.
-async fn claim(db: &SqlitePool, user: i64, key: &str, request: &str) -> Result<Option<Response>, ApiError> {
+async fn claim(db: &AnyPool, user: i64, key: &str, request: &str) -> Result<Option<Response>, ApiError> {
     let mut tx = db::begin_write(db).await?;
     let row: Option<(String, Option<i64>, Option<String>, i64)> = sqlx::query_as(
-        "SELECT request, status_code, response, created_at FROM idempotency_keys WHERE user_id = ? AND key = ?",
+        "SELECT request, status_code, response, created_at FROM idempotency_keys WHERE user_id = $1 AND key = $2",
     )
     .bind(user)
     .bind(key)
@@ -291,7 +293,7 @@ async fn claim(db: &SqlitePool, user: i64, key: &str, request: &str) -> Result<O
         }
         Some(_) => {
             // Abandoned by a request that never finished: take it over.
-            sqlx::query("UPDATE idempotency_keys SET created_at = ? WHERE user_id = ? AND key = ?")
+            sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE user_id = $2 AND key = $3")
                 .bind(now())
                 .bind(user)
                 .bind(key)
@@ -301,7 +303,7 @@ async fn claim(db: &SqlitePool, user: i64, key: &str, request: &str) -> Result<O
             Ok(None)
         }
         None => {
-            sqlx::query("INSERT INTO idempotency_keys (user_id, key, request, created_at) VALUES (?, ?, ?, ?)")
+            sqlx::query("INSERT INTO idempotency_keys (user_id, key, request, created_at) VALUES ($1, $2, $3, $4)")
                 .bind(user)
                 .bind(key)
                 .bind(request)
@@ -333,14 +335,14 @@ async fn total(s: &CheckoutState, new: &NewOrder) -> Result<Cents, ApiError> {
 }
 
 async fn insert_order(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     user: i64,
     new: &NewOrder,
     total: Cents,
 ) -> Result<Order, ApiError> {
     let order = sqlx::query_as::<_, Order>(concat!(
         "INSERT INTO orders (user_id, product_id, quantity, total_cents, status, created_at) ",
-        "VALUES (?, ?, ?, ?, 'confirmed', ?) RETURNING ",
+        "VALUES ($1, $2, $3, $4, 'confirmed', $5) RETURNING ",
         order_columns!()
     ))
     .bind(user)
@@ -363,7 +365,7 @@ async fn list(
     let orders = sqlx::query_as::<_, Order>(concat!(
         "SELECT ",
         order_columns!(),
-        " FROM orders WHERE user_id = ? ORDER BY id LIMIT ? OFFSET ?"
+        " FROM orders WHERE user_id = $1 ORDER BY id LIMIT $2 OFFSET $3"
     ))
     .bind(user)
     .bind(limit)
@@ -379,7 +381,7 @@ async fn one(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Order>, ApiError> {
     let order =
-        sqlx::query_as::<_, Order>(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = ? AND user_id = ?"))
+        sqlx::query_as::<_, Order>(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 AND user_id = $2"))
             .bind(id)
             .bind(user)
             .fetch_optional(&s.db)

@@ -1,12 +1,108 @@
-//! SQLite set-up shared by the services: WAL, busy timeout, foreign keys,
-//! migrations that two replicas may run at once.
+//! The services' database: SQLite (the embedded default: one file, WAL, a busy
+//! timeout, foreign keys) or Postgres, chosen by the URL, behind one `AnyPool`;
+//! migrations that two replicas may run at once on either.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, Transaction};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+/// The database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://path/to/file.db`
+    Sqlite,
+    /// `postgres://user@host:5432/db` (or `postgresql://`)
+    Postgres,
+}
+
+impl Backend {
+    /// The database `url` names, or why it is none this service can use.
+    pub fn of(url: &str) -> Result<Self, sqlx::Error> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") => Ok(Self::Sqlite),
+            Some("postgres" | "postgresql") => Ok(Self::Postgres),
+            _ => Err(sqlx::Error::Configuration(
+                format!(
+                    "DATABASE_URL must be sqlite://PATH or postgres://USER@HOST:PORT/DATABASE, not {:?}",
+                    url.split_once("://").map_or(url, |(scheme, _)| scheme)
+                )
+                .into(),
+            )),
+        }
+    }
+
+    /// The kind of the database this process opened last: what its spans say.
+    /// (A process's services share one kind: the demo's all use SQLite.)
+    fn in_use() -> Self {
+        if IN_USE.load(Ordering::Relaxed) { Self::Postgres } else { Self::Sqlite }
+    }
+
+    fn of_pool(pool: &AnyPool) -> Self {
+        Self::of(pool.connect_options().database_url.as_str()).unwrap_or(Self::Sqlite)
+    }
+
+    /// OpenTelemetry's `db.system.name`.
+    fn system(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgresql",
+        }
+    }
+}
+
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// A service's schema, once for each database.
+#[derive(Debug)]
+pub struct Migrations {
+    /// For SQLite (`migrations/sqlite/<service>`).
+    pub sqlite: &'static Migrator,
+    /// The same schema for Postgres (`migrations/postgres/<service>`).
+    pub postgres: &'static Migrator,
+}
+
+/// How many connections a service holds at most, and how long a request waits
+/// for one: `DATABASE_MAX_CONNECTIONS` (default 8) and
+/// `DATABASE_ACQUIRE_TIMEOUT_MS` (default 5000). A request that waits longer is
+/// answered 503.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// The most connections open at once.
+    pub max_connections: u32,
+    /// How long to wait for a free one.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self { max_connections: 8, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl PoolLimits {
+    /// The limits the environment gives, or why they are wrong.
+    pub fn from_env() -> Result<Self, String> {
+        let read = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64, String> {
+            match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+                None => Ok(default),
+                Some(v) => v.parse::<u64>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+                    format!("{name} must be a whole number from {} to {}, not {v:?}", range.start(), range.end())
+                }),
+            }
+        };
+        let defaults = Self::default();
+        Ok(Self {
+            max_connections: read("DATABASE_MAX_CONNECTIONS", defaults.max_connections.into(), 1..=1000)? as u32,
+            acquire_timeout: Duration::from_millis(read("DATABASE_ACQUIRE_TIMEOUT_MS", 5000, 1..=600_000)?),
+        })
+    }
+}
 
 /// The span of one database call, as OpenTelemetry's database conventions name
 /// it (`SELECT products`): a child of the request's span, exported with it.
@@ -16,37 +112,64 @@ pub fn span(operation: &'static str, table: &'static str) -> tracing::Span {
         "db",
         otel.name = format!("{operation} {table}"),
         otel.kind = "client",
-        db.system.name = "sqlite",
+        db.system.name = Backend::in_use().system(),
         db.operation.name = operation,
         db.collection.name = table,
     )
 }
 
-/// Opens (creating if needed) the database at `url` (`sqlite://path/to/file.db`)
-/// and brings its schema up to date.
+/// [`connect_with`] with the [`PoolLimits`] the environment gives.
+pub async fn connect(url: &str, migrations: &Migrations) -> Result<AnyPool, sqlx::Error> {
+    let limits = PoolLimits::from_env().map_err(|err| sqlx::Error::Configuration(err.into()))?;
+    connect_with(url, migrations, limits).await
+}
+
+/// Opens the database at `url` — `sqlite://path/to/file.db` (created if
+/// missing) or `postgres://…` (the database must exist) — and brings its schema
+/// up to date. Any other URL is refused here, before anything is made.
 ///
-/// WAL lets readers run beside the single writer; the busy timeout makes a writer
-/// wait for another — in this process or in another replica on the same file —
-/// instead of failing.
-pub async fn connect(url: &str, migrator: &Migrator) -> Result<SqlitePool, sqlx::Error> {
-    let options = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(true);
-    if let Some(dir) = options.get_filename().parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
-    }
-    // Two replicas starting together on a new file race twice: to switch it to
-    // WAL, which needs an exclusive lock — when both ask at the same moment
+/// SQLite: WAL lets readers run beside the single writer; the busy timeout
+/// makes a writer wait for another — in this process or in another replica on
+/// the same file — instead of failing. Postgres: replicas migrating at once
+/// wait for each other on sqlx's advisory lock.
+pub async fn connect_with(url: &str, migrations: &Migrations, limits: PoolLimits) -> Result<AnyPool, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of(url)?;
+    IN_USE.store(backend == Backend::Postgres, Ordering::Relaxed);
+    let (options, migrator) = match backend {
+        Backend::Sqlite => {
+            // Read as SQLite reads it, to make its directory and to hand the
+            // driver a URL that says "create if missing".
+            let sqlite = SqliteConnectOptions::from_str(url)?;
+            let file = sqlite.get_filename().to_owned();
+            if let Some(dir) = file.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+            }
+            (AnyConnectOptions::from_str(&format!("sqlite://{}?mode=rwc", file.display()))?, migrations.sqlite)
+        }
+        Backend::Postgres => (AnyConnectOptions::from_str(url)?, migrations.postgres),
+    };
+    let pool_options = AnyPoolOptions::new()
+        .max_connections(limits.max_connections)
+        .acquire_timeout(limits.acquire_timeout)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                // sqlx's SQLite defaults (WAL, a 5 s busy timeout, foreign keys)
+                // hold through Any; only the sync level is ours.
+                if backend == Backend::Sqlite {
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                }
+                Ok(())
+            })
+        });
+    // Two replicas starting together on a new SQLite file race twice: to switch
+    // it to WAL, which needs an exclusive lock — when both ask at the same moment
     // SQLite refuses one with SQLITE_BUSY at once rather than wait into a
     // deadlock, busy timeout or not —, and to migrate, where the loser finds the
     // work done. Both are retried a few times, with a growing pause.
-    let pool =
-        retry("open", is_busy, || SqlitePoolOptions::new().max_connections(8).connect_with(options.clone())).await?;
+    let pool = retry("open", is_busy, || pool_options.clone().connect_with(options.clone())).await?;
     retry("migrate", |_| true, || async { migrator.run(&pool).await.map_err(sqlx::Error::from) }).await?;
     Ok(pool)
 }
@@ -72,21 +195,41 @@ where
     }
 }
 
-/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), extended codes (such as 517,
-/// SQLITE_BUSY_SNAPSHOT) included.
+/// A failure of contention, not of the request, that a later try may not meet:
+/// SQLite's SQLITE_BUSY (5) or SQLITE_LOCKED (6), extended codes (such as 517,
+/// SQLITE_BUSY_SNAPSHOT) included; Postgres's serialization failure (40001),
+/// deadlock (40P01) or lock not available (55P03).
 pub(crate) fn is_busy(err: &sqlx::Error) -> bool {
-    let code = err.as_database_error().and_then(|db| db.code()).and_then(|code| code.parse::<u32>().ok());
-    matches!(code.map(|code| code & 0xff), Some(5 | 6))
+    let Some(code) = err.as_database_error().and_then(|db| db.code()) else { return false };
+    match code.parse::<u32>() {
+        Ok(sqlite) => matches!(sqlite & 0xff, 5 | 6),
+        Err(_) => matches!(&*code, "40001" | "40P01" | "55P03"),
+    }
 }
 
-/// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`), so
-/// that two writers never both read and then fail to upgrade.
-pub async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+/// The key of the lock every write transaction of a Postgres database takes
+/// (`pg_advisory_xact_lock`): "tgw" in ASCII.
+const WRITE_LOCK: i64 = 0x74_67_77;
+
+/// A write transaction that has the database's writes to itself until it ends,
+/// as SQLite gives them: `BEGIN IMMEDIATE` there, so that two writers never both
+/// read and then fail to upgrade; on Postgres, a transaction-scoped advisory
+/// lock taken first, so that a read-then-write (an idempotency key claimed, a
+/// reservation looked up then made, a signing key rotated) is never raced by
+/// another replica's.
+pub async fn begin_write(pool: &AnyPool) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    match Backend::of_pool(pool) {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+            Ok(tx)
+        }
+    }
 }
 
 /// Whether the database answers (for `/readyz`).
-pub async fn ping(pool: &SqlitePool) -> bool {
+pub async fn ping(pool: &AnyPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
 
@@ -98,7 +241,9 @@ mod tests {
 
     use super::*;
 
-    static MIGRATOR: Migrator = sqlx::migrate!("./migrations/products");
+    use sqlx::sqlite::SqliteJournalMode;
+
+    static MIGRATIONS: &Migrations = &crate::products::MIGRATIONS;
 
     /// A file another connection holds locked makes opening it fail with an
     /// error [`connect`] retries; once the lock is let go, it opens.
@@ -117,7 +262,7 @@ mod tests {
         assert!(is_busy(&refused), "{refused}");
 
         reading.commit().await.unwrap();
-        let pool = connect(&url, &MIGRATOR).await.unwrap();
+        let pool = connect(&url, MIGRATIONS).await.unwrap();
         assert!(ping(&pool).await);
     }
 

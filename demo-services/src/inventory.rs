@@ -22,7 +22,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
 use tower::ServiceBuilder;
@@ -45,7 +45,9 @@ use pb::inventory_server::{Inventory, InventoryServer};
 use pb::{GetStockRequest, Reservation, ReserveRequest, RestockRequest, Stock};
 
 /// The schema: stock and reservations.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/inventory");
+pub static MIGRATIONS: db::Migrations = db::Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite/inventory");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres/inventory");
 
 /// The gRPC service name health reports on.
 pub const SERVICE_NAME: &str = "inventory.v1.Inventory";
@@ -57,13 +59,13 @@ const MAX_QUANTITY: i64 = 1_000_000;
 #[derive(Debug, Clone)]
 pub struct InventoryState {
     /// The stock database.
-    pub db: SqlitePool,
+    pub db: AnyPool,
 }
 
 impl InventoryState {
     /// Opens (and migrates) the stock database at `url`.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
-        Ok(Self { db: db::connect(url, &MIGRATOR).await? })
+        Ok(Self { db: db::connect(url, &MIGRATIONS).await? })
     }
 }
 
@@ -81,7 +83,7 @@ fn now() -> i64 {
 impl Inventory for InventoryState {
     async fn get_stock(&self, request: Request<GetStockRequest>) -> Result<Response<Stock>, Status> {
         let product_id = request.into_inner().product_id;
-        let available: Option<i64> = sqlx::query_scalar("SELECT available FROM stock WHERE product_id = ?")
+        let available: Option<i64> = sqlx::query_scalar("SELECT available FROM stock WHERE product_id = $1")
             .bind(product_id)
             .fetch_optional(&self.db)
             .instrument(db::span("SELECT", "stock"))
@@ -103,7 +105,7 @@ impl Inventory for InventoryState {
         }
         let mut tx = db::begin_write(&self.db).await.map_err(internal)?;
         let before: Option<(i64, i64, i64)> =
-            sqlx::query_as("SELECT product_id, quantity, remaining FROM reservations WHERE order_key = ?")
+            sqlx::query_as("SELECT product_id, quantity, remaining FROM reservations WHERE order_key = $1")
                 .bind(&order_key)
                 .fetch_optional(&mut *tx)
                 .instrument(db::span("SELECT", "reservations"))
@@ -116,7 +118,7 @@ impl Inventory for InventoryState {
             return Ok(Response::new(Reservation { order_key, product_id, quantity, remaining }));
         }
         let remaining: Option<i64> = sqlx::query_scalar(
-            "UPDATE stock SET available = available - ?1 WHERE product_id = ?2 AND available >= ?1 RETURNING available",
+            "UPDATE stock SET available = available - $1 WHERE product_id = $2 AND available >= $1 RETURNING available",
         )
         .bind(quantity)
         .bind(product_id)
@@ -125,7 +127,7 @@ impl Inventory for InventoryState {
         .await
         .map_err(internal)?;
         let Some(remaining) = remaining else {
-            let available: Option<i64> = sqlx::query_scalar("SELECT available FROM stock WHERE product_id = ?")
+            let available: Option<i64> = sqlx::query_scalar("SELECT available FROM stock WHERE product_id = $1")
                 .bind(product_id)
                 .fetch_optional(&mut *tx)
                 .await
@@ -138,7 +140,7 @@ impl Inventory for InventoryState {
             });
         };
         sqlx::query(
-            "INSERT INTO reservations (order_key, product_id, quantity, remaining, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO reservations (order_key, product_id, quantity, remaining, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&order_key)
         .bind(product_id)
@@ -161,8 +163,9 @@ impl Inventory for InventoryState {
             )));
         }
         let available: i64 = sqlx::query_scalar(
-            "INSERT INTO stock (product_id, available) VALUES (?1, ?2) \
-             ON CONFLICT (product_id) DO UPDATE SET available = min(available + ?2, 1000000000) RETURNING available",
+            "INSERT INTO stock (product_id, available) VALUES ($1, $2) \
+             ON CONFLICT (product_id) DO UPDATE SET available = CASE WHEN stock.available + $2 > 1000000000 THEN 1000000000 \
+             ELSE stock.available + $2 END RETURNING available",
         )
         .bind(product_id)
         .bind(quantity)

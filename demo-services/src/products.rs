@@ -23,7 +23,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use sqlx::migrate::Migrator;
 use tracing::Instrument;
 
@@ -34,7 +34,9 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Page};
 use crate::money::Cents;
 
 /// The schema and the seed's products.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/products");
+pub static MIGRATIONS: db::Migrations = db::Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite/products");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres/products");
 
 /// The highest price accepted: one million.
 pub const MAX_PRICE: Cents = Cents(100_000_000);
@@ -78,7 +80,7 @@ impl NewProduct {
 #[derive(Debug, Clone)]
 pub struct ProductsState {
     /// The products database.
-    pub db: SqlitePool,
+    pub db: AnyPool,
     /// Verifies the token of every write, which needs the `admin` role. `None`
     /// lets anyone write: for tests of the service alone, never deployed.
     pub auth: Option<Authenticator>,
@@ -88,7 +90,7 @@ impl ProductsState {
     /// Opens the database at `url` and migrates it; writes are open until
     /// [`with_auth`](Self::with_auth).
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
-        Ok(Self { db: db::connect(url, &MIGRATOR).await?, auth: None })
+        Ok(Self { db: db::connect(url, &MIGRATIONS).await?, auth: None })
     }
 
     /// Writes need a token `auth` accepts, with the `admin` role.
@@ -124,7 +126,7 @@ macro_rules! select_products {
 
 async fn list(State(s): State<ProductsState>, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Vec<Product>>, ApiError> {
     let (limit, offset) = page.checked()?;
-    let products = sqlx::query_as::<_, Product>(concat!(select_products!(), " ORDER BY id LIMIT ? OFFSET ?"))
+    let products = sqlx::query_as::<_, Product>(concat!(select_products!(), " ORDER BY id LIMIT $1 OFFSET $2"))
         .bind(limit)
         .bind(offset)
         .fetch_all(&s.db)
@@ -174,7 +176,7 @@ async fn feed(State(s): State<ProductsState>, ws: WebSocketUpgrade) -> impl Into
 }
 
 async fn one(State(s): State<ProductsState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Product>, ApiError> {
-    let product = sqlx::query_as::<_, Product>(concat!(select_products!(), " WHERE id = ?"))
+    let product = sqlx::query_as::<_, Product>(concat!(select_products!(), " WHERE id = $1"))
         .bind(id)
         .fetch_optional(&s.db)
         .instrument(crate::db::span("SELECT", "products"))
@@ -188,7 +190,7 @@ async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let (name, price) = new.validated()?;
     let product = sqlx::query_as::<_, Product>(
-        "INSERT INTO products (name, price_cents) VALUES (?, ?) RETURNING id, name, price_cents",
+        "INSERT INTO products (name, price_cents) VALUES ($1, $2) RETURNING id, name, price_cents",
     )
     .bind(name)
     .bind(price.0)
@@ -204,7 +206,7 @@ async fn replace(
 ) -> Result<Json<Product>, ApiError> {
     let (name, price) = new.validated()?;
     let product = sqlx::query_as::<_, Product>(
-        "UPDATE products SET name = ?, price_cents = ? WHERE id = ? RETURNING id, name, price_cents",
+        "UPDATE products SET name = $1, price_cents = $2 WHERE id = $3 RETURNING id, name, price_cents",
     )
     .bind(name)
     .bind(price.0)
@@ -215,6 +217,6 @@ async fn replace(
 }
 
 async fn remove(State(s): State<ProductsState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
-    let deleted = sqlx::query("DELETE FROM products WHERE id = ?").bind(id).execute(&s.db).await?.rows_affected();
+    let deleted = sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&s.db).await?.rows_affected();
     if deleted == 0 { Err(ApiError::not_found("product")) } else { Ok(StatusCode::NO_CONTENT) }
 }

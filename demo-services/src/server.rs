@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use tokio::net::TcpListener;
 
 use tower_gateway::telemetry::TraceContextLayer;
@@ -24,7 +24,10 @@ pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
 }
 
-/// `DATABASE_URL`, or `sqlite://$DATA_DIR/<file>` (`DATA_DIR` defaults to `data`).
+/// `DATABASE_URL` — `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`;
+/// anything else stops the service at start —, or `sqlite://$DATA_DIR/<file>`
+/// (`DATA_DIR` defaults to `data`). `DATABASE_MAX_CONNECTIONS` (default 8) and
+/// `DATABASE_ACQUIRE_TIMEOUT_MS` (default 5000) bound its pool.
 pub fn database_url(file: &str) -> String {
     std::env::var("DATABASE_URL")
         .ok()
@@ -44,13 +47,13 @@ pub fn listen_addr(port: u16) -> Result<SocketAddr, String> {
 /// calls has at least one endpoint.
 #[derive(Debug, Clone)]
 pub struct Readiness {
-    db: SqlitePool,
+    db: AnyPool,
     upstreams: Vec<(&'static str, tower_gateway::balance::Endpoints)>,
 }
 
 impl Readiness {
     /// Ready when `db` answers.
-    pub fn db(db: SqlitePool) -> Self {
+    pub fn db(db: AnyPool) -> Self {
         Self { db, upstreams: Vec::new() }
     }
 

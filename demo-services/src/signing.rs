@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use tower_gateway_auth::{Algorithm, KeyConfig, TokenIssuer};
 
 use crate::db;
@@ -133,7 +133,7 @@ struct Current {
 /// The rotating keys of user-service. See the [module docs](self). Cheap to clone.
 #[derive(Clone)]
 pub struct SigningKeys {
-    db: SqlitePool,
+    db: AnyPool,
     sealing: SealingKey,
     claims: Arc<KeyConfig>,
     current: Arc<ArcSwapOption<Current>>,
@@ -158,7 +158,7 @@ pub struct Rotation {
 impl SigningKeys {
     /// The keys in `db`, sealed with `sealing`; tokens carry `claims`' issuer,
     /// audience and lifetime. Makes the first keys if there are none.
-    pub async fn open(db: SqlitePool, sealing: SealingKey, claims: KeyConfig) -> Result<Self, KeyError> {
+    pub async fn open(db: AnyPool, sealing: SealingKey, claims: KeyConfig) -> Result<Self, KeyError> {
         let keys = Self { db, sealing, claims: Arc::new(claims), current: Arc::new(ArcSwapOption::empty()) };
         keys.ensure().await?;
         keys.load_current().await?;
@@ -169,12 +169,12 @@ impl SigningKeys {
         Duration::from_secs(self.claims.token_ttl_secs)
     }
 
-    async fn insert(&self, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, state: &str) -> Result<String, KeyError> {
+    async fn insert(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, state: &str) -> Result<String, KeyError> {
         let (kid, jwk, private) = generate()?;
         let sealed = self.sealing.seal(&kid, &private)?;
         let activated = (state == "current").then(now);
         sqlx::query(
-            "INSERT INTO signing_keys (kid, state, public_jwk, private_sealed, created_at, activated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO signing_keys (kid, state, public_jwk, private_sealed, created_at, activated_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&kid)
         .bind(state)
@@ -213,7 +213,7 @@ impl SigningKeys {
         {
             return Ok(current);
         }
-        let (sealed,): (Vec<u8>,) = sqlx::query_as("SELECT private_sealed FROM signing_keys WHERE kid = ?")
+        let (sealed,): (Vec<u8>,) = sqlx::query_as("SELECT private_sealed FROM signing_keys WHERE kid = $1")
             .bind(&kid)
             .fetch_one(&self.db)
             .await?;
@@ -271,18 +271,18 @@ impl SigningKeys {
             return Ok(None);
         }
         let at = now();
-        sqlx::query("UPDATE signing_keys SET state = 'retired', retired_at = ? WHERE state = 'current'")
+        sqlx::query("UPDATE signing_keys SET state = 'retired', retired_at = $1 WHERE state = 'current'")
             .bind(at)
             .execute(&mut *tx)
             .await?;
         let (current,): (String,) = sqlx::query_as(
-            "UPDATE signing_keys SET state = 'current', activated_at = ? WHERE state = 'next' RETURNING kid",
+            "UPDATE signing_keys SET state = 'current', activated_at = $1 WHERE state = 'next' RETURNING kid",
         )
         .bind(at)
         .fetch_one(&mut *tx)
         .await?;
         self.insert(&mut tx, "next").await?;
-        sqlx::query("DELETE FROM signing_keys WHERE state = 'retired' AND retired_at < ?")
+        sqlx::query("DELETE FROM signing_keys WHERE state = 'retired' AND retired_at < $1")
             .bind(self.published_since(at))
             .execute(&mut *tx)
             .await?;
@@ -302,7 +302,7 @@ impl SigningKeys {
     /// The published set: the next, current and recently retired keys.
     pub async fn jwks(&self) -> Result<Value, KeyError> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT public_jwk FROM signing_keys WHERE state != 'retired' OR retired_at >= ? ORDER BY created_at DESC",
+            "SELECT public_jwk FROM signing_keys WHERE state != 'retired' OR retired_at >= $1 ORDER BY created_at DESC",
         )
         .bind(self.published_since(now()))
         .fetch_all(&self.db)

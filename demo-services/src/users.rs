@@ -33,7 +33,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use sqlx::migrate::Migrator;
 use tower_gateway_auth::{Authenticated, Authenticator, JwtAuthLayer, Rejection};
 
@@ -44,7 +44,9 @@ pub use crate::passwords::{DEFAULT_HASH_MEMORY, Passwords};
 pub use crate::signing::Tokens;
 
 /// The schema and the seed's users.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/users");
+pub static MIGRATIONS: db::Migrations = db::Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite/users");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres/users");
 
 /// A user, as clients see it: never the password hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +83,7 @@ fn split_roles(roles: &str) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct UsersState {
     /// The users database.
-    pub db: SqlitePool,
+    pub db: AnyPool,
     /// How login signs tokens.
     pub tokens: Tokens,
     /// Verifies the callers of protected routes, and revokes tokens in the store
@@ -114,8 +116,8 @@ pub fn app(state: UsersState) -> Router {
 }
 
 /// Opens the users database at `url`.
-pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
-    db::connect(url, &MIGRATOR).await
+pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
+    db::connect(url, &MIGRATIONS).await
 }
 
 /// Makes `email` an admin, for start-up: created with `password` if new; an
@@ -126,21 +128,32 @@ pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
 pub async fn ensure_admin(s: &UsersState, email: &str, password: String) -> Result<User, ApiError> {
     let email = valid_email(email)?;
     valid_password(&password)?;
-    let existing: Option<(i64, Option<String>, String)> =
-        sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE email = ?")
-            .bind(&email)
-            .fetch_optional(&s.db)
-            .await?;
-    let Some((id, hash, roles)) = existing else {
-        return insert(s, "Admin".into(), email, Some(password), &[ADMIN.to_owned()]).await;
+    let lookup = || {
+        sqlx::query_as::<_, (i64, Option<String>, String)>(
+            "SELECT id, password_hash, roles FROM users WHERE lower(email) = lower($1)",
+        )
+        .bind(&email)
+        .fetch_optional(&s.db)
     };
+    let existing = match lookup().await? {
+        Some(existing) => existing,
+        None => match insert(s, "Admin".into(), email.clone(), Some(password.clone()), &[ADMIN.to_owned()]).await {
+            // Another replica starting at the same moment made them first:
+            // theirs stands, and is looked at as any existing user's would be.
+            Err(err) if err.status == StatusCode::CONFLICT => {
+                lookup().await?.ok_or_else(|| ApiError::not_found("user"))?
+            }
+            made => return made,
+        },
+    };
+    let (id, hash, roles) = existing;
     let mut roles = split_roles(&roles);
     if !roles.iter().any(|r| r == ADMIN) || hash.is_none() {
         if !roles.iter().any(|r| r == ADMIN) {
             roles.push(ADMIN.to_owned());
         }
         let hash = s.passwords.hash(password).await?;
-        sqlx::query("UPDATE users SET password_hash = ?, roles = ? WHERE id = ?")
+        sqlx::query("UPDATE users SET password_hash = $1, roles = $2 WHERE id = $3")
             .bind(hash)
             .bind(roles.join(","))
             .bind(id)
@@ -244,7 +257,7 @@ async fn insert(
         None => None,
     };
     sqlx::query_as::<_, UserRow>(
-        "INSERT INTO users (name, email, password_hash, roles) VALUES (?, ?, ?, ?) RETURNING id, name, email, roles",
+        "INSERT INTO users (name, email, password_hash, roles) VALUES ($1, $2, $3, $4) RETURNING id, name, email, roles",
     )
     .bind(name)
     .bind(email)
@@ -257,7 +270,7 @@ async fn insert(
 }
 
 async fn fetch(s: &UsersState, id: i64) -> Result<Option<User>, ApiError> {
-    let row = sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users WHERE id = ?")
+    let row = sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users WHERE id = $1")
         .bind(id)
         .fetch_optional(&s.db)
         .await?;
@@ -297,7 +310,7 @@ fn valid_roles(roles: &[String]) -> Result<Vec<String>, ApiError> {
 
 async fn list(State(s): State<UsersState>, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Vec<User>>, ApiError> {
     let (limit, offset) = page.checked()?;
-    let users = sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users ORDER BY id LIMIT ? OFFSET ?")
+    let users = sqlx::query_as::<_, UserRow>("SELECT id, name, email, roles FROM users ORDER BY id LIMIT $1 OFFSET $2")
         .bind(limit)
         .bind(offset)
         .fetch_all(&s.db)
@@ -342,7 +355,7 @@ async fn replace(
     // Everything that can be refused without hashing is, before any hash runs.
     let new_email = email != before.email;
     if new_email {
-        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE email = ? AND id != ?")
+        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1) AND id != $2")
             .bind(&email)
             .bind(id)
             .fetch_optional(&s.db)
@@ -362,7 +375,7 @@ async fn replace(
             ));
         };
         let stored: Option<Option<String>> =
-            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?").bind(id).fetch_optional(&s.db).await?;
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1").bind(id).fetch_optional(&s.db).await?;
         if !s.passwords.verify(Use::Change, current, stored.flatten()).await? {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is not right"));
         }
@@ -372,8 +385,8 @@ async fn replace(
         None => None,
     };
     let user = sqlx::query_as::<_, UserRow>(
-        "UPDATE users SET name = ?, email = ?, roles = ?, password_hash = COALESCE(?, password_hash) \
-         WHERE id = ? RETURNING id, name, email, roles",
+        "UPDATE users SET name = $1, email = $2, roles = $3, password_hash = COALESCE($4, password_hash) \
+         WHERE id = $5 RETURNING id, name, email, roles",
     )
     .bind(name)
     .bind(email)
@@ -398,7 +411,7 @@ async fn remove(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     owner_or_admin(&who, id)?;
-    let deleted = sqlx::query("DELETE FROM users WHERE id = ?").bind(id).execute(&s.db).await?.rows_affected();
+    let deleted = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&s.db).await?.rows_affected();
     if deleted == 0 {
         return Err(ApiError::not_found("user"));
     }
@@ -427,7 +440,7 @@ async fn signup(State(s): State<UsersState>, ApiJson(new): ApiJson<Signup>) -> R
 async fn login(State(s): State<UsersState>, ApiJson(login): ApiJson<Login>) -> Result<impl IntoResponse, ApiError> {
     let email = login.email.trim().to_lowercase();
     let row: Option<(i64, Option<String>, String)> =
-        sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE email = ?")
+        sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE lower(email) = lower($1)")
             .bind(&email)
             .fetch_optional(&s.db)
             .await?;

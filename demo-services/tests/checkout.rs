@@ -5,25 +5,24 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{InProcess, assert_error, call, serve, temp_db};
+use common::{Backend, InProcess, TestDb, assert_error, call, serve};
 use demo_services::checkout::{self, CheckoutState, ProductClient};
 use demo_services::products::{self, ProductsState};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tower_gateway::balance::Endpoints;
 
 struct Fixture {
     app: axum::Router,
     state: CheckoutState,
     _products: InProcess,
-    _dirs: (TempDir, TempDir),
+    _dirs: (TestDb, TestDb),
 }
 
-async fn fixture() -> Fixture {
-    let (products_dir, products_url) = temp_db("products.db");
+async fn fixture(backend: Backend) -> Fixture {
+    let (products_dir, products_url) = backend.database("products.db").await;
     let products = serve(products::app(ProductsState::connect(&products_url).await.unwrap())).await;
-    let (orders_dir, orders_url) = temp_db("orders.db");
+    let (orders_dir, orders_url) = backend.database("orders.db").await;
     let endpoints = Endpoints::new([format!("http://{}", products.addr)]).unwrap();
     let state = CheckoutState {
         db: checkout::connect(&orders_url).await.unwrap(),
@@ -46,9 +45,8 @@ async fn count_orders(state: &CheckoutState) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&state.db).await.unwrap()
 }
 
-#[tokio::test]
-async fn an_order_is_priced_from_product_service() {
-    let f = fixture().await;
+async fn an_order_is_priced_from_product_service(backend: Backend) {
+    let f = fixture(backend).await;
     let (status, created) = order(&f.app, "7", json!({"product_id": 3, "quantity": 2}), None).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(
@@ -67,9 +65,8 @@ async fn an_order_is_priced_from_product_service() {
     assert_eq!(call(&f.app, Method::GET, "/", None, &[("x-user-id", "8")]).await, (StatusCode::OK, json!([])));
 }
 
-#[tokio::test]
-async fn requests_without_the_gateways_identity_are_refused() {
-    let f = fixture().await;
+async fn requests_without_the_gateways_identity_are_refused(backend: Backend) {
+    let f = fixture(backend).await;
     for headers in [vec![], vec![("x-user-id", "abc")], vec![("x-user-id", "0")], vec![("x-user-id", "-3")]] {
         let got = call(&f.app, Method::POST, "/", Some(json!({"product_id": 1, "quantity": 1})), &headers).await;
         assert_error(&got, StatusCode::UNAUTHORIZED, "missing_identity");
@@ -82,9 +79,8 @@ async fn requests_without_the_gateways_identity_are_refused() {
     assert_eq!(count_orders(&f.state).await, 0);
 }
 
-#[tokio::test]
-async fn bad_orders_get_json_errors() {
-    let f = fixture().await;
+async fn bad_orders_get_json_errors(backend: Backend) {
+    let f = fixture(backend).await;
     let invalid = StatusCode::UNPROCESSABLE_ENTITY;
     for body in [
         json!({"product_id": 1, "quantity": 0}),
@@ -113,9 +109,8 @@ async fn bad_orders_get_json_errors() {
     assert_eq!(count_orders(&f.state).await, 0);
 }
 
-#[tokio::test]
-async fn same_key_same_body_replays_the_stored_response() {
-    let f = fixture().await;
+async fn same_key_same_body_replays_the_stored_response(backend: Backend) {
+    let f = fixture(backend).await;
     let body = json!({"product_id": 2, "quantity": 1});
     let first = order(&f.app, "5", body.clone(), Some("key-1")).await;
     let second = order(&f.app, "5", body.clone(), Some("key-1")).await;
@@ -127,18 +122,16 @@ async fn same_key_same_body_replays_the_stored_response() {
     assert_eq!(count_orders(&f.state).await, 2);
 }
 
-#[tokio::test]
-async fn same_key_other_body_is_422() {
-    let f = fixture().await;
+async fn same_key_other_body_is_422(backend: Backend) {
+    let f = fixture(backend).await;
     assert_eq!(order(&f.app, "5", json!({"product_id": 2, "quantity": 1}), Some("key-2")).await.0, StatusCode::CREATED);
     let other = order(&f.app, "5", json!({"product_id": 2, "quantity": 3}), Some("key-2")).await;
     assert_error(&other, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert_eq!(count_orders(&f.state).await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_duplicates_make_exactly_one_order() {
-    let f = fixture().await;
+async fn fifty_concurrent_duplicates_make_exactly_one_order(backend: Backend) {
+    let f = fixture(backend).await;
     let body = json!({"product_id": 1, "quantity": 1});
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -161,11 +154,10 @@ async fn fifty_concurrent_duplicates_make_exactly_one_order() {
     assert_eq!(count_orders(&f.state).await, 1);
 }
 
-#[tokio::test]
-async fn product_service_down_is_503_and_the_key_can_be_used_again() {
-    let (products_dir, products_url) = temp_db("products.db");
+async fn product_service_down_is_503_and_the_key_can_be_used_again(backend: Backend) {
+    let (products_dir, products_url) = backend.database("products.db").await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (_orders_dir, orders_url) = temp_db("orders.db");
+    let (_orders_dir, orders_url) = backend.database("orders.db").await;
     let endpoints = Endpoints::new([format!("http://{closed}")]).unwrap();
     let state = CheckoutState {
         db: checkout::connect(&orders_url).await.unwrap(),
@@ -185,9 +177,8 @@ async fn product_service_down_is_503_and_the_key_can_be_used_again() {
     drop(products_dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_checkouts_from_twenty_tasks_lose_nothing() {
-    let f = fixture().await;
+async fn two_hundred_checkouts_from_twenty_tasks_lose_nothing(backend: Backend) {
+    let f = fixture(backend).await;
     let tasks: Vec<_> = (0..20)
         .map(|task| {
             let app = f.app.clone();
@@ -215,7 +206,8 @@ async fn two_hundred_checkouts_from_twenty_tasks_lose_nothing() {
         expected_total += task.await.unwrap();
     }
     assert_eq!(count_orders(&f.state).await, 200);
-    let total: i64 = sqlx::query_scalar("SELECT SUM(total_cents) FROM orders").fetch_one(&f.state.db).await.unwrap();
+    let total: i64 =
+        sqlx::query_scalar("SELECT CAST(SUM(total_cents) AS BIGINT) FROM orders").fetch_one(&f.state.db).await.unwrap();
     assert_eq!(total, expected_total);
     let wrong: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM orders WHERE total_cents != quantity * CASE product_id WHEN 1 THEN 99999 WHEN 3 THEN 7990 WHEN 4 THEN 4950 END",
@@ -226,12 +218,11 @@ async fn two_hundred_checkouts_from_twenty_tasks_lose_nothing() {
     assert_eq!(wrong, 0);
 }
 
-#[tokio::test]
-async fn restart_keeps_orders() {
-    let (products_dir, products_url) = temp_db("products.db");
+async fn restart_keeps_orders(backend: Backend) {
+    let (products_dir, products_url) = backend.database("products.db").await;
     let products = serve(products::app(ProductsState::connect(&products_url).await.unwrap())).await;
     let endpoints = Endpoints::new([format!("http://{}", products.addr)]).unwrap();
-    let (_dir, url) = temp_db("orders.db");
+    let (_dir, url) = backend.database("orders.db").await;
     let db = checkout::connect(&url).await.unwrap();
     let app = checkout::app(CheckoutState {
         db: db.clone(),
@@ -257,9 +248,8 @@ async fn restart_keeps_orders() {
     drop(products_dir);
 }
 
-#[tokio::test]
-async fn not_ready_without_a_product_endpoint() {
-    let (_dir, url) = temp_db("orders.db");
+async fn not_ready_without_a_product_endpoint(backend: Backend) {
+    let (_dir, url) = backend.database("orders.db").await;
     let endpoints = Endpoints::new(Vec::<String>::new()).unwrap();
     let app = checkout::app(CheckoutState {
         db: checkout::connect(&url).await.unwrap(),
@@ -273,3 +263,16 @@ async fn not_ready_without_a_product_endpoint() {
     endpoints.replace(["http://127.0.0.1:1"]).unwrap();
     assert_eq!(call(&app, Method::GET, "/readyz", None, &[]).await.0, StatusCode::OK);
 }
+
+common::on_both_databases!(
+    an_order_is_priced_from_product_service,
+    requests_without_the_gateways_identity_are_refused,
+    bad_orders_get_json_errors,
+    same_key_same_body_replays_the_stored_response,
+    same_key_other_body_is_422,
+    fifty_concurrent_duplicates_make_exactly_one_order(flavor = "multi_thread", worker_threads = 2),
+    product_service_down_is_503_and_the_key_can_be_used_again,
+    two_hundred_checkouts_from_twenty_tasks_lose_nothing(flavor = "multi_thread", worker_threads = 2),
+    restart_keeps_orders,
+    not_ready_without_a_product_endpoint,
+);

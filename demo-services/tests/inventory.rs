@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{InProcess, call, serve, temp_db};
+use common::{Backend, InProcess, TestDb, call, serve};
 use demo_services::checkout::{self, CheckoutState, ProductClient};
 use demo_services::inventory::pb::inventory_client::InventoryClient as GrpcClient;
 use demo_services::inventory::pb::{GetStockRequest, ReserveRequest, RestockRequest};
@@ -14,30 +14,29 @@ use demo_services::inventory::{self, InventoryClient, InventoryState};
 use demo_services::products::{self, ProductsState};
 use http::{Method, StatusCode};
 use serde_json::json;
-use tempfile::TempDir;
 use tonic::transport::Channel;
 use tower_gateway::balance::Endpoints;
 
 struct Fixture {
     checkout: axum::Router,
-    orders: sqlx::SqlitePool,
+    orders: sqlx::AnyPool,
     grpc: GrpcClient<Channel>,
     at: String,
     _servers: (InProcess, tokio::task::JoinHandle<()>),
-    _dirs: (TempDir, TempDir, TempDir),
+    _dirs: (TestDb, TestDb, TestDb),
 }
 
-async fn fixture() -> Fixture {
-    let (products_dir, products_url) = temp_db("products.db");
+async fn fixture(backend: Backend) -> Fixture {
+    let (products_dir, products_url) = backend.database("products.db").await;
     let products = serve(products::app(ProductsState::connect(&products_url).await.unwrap())).await;
-    let (inventory_dir, inventory_url) = temp_db("inventory.db");
+    let (inventory_dir, inventory_url) = backend.database("inventory.db").await;
     let state = InventoryState::connect(&inventory_url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let inventory_at = format!("http://{}", listener.local_addr().unwrap());
     let inventory = tokio::spawn(async move {
         inventory::serve(state, listener, std::future::pending()).await.unwrap();
     });
-    let (orders_dir, orders_url) = temp_db("orders.db");
+    let (orders_dir, orders_url) = backend.database("orders.db").await;
     let orders = checkout::connect(&orders_url).await.unwrap();
     let state = CheckoutState {
         db: orders.clone(),
@@ -70,9 +69,8 @@ async fn orders(f: &Fixture) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&f.orders).await.unwrap()
 }
 
-#[tokio::test]
-async fn fifty_concurrent_checkouts_of_the_last_ten_items_sell_exactly_ten() {
-    let f = Arc::new(fixture().await);
+async fn fifty_concurrent_checkouts_of_the_last_ten_items_sell_exactly_ten(backend: Backend) {
+    let f = Arc::new(fixture(backend).await);
     // The seeded stock of product 2, down to the last 10.
     let quantity = available(&f, 2).await - 10;
     let reserve = ReserveRequest { order_key: "stocktake".into(), product_id: 2, quantity };
@@ -110,9 +108,8 @@ async fn fifty_concurrent_checkouts_of_the_last_ten_items_sell_exactly_ten() {
     assert_eq!(orders(&f).await, 10);
 }
 
-#[tokio::test]
-async fn a_retried_checkout_reserves_once_and_a_restock_sells_again() {
-    let f = fixture().await;
+async fn a_retried_checkout_reserves_once_and_a_restock_sells_again(backend: Backend) {
+    let f = fixture(backend).await;
     let before = available(&f, 3).await;
     let headers = [("x-user-id", "7"), ("idempotency-key", "once")];
     let body = json!({"product_id": 3, "quantity": 4});
@@ -138,12 +135,17 @@ async fn a_retried_checkout_reserves_once_and_a_restock_sells_again() {
     assert_eq!(restocked.available, before + 2);
 }
 
-#[tokio::test]
-async fn health_says_serving_for_the_inventory_service() {
-    let f = fixture().await;
+async fn health_says_serving_for_the_inventory_service(backend: Backend) {
+    let f = fixture(backend).await;
     let channel = Channel::from_shared(f.at.clone()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let asked = tonic_health::pb::HealthCheckRequest { service: inventory::SERVICE_NAME.into() };
     let status = health.check(asked).await.unwrap().into_inner().status;
     assert_eq!(status, tonic_health::ServingStatus::Serving as i32);
 }
+
+common::on_both_databases!(
+    fifty_concurrent_checkouts_of_the_last_ten_items_sell_exactly_ten,
+    a_retried_checkout_reserves_once_and_a_restock_sells_again,
+    health_says_serving_for_the_inventory_service,
+);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_error, call, call_raw, temp_db};
+use common::{Backend, assert_error, call, call_raw};
 use demo_services::products::{self, ProductsState};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -11,9 +11,8 @@ async fn app(url: &str) -> axum::Router {
     products::app(ProductsState::connect(url).await.unwrap())
 }
 
-#[tokio::test]
-async fn crud_round_trip() {
-    let (_dir, url) = temp_db("products.db");
+async fn crud_round_trip(backend: Backend) {
+    let (_dir, url) = backend.database("products.db").await;
     let app = app(&url).await;
 
     let (status, list) = call(&app, Method::GET, "/", None, &[]).await;
@@ -41,9 +40,8 @@ async fn crud_round_trip() {
     );
 }
 
-#[tokio::test]
-async fn list_pages() {
-    let (_dir, url) = temp_db("products.db");
+async fn list_pages(backend: Backend) {
+    let (_dir, url) = backend.database("products.db").await;
     let app = app(&url).await;
     let (_, page) = call(&app, Method::GET, "/?limit=2&offset=1", None, &[]).await;
     let ids: Vec<i64> = page.as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
@@ -62,9 +60,8 @@ async fn list_pages() {
     assert_error(&call(&app, Method::GET, "/?offset=-1", None, &[]).await, StatusCode::BAD_REQUEST, "bad_request");
 }
 
-#[tokio::test]
-async fn bad_input_gets_json_errors_never_500() {
-    let (_dir, url) = temp_db("products.db");
+async fn bad_input_gets_json_errors_never_500(backend: Backend) {
+    let (_dir, url) = backend.database("products.db").await;
     let app = app(&url).await;
     let bad_request = StatusCode::BAD_REQUEST;
     let invalid = StatusCode::UNPROCESSABLE_ENTITY;
@@ -112,17 +109,15 @@ async fn bad_input_gets_json_errors_never_500() {
     );
 }
 
-#[tokio::test]
-async fn health_and_readiness() {
-    let (_dir, url) = temp_db("products.db");
+async fn health_and_readiness(backend: Backend) {
+    let (_dir, url) = backend.database("products.db").await;
     let app = app(&url).await;
     assert_eq!(call(&app, Method::GET, "/healthz", None, &[]).await.0, StatusCode::OK);
     assert_eq!(call(&app, Method::GET, "/readyz", None, &[]).await.0, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn restart_keeps_data_and_does_not_reseed() {
-    let (_dir, url) = temp_db("products.db");
+async fn restart_keeps_data_and_does_not_reseed(backend: Backend) {
+    let (_dir, url) = backend.database("products.db").await;
     let state = ProductsState::connect(&url).await.unwrap();
     let app = products::app(state.clone());
     call(&app, Method::POST, "/", Some(json!({"name": "Kept", "price": 3.5})), &[]).await;
@@ -135,11 +130,10 @@ async fn restart_keeps_data_and_does_not_reseed() {
     assert_eq!(names, ["Smartphone", "Headphones", "Keyboard", "Kept"], "the deleted seed row stays deleted");
 }
 
-#[tokio::test]
-async fn with_a_key_only_an_admin_writes_and_anyone_reads() {
+async fn with_a_key_only_an_admin_writes_and_anyone_reads(backend: Backend) {
     use tower_gateway_auth::{Algorithm, Authenticator, Key, TokenIssuer};
     const SECRET: &[u8] = b"a products test secret of 32+ bytes";
-    let (_dir, url) = temp_db("products.db");
+    let (_dir, url) = backend.database("products.db").await;
     let auth = Authenticator::builder(Key::hs256(SECRET).unwrap()).build().unwrap();
     let app = products::app(ProductsState::connect(&url).await.unwrap().with_auth(auth));
     let issuer = TokenIssuer::hmac(Algorithm::HS256, SECRET).unwrap();
@@ -159,3 +153,12 @@ async fn with_a_key_only_an_admin_writes_and_anyone_reads() {
     assert_eq!(call(&app, Method::PUT, "/1", body(), &as_admin).await.0, StatusCode::OK);
     assert_eq!(call(&app, Method::DELETE, "/2", None, &as_admin).await.0, StatusCode::NO_CONTENT);
 }
+
+common::on_both_databases!(
+    crud_round_trip,
+    list_pages,
+    bad_input_gets_json_errors_never_500,
+    health_and_readiness,
+    restart_keeps_data_and_does_not_reseed,
+    with_a_key_only_an_admin_writes_and_anyone_reads,
+);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{HttpClient, Process, call, temp_db};
+use common::{Backend, HttpClient, Process, call};
 use demo_services::checkout::{self, CheckoutState, ProductClient};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -32,9 +32,8 @@ fn product_service(url: &str, dir: &std::path::Path) -> ([(&'static str, String)
     (env, HttpClient::new().bearer(&token))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_share_one_database() {
-    let (dir, url) = temp_db("products.db");
+async fn two_processes_share_one_database(backend: Backend) {
+    let (dir, url) = backend.database("products.db").await;
     let (env, client) = product_service(&url, dir.path());
     // Started together: both migrate the new file at once.
     let (a, b) = tokio::join!(Process::start(PRODUCT_SERVICE, &env), Process::start(PRODUCT_SERVICE, &env));
@@ -76,12 +75,32 @@ async fn two_processes_share_one_database() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkout_keeps_pricing_with_one_product_instance_killed() {
-    let (dir, products_url) = temp_db("products.db");
+/// A `DATABASE_URL` the services cannot serve stops them at start, saying so,
+/// and makes nothing: not a SQLite file named after the URL.
+#[test]
+fn a_database_url_of_another_kind_stops_the_service_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in ["mysql://root@127.0.0.1:3306/products", "products.db", "http://db/products"] {
+        let out = std::process::Command::new(PRODUCT_SERVICE)
+            .current_dir(dir.path())
+            .env("DATABASE_URL", url)
+            .env("JWT_ALGORITHM", "HS256")
+            .env("JWT_SECRET", SECRET)
+            .env("PORT", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: {stderr}");
+        assert!(stderr.contains("DATABASE_URL must be sqlite://PATH or postgres://"), "{url}: {stderr}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{url}: nothing made");
+    }
+}
+
+async fn checkout_keeps_pricing_with_one_product_instance_killed(backend: Backend) {
+    let (dir, products_url) = backend.database("products.db").await;
     let (env, _) = product_service(&products_url, dir.path());
     let (a, mut b) = tokio::join!(Process::start(PRODUCT_SERVICE, &env), Process::start(PRODUCT_SERVICE, &env));
-    let (_orders_dir, orders_url) = temp_db("orders.db");
+    let (_orders_dir, orders_url) = backend.database("orders.db").await;
     let endpoints = Endpoints::new([a.url(), b.url()]).unwrap();
     let state = CheckoutState {
         db: checkout::connect(&orders_url).await.unwrap(),
@@ -118,3 +137,8 @@ async fn checkout_keeps_pricing_with_one_product_instance_killed() {
     assert_eq!(count, 30);
     drop(a);
 }
+
+common::on_both_databases!(
+    two_processes_share_one_database(flavor = "multi_thread", worker_threads = 2),
+    checkout_keeps_pricing_with_one_product_instance_killed(flavor = "multi_thread", worker_threads = 2),
+);

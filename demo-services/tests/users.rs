@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_error, call, temp_db};
+use common::{Backend, assert_error, call};
 use demo_services::users::{self, Passwords, UsersState};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -45,9 +45,8 @@ async fn signup_and_login(app: &axum::Router, email: &str) -> (i64, String) {
     (login["user"]["id"].as_i64().unwrap(), login["token"].as_str().unwrap().to_owned())
 }
 
-#[tokio::test]
-async fn signup_login_gives_a_token_the_gateway_accepts() {
-    let (_dir, url) = temp_db("users.db");
+async fn signup_login_gives_a_token_the_gateway_accepts(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let app = users::app(state.clone());
     let (id, token) = signup_and_login(&app, "Carol@Example.com").await;
@@ -60,9 +59,8 @@ async fn signup_login_gives_a_token_the_gateway_accepts() {
     assert_eq!(lifetime, 15 * 60, "the seed's 15 minutes");
 }
 
-#[tokio::test]
-async fn password_hash_is_stored_hashed_and_never_returned() {
-    let (_dir, url) = temp_db("users.db");
+async fn password_hash_is_stored_hashed_and_never_returned(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let app = users::app(state.clone());
     let (id, token) = signup_and_login(&app, "dave@example.com").await;
@@ -71,15 +69,17 @@ async fn password_hash_is_stored_hashed_and_never_returned() {
     assert_eq!(user, json!({"id": id, "name": "Carol", "email": "dave@example.com", "roles": []}));
     let (_, list) = call(&app, Method::GET, "/", None, &[("authorization", &admin())]).await;
     assert!(!list.to_string().contains("password"), "{list}");
-    let hash: String =
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?").bind(id).fetch_one(&state.db).await.unwrap();
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains("correct horse"));
 }
 
-#[tokio::test]
-async fn wrong_credentials_do_not_say_which_part_was_wrong() {
-    let (_dir, url) = temp_db("users.db");
+async fn wrong_credentials_do_not_say_which_part_was_wrong(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let app = users::app(state(&url).await);
     signup_and_login(&app, "erin@example.com").await;
     let wrong_password =
@@ -101,9 +101,8 @@ async fn wrong_credentials_do_not_say_which_part_was_wrong() {
     assert_eq!(wrong_password, no_password, "a seeded user without a password cannot log in");
 }
 
-#[tokio::test]
-async fn duplicate_email_is_409_whatever_its_case_but_signup_does_not_say() {
-    let (_dir, url) = temp_db("users.db");
+async fn duplicate_email_is_409_whatever_its_case_but_signup_does_not_say(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let admin = admin();
     let admin = [("authorization", admin.as_str())];
@@ -127,9 +126,8 @@ async fn duplicate_email_is_409_whatever_its_case_but_signup_does_not_say() {
     assert_error(&rename, StatusCode::CONFLICT, "conflict");
 }
 
-#[tokio::test]
-async fn logout_revokes_the_token() {
-    let (_dir, url) = temp_db("users.db");
+async fn logout_revokes_the_token(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let app = users::app(state.clone());
     let (_, token) = signup_and_login(&app, "gina@example.com").await;
@@ -148,9 +146,8 @@ async fn logout_revokes_the_token() {
     );
 }
 
-#[tokio::test]
-async fn crud_and_validation() {
-    let (_dir, url) = temp_db("users.db");
+async fn crud_and_validation(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let admin = admin();
     let admin = [("authorization", admin.as_str())];
@@ -208,9 +205,8 @@ async fn crud_and_validation() {
     );
 }
 
-#[tokio::test]
-async fn users_act_on_themselves_admins_on_anyone_and_only_admins_grant_roles() {
-    let (_dir, url) = temp_db("users.db");
+async fn users_act_on_themselves_admins_on_anyone_and_only_admins_grant_roles(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let app = users::app(state.clone());
     let (ivy, ivy_token) = signup_and_login(&app, "ivy@example.com").await;
@@ -249,9 +245,8 @@ async fn users_act_on_themselves_admins_on_anyone_and_only_admins_grant_roles() 
     assert_eq!(call(&app, Method::DELETE, &format!("/{jon}"), None, &as_admin).await.0, StatusCode::NO_CONTENT);
 }
 
-#[tokio::test]
-async fn ensure_admin_creates_or_promotes_once() {
-    let (_dir, url) = temp_db("users.db");
+async fn ensure_admin_creates_or_promotes_once(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let app = users::app(state.clone());
     let made = users::ensure_admin(&state, "root@example.com", "admin password".into()).await.unwrap();
@@ -273,9 +268,30 @@ async fn ensure_admin_creates_or_promotes_once() {
     assert_eq!((alice.id, alice.roles.as_slice()), (1, ["admin".to_owned()].as_slice()));
 }
 
-#[tokio::test]
-async fn a_token_alone_cannot_change_its_owners_email_or_password() {
-    let (_dir, url) = temp_db("users.db");
+/// Two replicas of user-service starting at once on one new database: both
+/// migrate, both make sure of the admin; there is one admin, and neither fails.
+async fn replicas_starting_at_once_make_one_admin(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
+    for round in 0..5 {
+        let (a, b) = tokio::join!(state(&url), state(&url));
+        let email = format!("boss{round}@example.com");
+        let (x, y) = tokio::join!(
+            users::ensure_admin(&a, &email, "the boss's password".into()),
+            users::ensure_admin(&b, &email, "the boss's password".into()),
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x, y, "both replicas see the one admin");
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE lower(email) = $1")
+            .bind(&email)
+            .fetch_one(&a.db)
+            .await
+            .unwrap();
+        assert_eq!(admins, 1);
+    }
+}
+
+async fn a_token_alone_cannot_change_its_owners_email_or_password(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let app = users::app(state.clone());
     let (kim, token) = signup_and_login(&app, "kim@example.com").await;
@@ -326,9 +342,8 @@ async fn a_token_alone_cannot_change_its_owners_email_or_password() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-#[tokio::test]
-async fn ensure_admin_leaves_an_admins_changed_password_alone() {
-    let (_dir, url) = temp_db("users.db");
+async fn ensure_admin_leaves_an_admins_changed_password_alone(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let state = state(&url).await;
     let app = users::app(state.clone());
     let root = users::ensure_admin(&state, "root@example.com", "first password".into()).await.unwrap();
@@ -356,9 +371,8 @@ async fn ensure_admin_leaves_an_admins_changed_password_alone() {
     assert_eq!(login("first password").await, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn a_refused_body_does_not_list_the_fields_the_service_knows() {
-    let (_dir, url) = temp_db("users.db");
+async fn a_refused_body_does_not_list_the_fields_the_service_knows(backend: Backend) {
+    let (_dir, url) = backend.database("users.db").await;
     let app = users::app(state(&url).await);
     let body = json!({"name": "A", "email": "a@b.c", "password": "12345678", "roles": ["admin"]});
     let (status, error) = call(&app, Method::POST, "/signup", Some(body), &[]).await;
@@ -367,3 +381,18 @@ async fn a_refused_body_does_not_list_the_fields_the_service_knows() {
     assert!(message.contains("unknown field `roles`"), "the refusal is named: {message}");
     assert!(!message.contains("expected") && !message.contains("`password`"), "no schema: {message}");
 }
+
+common::on_both_databases!(
+    replicas_starting_at_once_make_one_admin,
+    signup_login_gives_a_token_the_gateway_accepts,
+    password_hash_is_stored_hashed_and_never_returned,
+    wrong_credentials_do_not_say_which_part_was_wrong,
+    duplicate_email_is_409_whatever_its_case_but_signup_does_not_say,
+    logout_revokes_the_token,
+    crud_and_validation,
+    users_act_on_themselves_admins_on_anyone_and_only_admins_grant_roles,
+    ensure_admin_creates_or_promotes_once,
+    a_token_alone_cannot_change_its_owners_email_or_password,
+    ensure_admin_leaves_an_admins_changed_password_alone,
+    a_refused_body_does_not_list_the_fields_the_service_knows,
+);

@@ -1,5 +1,5 @@
 //! Helpers shared by the service tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command};
@@ -16,12 +16,73 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+pub mod postgres;
+
 /// A temporary directory and a database URL inside it.
 pub fn temp_db(name: &str) -> (TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join(name).display());
     (dir, url)
 }
+
+/// The database a test runs on: each test written once, run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A test's scratch directory, which holds its SQLite file (a Postgres
+/// database lives as long as the binary's server).
+pub struct TestDb(TempDir);
+
+impl TestDb {
+    /// The directory, for the test's other files.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Backend {
+    /// A new, empty database, named after `name` (`products.db`, `products`).
+    pub async fn database(self, name: &str) -> (TestDb, String) {
+        match self {
+            Self::Sqlite => {
+                let (dir, url) = temp_db(name);
+                (TestDb(dir), url)
+            }
+            Self::Postgres => {
+                let url = postgres::database(name.trim_end_matches(".db")).await;
+                (TestDb(tempfile::tempdir().unwrap()), url)
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn name(backend: Backend)` as two tests,
+/// `sqlite::name` and `postgres::name`, with `#[tokio::test]` (or the flavour
+/// given in parentheses: `name(flavor = "multi_thread")`).
+macro_rules! on_both_databases {
+    ($($name:ident $(($($flavor:tt)*))?),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test $(($($flavor)*))?]
+                async fn $name() {
+                    super::$name(crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test $(($($flavor)*))?]
+                async fn $name() {
+                    super::$name(crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_databases;
 
 /// Sends one request through `app` with `oneshot`; returns the status and the JSON body (Null if empty).
 pub async fn call(
