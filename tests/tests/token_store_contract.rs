@@ -3,58 +3,9 @@
 //! two stores agree.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use tower_gateway_auth::store::{TokenRecord, TokenState};
 use tower_gateway_auth::{MemoryStore, RedisStore, TokenStore};
-use tower_gateway_tests::RedisServer;
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn record<'a>(id: &'a str, subject: &'a str, issued_at: Option<u64>) -> TokenRecord<'a> {
-    TokenRecord { id, subject, issued_at, expires_at: now() + 600 }
-}
-
-async fn contract(store: Arc<dyn TokenStore>) {
-    let t = now();
-    store.ping().await.expect("ping answers");
-
-    // check: an unknown token is active, and stays so when checked again.
-    assert_eq!(store.check(record("a", "u1", Some(t))).await.unwrap(), TokenState::Active);
-    assert_eq!(store.check(record("a", "u1", Some(t))).await.unwrap(), TokenState::Active);
-
-    // revoke: that token only, not its subject's others.
-    store.revoke(record("a", "u1", Some(t))).await.unwrap();
-    assert_eq!(store.check(record("a", "u1", Some(t))).await.unwrap(), TokenState::Revoked);
-    assert_eq!(store.check(record("b", "u1", Some(t))).await.unwrap(), TokenState::Active);
-    // Revoking twice is the same as once.
-    store.revoke(record("a", "u1", Some(t))).await.unwrap();
-    assert_eq!(store.check(record("a", "u1", Some(t))).await.unwrap(), TokenState::Revoked);
-
-    // revoke_subject: tokens issued up to the cut-off (that second included, and
-    // those that do not say), not after; other subjects untouched.
-    store.revoke_subject("u2", t - 100, t + 600).await.unwrap();
-    assert_eq!(store.check(record("c", "u2", Some(t - 200))).await.unwrap(), TokenState::Revoked);
-    assert_eq!(store.check(record("d", "u2", Some(t - 100))).await.unwrap(), TokenState::Revoked);
-    assert_eq!(store.check(record("e", "u2", Some(t - 99))).await.unwrap(), TokenState::Active);
-    assert_eq!(store.check(record("f", "u2", None)).await.unwrap(), TokenState::Revoked);
-    assert_eq!(store.check(record("g", "u3", Some(t - 200))).await.unwrap(), TokenState::Active);
-
-    // A later cut-off moves it forward...
-    store.revoke_subject("u2", t - 50, t + 600).await.unwrap();
-    assert_eq!(store.check(record("h", "u2", Some(t - 60))).await.unwrap(), TokenState::Revoked);
-    // ...and an earlier one arriving late never moves it back.
-    store.revoke_subject("u2", t - 500, t + 10).await.unwrap();
-    assert_eq!(store.check(record("i", "u2", Some(t - 60))).await.unwrap(), TokenState::Revoked);
-    assert_eq!(store.check(record("j", "u2", Some(t - 49))).await.unwrap(), TokenState::Active);
-
-    // A token checked active before its subject was revoked is revoked after.
-    assert_eq!(store.check(record("k", "u4", Some(t - 10))).await.unwrap(), TokenState::Active);
-    store.revoke_subject("u4", t, t + 600).await.unwrap();
-    assert_eq!(store.check(record("k", "u4", Some(t - 10))).await.unwrap(), TokenState::Revoked);
-}
+use tower_gateway_tests::{RedisServer, token_store_contract as contract};
 
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {

@@ -90,6 +90,9 @@ pub mod mirror;
 pub mod modify_headers;
 pub mod proxy;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_connection;
 pub mod retry;
 pub mod split;
 pub mod strip_prefix;

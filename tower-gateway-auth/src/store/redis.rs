@@ -2,16 +2,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bb8::{ManageConnection, Pool};
-use bb8_redis::RedisConnectionManager;
-use bb8_redis::redis::aio::MultiplexedConnection;
-use bb8_redis::redis::{self, RedisError};
+use redis::RedisError;
+use tower_gateway::redis_connection::{RedisConfig, RedisConfigError, RedisConnection};
 
 use super::{BoxFuture, TokenRecord, TokenState, TokenStore};
 use crate::error::{StoreError, StoreErrorKind};
 
-/// Token state in Redis, through a bb8 pool: shared by every gateway replica and
-/// by the services that revoke tokens.
+/// Token state in Redis: shared by every gateway replica and by the services
+/// that revoke tokens. A single server, a Sentinel set or a Cluster (see
+/// [`RedisConfig`]), through one multiplexed connection that the gateway's
+/// other Redis users (its rate limits) may share.
 ///
 /// Keys (under a prefix, default `tower-gateway:`), each with a TTL so that
 /// nothing outlives the tokens it speaks of:
@@ -22,40 +22,36 @@ use crate::error::{StoreError, StoreErrorKind};
 /// | `revoked:<id>` | `1` | the token's remaining lifetime |
 /// | `revoked-before:<subject>` | Unix time `T`: tokens issued before `T` are revoked | until the last such token has expired |
 ///
-/// A check is one round trip (a Lua script: revoked? else record as valid); a
-/// revocation is one atomic write.
+/// On a Cluster each key is tagged with its token's subject (`{s:<subject>}valid:<id>`
+/// and so on), so a check — which reads all three — touches one hash slot.
 ///
-/// Failures are bounded in time: getting a connection gives up after the
-/// connection timeout (default 200 ms, not bb8's 30 s) and a command after the
-/// command timeout (default 250 ms). A connection whose command failed or timed
-/// out is dropped from the pool rather than handed out again, so the store
-/// recovers by itself once Redis is back.
+/// A check is one round trip (a Lua script: revoked? else record as valid); a
+/// revocation is one atomic write. Failures are bounded in time: making the
+/// connection gives up after the connection timeout (default 200 ms) and a
+/// command after the response timeout (default 200 ms); the connection is made
+/// again by itself once Redis is back, or, behind Sentinels, once they name
+/// the new master.
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool<Manager>,
+    conn: RedisConnection,
     check_script: Arc<redis::Script>,
     revoke_subject_script: Arc<redis::Script>,
     prefix: String,
-    command_timeout: Duration,
+    replicas: Option<(u32, Duration)>,
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
-            .field("pool", &self.pool.state())
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).field("conn", &self.conn).finish_non_exhaustive()
     }
 }
 
 /// Builds a [`RedisStore`].
 #[derive(Debug, Clone)]
 pub struct RedisStoreBuilder {
-    url: String,
+    config: Result<RedisConfig, RedisConfigError>,
     prefix: String,
-    max_connections: u32,
-    connection_timeout: Duration,
-    command_timeout: Duration,
+    replicas: (u32, Duration),
 }
 
 impl RedisStoreBuilder {
@@ -65,81 +61,45 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The most connections in the pool (default 8; each is multiplexed).
-    pub fn max_connections(mut self, max: u32) -> Self {
-        self.max_connections = max.max(1);
-        self
-    }
-
-    /// How long to wait for a connection from the pool (default 200 ms).
+    /// How long to wait for a connection to be made (default 200 ms).
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
-        self.connection_timeout = timeout;
+        self.config = self.config.map(|c| c.connect_timeout(timeout));
         self
     }
 
-    /// How long to wait for an answer to a command (default 250 ms).
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
+    /// How long to wait for an answer to a command (default 200 ms).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.config = self.config.map(|c| c.response_timeout(timeout));
         self
     }
 
     /// The store. Connections are made when first needed, so this succeeds while
     /// Redis is down (requests then fail closed) and fails only on a bad URL.
+    /// Call it inside a Tokio runtime.
     pub fn build(self) -> Result<RedisStore, StoreError> {
-        let manager = RedisConnectionManager::new(self.url.as_str())
+        let conn = self
+            .config
+            .and_then(|config| config.connect())
             .map_err(|err| StoreError::with_kind(StoreErrorKind::Config, err))?;
-        let pool = Pool::builder()
-            .max_size(self.max_connections)
-            .connection_timeout(self.connection_timeout)
-            .retry_connection(false)
-            .build_unchecked(Manager(manager));
-        Ok(RedisStore {
-            pool,
-            check_script: Arc::new(redis::Script::new(CHECK_SCRIPT)),
-            revoke_subject_script: Arc::new(redis::Script::new(REVOKE_SUBJECT_SCRIPT)),
-            prefix: self.prefix,
-            command_timeout: self.command_timeout,
-        })
-    }
-}
-
-/// bb8-redis's manager never reports a connection as broken, so a pool would keep
-/// handing out connections to a Redis that went away. This one marks a
-/// connection broken while a command is in flight and clears the mark only when
-/// the command answered.
-struct Manager(RedisConnectionManager);
-
-struct Conn {
-    inner: MultiplexedConnection,
-    broken: bool,
-}
-
-impl ManageConnection for Manager {
-    type Connection = Conn;
-    type Error = RedisError;
-
-    async fn connect(&self) -> Result<Conn, RedisError> {
-        Ok(Conn { inner: self.0.connect().await?, broken: false })
+        let (replicas, within) = self.replicas;
+        Ok(RedisStore::with_connection(conn).key_prefix(self.prefix).revocation_replicas(replicas, within))
     }
 
-    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
-        self.0.is_valid(&mut conn.inner).await
-    }
-
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken
+    /// See [`RedisStore::revocation_replicas`].
+    pub fn revocation_replicas(mut self, replicas: u32, within: Duration) -> Self {
+        self.replicas = (replicas, within);
+        self
     }
 }
 
 impl RedisStore {
-    /// A builder for a store at `url` (e.g. `redis://127.0.0.1:6379/0`).
+    /// A builder for a store at `url`: any URL [`RedisConfig::from_url`] reads
+    /// (`redis://127.0.0.1:6379/0`, `redis+sentinel://…`, `redis+cluster://…`).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
-            url: url.into(),
+            config: RedisConfig::from_url(&url.into()),
             prefix: "tower-gateway:".into(),
-            max_connections: 8,
-            connection_timeout: Duration::from_millis(200),
-            command_timeout: Duration::from_millis(250),
+            replicas: (0, Duration::ZERO),
         }
     }
 
@@ -148,40 +108,72 @@ impl RedisStore {
         Self::builder(url).build()
     }
 
-    fn key(&self, kind: &str, id: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + kind.len() + id.len());
+    /// A store on `conn`, which the process's other Redis users may share.
+    pub fn with_connection(conn: RedisConnection) -> Self {
+        RedisStore {
+            conn,
+            check_script: Arc::new(redis::Script::new(CHECK_SCRIPT)),
+            revoke_subject_script: Arc::new(redis::Script::new(REVOKE_SUBJECT_SCRIPT)),
+            prefix: "tower-gateway:".into(),
+            replicas: None,
+        }
+    }
+
+    /// A revocation is done only once `replicas` replicas have it (Redis's
+    /// `WAIT`, for at most `within`); fewer is an error the revoker sees. So a
+    /// failover to a replica — Redis replicates after answering — cannot lose a
+    /// revocation that was reported done. Not on a Cluster, whose keyless
+    /// `WAIT` no node can answer for a key it does not hold. Default: no wait.
+    #[must_use]
+    pub fn revocation_replicas(mut self, replicas: u32, within: Duration) -> Self {
+        self.replicas = (replicas > 0 && !self.conn.is_cluster()).then_some((replicas, within));
+        self
+    }
+
+    /// After a revocation's write: waits for the replicas asked for, if any.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let Some((wanted, within)) = self.replicas else { return Ok(()) };
+        let mut pipe = redis::pipe();
+        pipe.cmd("WAIT").arg(wanted).arg(u64::try_from(within.as_millis()).unwrap_or(u64::MAX));
+        let (acknowledged,): (u32,) = self.run(Op::Pipe(&pipe)).await?;
+        if acknowledged < wanted {
+            return Err(StoreError::new(std::io::Error::other(format!(
+                "the revocation reached {acknowledged} of {wanted} replicas within {within:?}"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// The prefix of every key (default `tower-gateway:`).
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// `<prefix><kind><id>`; on a Cluster `<prefix>{s:<subject>}<kind><id>`, so
+    /// that every key of one subject is in one slot.
+    fn key(&self, subject: &str, kind: &str, id: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + subject.len() + kind.len() + id.len() + 4);
         key.push_str(&self.prefix);
+        if self.conn.is_cluster() {
+            key.push_str("{s:");
+            key.push_str(subject);
+            key.push('}');
+        }
         key.push_str(kind);
         key.push_str(id);
         key
     }
 
-    /// Runs `op` on a pooled connection, within the time bounds.
+    /// Runs `op` on the connection.
     async fn run<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, StoreError> {
-        let mut conn = self.pool.get().await.map_err(|err| match err {
-            bb8::RunError::TimedOut => StoreError::timeout(),
-            bb8::RunError::User(err) => StoreError::new(err),
-        })?;
-        conn.broken = true;
-        let answer = tokio::time::timeout(self.command_timeout, async {
-            match op {
-                Op::Pipe(pipe) => pipe.query_async::<T>(&mut conn.inner).await,
-                Op::Script(invocation) => invocation.invoke_async::<T>(&mut conn.inner).await,
-            }
-        })
-        .await;
-        match answer {
-            Ok(Ok(value)) => {
-                conn.broken = false;
-                Ok(value)
-            }
-            Ok(Err(err)) => {
-                // An error Redis itself answered leaves the connection usable.
-                conn.broken = err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error();
-                Err(StoreError::new(err))
-            }
-            Err(_) => Err(StoreError::timeout()),
-        }
+        let mut conn = self.conn.clone();
+        let answer = match op {
+            Op::Pipe(pipe) => pipe.query_async::<T>(&mut conn).await,
+            Op::Script(invocation) => invocation.invoke_async::<T>(&mut conn).await,
+        };
+        answer.map_err(|err: RedisError| if err.is_timeout() { StoreError::timeout() } else { StoreError::new(err) })
     }
 }
 
@@ -220,9 +212,9 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let mut invocation = self.check_script.prepare_invoke();
             invocation
-                .key(self.key("revoked:", token.id))
-                .key(self.key("revoked-before:", token.subject))
-                .key(self.key("valid:", token.id))
+                .key(self.key(token.subject, "revoked:", token.id))
+                .key(self.key(token.subject, "revoked-before:", token.subject))
+                .key(self.key(token.subject, "valid:", token.id))
                 .arg(token.remaining_secs())
                 .arg(token.issued_at.map_or(-1, |iat| i64::try_from(iat).unwrap_or(i64::MAX)));
             let revoked: i64 = self.run(Op::Script(&invocation)).await?;
@@ -234,11 +226,12 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.atomic()
-                .set_ex(self.key("revoked:", token.id), 1, token.remaining_secs())
+                .set_ex(self.key(token.subject, "revoked:", token.id), 1, token.remaining_secs())
                 .ignore()
-                .del(self.key("valid:", token.id))
+                .del(self.key(token.subject, "valid:", token.id))
                 .ignore();
-            self.run::<()>(Op::Pipe(&pipe)).await
+            self.run::<()>(Op::Pipe(&pipe)).await?;
+            self.replicated().await
         })
     }
 
@@ -251,8 +244,9 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let ttl = until.saturating_sub(super::unix_now()).max(1);
             let mut invocation = self.revoke_subject_script.prepare_invoke();
-            invocation.key(self.key("revoked-before:", subject)).arg(before).arg(ttl);
-            self.run::<()>(Op::Script(&invocation)).await
+            invocation.key(self.key(subject, "revoked-before:", subject)).arg(before).arg(ttl);
+            self.run::<()>(Op::Script(&invocation)).await?;
+            self.replicated().await
         })
     }
 

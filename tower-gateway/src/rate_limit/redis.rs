@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::redis_connection::{RedisConfig, RedisConfigError, RedisConnection};
 
 use super::gcra::{Decision, Quota};
 use super::{BoxFuture, Store, StoreError};
@@ -67,14 +67,14 @@ return {1, new_tat - now, 0}
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     script: Arc<redis::Script>,
     prefix: Arc<str>,
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).field("conn", &self.conn).finish_non_exhaustive()
     }
 }
 
@@ -82,10 +82,8 @@ impl fmt::Debug for RedisStore {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisStoreBuilder {
-    url: String,
+    config: Result<RedisConfig, RedisConfigError>,
     prefix: String,
-    connection_timeout: Duration,
-    response_timeout: Duration,
 }
 
 impl RedisStoreBuilder {
@@ -95,46 +93,49 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long to wait for a connection (default 100 ms).
+    /// How long to wait for a connection (default 200 ms).
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
-        self.connection_timeout = timeout;
+        self.config = self.config.map(|c| c.connect_timeout(timeout));
         self
     }
 
-    /// How long to wait for an answer (default 100 ms).
+    /// How long to wait for an answer (default 200 ms).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
+        self.config = self.config.map(|c| c.response_timeout(timeout));
         self
     }
 
     /// The store. It connects when first used, so this succeeds while Redis is
     /// down and fails only on a bad URL. Call it inside a Tokio runtime.
     pub fn build(self) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(StoreError::new)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connection_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::new)?;
-        Ok(RedisStore { conn, script: Arc::new(redis::Script::new(DECIDE)), prefix: self.prefix.into() })
+        let conn = self.config.and_then(|config| config.connect()).map_err(StoreError::new)?;
+        Ok(RedisStore::with_connection(conn).key_prefix(self.prefix))
     }
 }
 
 impl RedisStore {
-    /// A builder for a store at `url` (e.g. `redis://127.0.0.1:6379/0`).
+    /// A builder for a store at `url`: any URL [`RedisConfig::from_url`]
+    /// reads (`redis://127.0.0.1:6379/0`, `redis+sentinel://…`, `redis+cluster://…`).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
-        RedisStoreBuilder {
-            url: url.into(),
-            prefix: "tower-gateway:rl:".into(),
-            connection_timeout: Duration::from_millis(100),
-            response_timeout: Duration::from_millis(100),
-        }
+        RedisStoreBuilder { config: RedisConfig::from_url(&url.into()), prefix: "tower-gateway:rl:".into() }
     }
 
     /// A store at `url` with the default settings.
     pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
         Self::builder(url).build()
+    }
+
+    /// A store on `conn`, which the process's other Redis users may share.
+    /// Each decision touches one key, so it lands in one Cluster slot.
+    pub fn with_connection(conn: RedisConnection) -> Self {
+        RedisStore { conn, script: Arc::new(redis::Script::new(DECIDE)), prefix: "tower-gateway:rl:".into() }
+    }
+
+    /// The prefix of every key (default `tower-gateway:rl:`).
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().into();
+        self
     }
 }
 
