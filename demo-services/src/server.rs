@@ -25,14 +25,32 @@ pub fn env_or(name: &str, default: &str) -> String {
 }
 
 /// `DATABASE_URL` — `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`;
-/// anything else stops the service at start —, or `sqlite://$DATA_DIR/<file>`
-/// (`DATA_DIR` defaults to `data`). `DATABASE_MAX_CONNECTIONS` (default 8) and
-/// `DATABASE_ACQUIRE_TIMEOUT_MS` (default 5000) bound its pool.
-pub fn database_url(file: &str) -> String {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| format!("sqlite://{}/{file}", env_or("DATA_DIR", "data")))
+/// anything else stops the service at start —, or the URL in the file
+/// `DATABASE_URL_FILE` names (a Docker secret: the URL carries the password),
+/// or `sqlite://$DATA_DIR/<file>` (`DATA_DIR` defaults to `data`).
+/// `DATABASE_MAX_CONNECTIONS` (default 8) and `DATABASE_ACQUIRE_TIMEOUT_MS`
+/// (default 5000) bound its pool.
+pub fn database_url(file: &str) -> Result<String, String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (var("DATABASE_URL"), var("DATABASE_URL_FILE")) {
+        (Some(_), Some(_)) => Err("give DATABASE_URL or DATABASE_URL_FILE, not both".into()),
+        (Some(url), None) => Ok(url),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map(|url| url.trim().to_owned())
+            .map_err(|err| format!("DATABASE_URL_FILE {path}: {err}")),
+        (None, None) => Ok(format!("sqlite://{}/{file}", env_or("DATA_DIR", "data"))),
+    }
+}
+
+/// `url` as logs may show it: any password replaced by `********`.
+pub fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
+            format!("{}://{user}:********@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// `HOST:PORT` to listen on: `HOST` defaults to 127.0.0.1 — the services are

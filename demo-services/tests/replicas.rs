@@ -94,6 +94,18 @@ fn a_database_url_of_another_kind_stops_the_service_at_start() {
         assert!(stderr.contains("DATABASE_URL must be sqlite://PATH or postgres://"), "{url}: {stderr}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{url}: nothing made");
     }
+    // A Postgres that does not answer: said, with the URL's password masked.
+    let out = std::process::Command::new(PRODUCT_SERVICE)
+        .current_dir(dir.path())
+        .env("DATABASE_URL", "postgres://shop:s3cret@127.0.0.1:1/products")
+        .env("DATABASE_ACQUIRE_TIMEOUT_MS", "300")
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("postgres://shop:********@127.0.0.1:1/products"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }
 
 async fn checkout_keeps_pricing_with_one_product_instance_killed(backend: Backend) {

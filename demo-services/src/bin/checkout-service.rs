@@ -52,10 +52,13 @@ async fn main() -> ExitCode {
     {
         tracing::warn!(%err, "no inventory-service instance in DNS yet");
     }
-    let url = server::database_url("orders.db");
+    let url = match server::database_url("orders.db") {
+        Ok(url) => url,
+        Err(err) => return server::fail(NAME, &err),
+    };
     let db = match checkout::connect(&url).await {
         Ok(db) => db,
-        Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
+        Err(err) => return server::fail(NAME, &format!("database {}: {err}", server::shown(&url))),
     };
     let keys = match server::keys_from_env() {
         Ok(keys) => keys,

@@ -15,10 +15,13 @@ async fn main() -> ExitCode {
     let Some(telemetry) = server::telemetry(NAME) else {
         return ExitCode::from(2);
     };
-    let url = server::database_url("inventory.db");
+    let url = match server::database_url("inventory.db") {
+        Ok(url) => url,
+        Err(err) => return server::fail(NAME, &err),
+    };
     let state = match InventoryState::connect(&url).await {
         Ok(state) => state,
-        Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
+        Err(err) => return server::fail(NAME, &format!("database {}: {err}", server::shown(&url))),
     };
     let addr = match server::listen_addr(50051) {
         Ok(addr) => addr,

@@ -15,10 +15,13 @@ async fn main() -> ExitCode {
     let Some(telemetry) = server::telemetry("product-service") else {
         return ExitCode::from(2);
     };
-    let url = server::database_url("products.db");
+    let url = match server::database_url("products.db") {
+        Ok(url) => url,
+        Err(err) => return server::fail("product-service", &err),
+    };
     let state = match ProductsState::connect(&url).await {
         Ok(state) => state,
-        Err(err) => return server::fail("product-service", &format!("database {url}: {err}")),
+        Err(err) => return server::fail("product-service", &format!("database {}: {err}", server::shown(&url))),
     };
     let keys = match server::keys_from_env() {
         Ok(keys) if keys.is_set() => keys,

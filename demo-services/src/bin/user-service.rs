@@ -35,10 +35,13 @@ async fn main() -> ExitCode {
         Ok(keys) => keys,
         Err(err) => return server::fail(NAME, &err),
     };
-    let url = server::database_url("users.db");
+    let url = match server::database_url("users.db") {
+        Ok(url) => url,
+        Err(err) => return server::fail(NAME, &err),
+    };
     let db = match users::connect(&url).await {
         Ok(db) => db,
-        Err(err) => return server::fail(NAME, &format!("database {url}: {err}")),
+        Err(err) => return server::fail(NAME, &format!("database {}: {err}", server::shown(&url))),
     };
     let tokens = match env("KEY_ENCRYPTION_KEY_FILE") {
         Some(path) => {
