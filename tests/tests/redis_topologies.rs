@@ -195,3 +195,43 @@ async fn a_sentinel_failover_under_load_loses_no_revocation_and_leaves_limits_wo
     // Limits work again: a new key's burst, then a refusal.
     limits_hold(&limits, "after-failover").await;
 }
+
+/// Sentinels that accept connections and never answer: every caller fails
+/// within the connect timeout, however many wait at once — none queues behind
+/// another's attempt.
+#[tokio::test]
+async fn silent_sentinels_fail_every_caller_within_the_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket); // accepted, never read nor answered
+        }
+    });
+    let conn = RedisConfig::from_url(&format!("redis+sentinel://{addr}/gw"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(200))
+        .connect()
+        .unwrap();
+    let limits = Arc::new(rate_limit::RedisStore::with_connection(conn));
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..50 {
+        let limits = limits.clone();
+        calls.spawn(async move {
+            let quota = Quota::per_second(10);
+            let at = Instant::now();
+            let answer = limits.decide(&format!("k{n}"), &quota).await;
+            (answer.is_err(), at.elapsed())
+        });
+    }
+    while let Some(call) = calls.join_next().await {
+        let (failed, waited) = call.unwrap();
+        assert!(failed, "no Redis, no decision");
+        // 200 ms, and scheduling: far below 50 callers queued one after another (10 s).
+        assert!(waited < Duration::from_secs(2), "a caller waited {waited:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "all 50 took {:?}", started.elapsed());
+    held.abort();
+}

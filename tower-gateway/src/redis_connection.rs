@@ -235,7 +235,7 @@ impl RedisConfig {
                 }
                 let client = builder.build().map_err(|err| wrong(err.to_string()))?;
                 Link::Sentinel(Arc::new(SentinelLink {
-                    client: Mutex::new(client),
+                    client: Mutex::new(Resolver { client, failed_at: None }),
                     master: arc_swap::ArcSwapOption::empty(),
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(self.connect_timeout))
@@ -326,28 +326,53 @@ impl fmt::Debug for RedisConnection {
 /// the Sentinels again: a failover is a short window of errors, then the new
 /// master.
 struct SentinelLink {
-    client: Mutex<SentinelClient>,
+    client: Mutex<Resolver>,
     master: arc_swap::ArcSwapOption<MultiplexedConnection>,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
 }
 
+/// The Sentinels' client, and when asking them last failed.
+struct Resolver {
+    client: SentinelClient,
+    failed_at: Option<tokio::time::Instant>,
+}
+
+/// After the Sentinels could not name a reachable master, callers fail at once
+/// for this long rather than each asking again.
+const RESOLVE_BACKOFF: Duration = Duration::from_millis(100);
+
 impl SentinelLink {
+    /// The master's connection, asking the Sentinels if there is none: one
+    /// caller asks while the others wait for its answer, and no caller waits
+    /// longer than the connect timeout in all.
     async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
         if let Some(master) = self.master.load_full() {
             return Ok((*master).clone());
         }
-        // One caller asks the Sentinels; the others wait for its answer.
-        let mut client = self.client.lock().await;
-        if let Some(master) = self.master.load_full() {
-            return Ok((*master).clone());
-        }
-        let connection =
-            tokio::time::timeout(self.connect_timeout, client.get_async_connection_with_config(&self.config))
-                .await
-                .map_err(|_| RedisError::from((ErrorKind::Io, "no master from the Sentinels in time")))??;
-        self.master.store(Some(Arc::new(connection.clone())));
-        Ok(connection)
+        let no_master = || RedisError::from((ErrorKind::Io, "no master from the Sentinels in time"));
+        tokio::time::timeout(self.connect_timeout, async {
+            let mut resolver = self.client.lock().await;
+            if let Some(master) = self.master.load_full() {
+                return Ok((*master).clone());
+            }
+            if resolver.failed_at.is_some_and(|at| at.elapsed() < RESOLVE_BACKOFF) {
+                return Err(RedisError::from((ErrorKind::Io, "the Sentinels named no reachable master just now")));
+            }
+            match resolver.client.get_async_connection_with_config(&self.config).await {
+                Ok(connection) => {
+                    resolver.failed_at = None;
+                    self.master.store(Some(Arc::new(connection.clone())));
+                    Ok(connection)
+                }
+                Err(err) => {
+                    resolver.failed_at = Some(tokio::time::Instant::now());
+                    Err(err)
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(no_master()))
     }
 
     /// After `err`, whether to forget the master and ask the Sentinels anew.
@@ -377,15 +402,19 @@ impl RedisConnection {
         matches!(self.link, Link::Cluster(_))
     }
 
+    /// The Cluster's connection, made by the first caller; no caller waits
+    /// longer than the connect timeout in all.
     async fn cluster(&self, link: &ClusterLink) -> Result<ClusterConnection, RedisError> {
-        link.connection
-            .get_or_try_init(|| async {
-                tokio::time::timeout(self.connect_timeout, link.client.get_async_connection())
-                    .await
-                    .map_err(|_| RedisError::from((ErrorKind::Io, "no Cluster node answered in time")))?
-            })
-            .await
-            .cloned()
+        if let Some(connection) = link.connection.get() {
+            return Ok(connection.clone());
+        }
+        tokio::time::timeout(
+            self.connect_timeout,
+            link.connection.get_or_try_init(|| link.client.get_async_connection()),
+        )
+        .await
+        .map_err(|_| RedisError::from((ErrorKind::Io, "no Cluster node answered in time")))?
+        .cloned()
     }
 }
 
