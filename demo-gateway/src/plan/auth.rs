@@ -23,7 +23,7 @@ pub(super) fn authenticator(config: &Config, store: Option<Arc<dyn TokenStore>>)
     }
     let store: Arc<dyn TokenStore> = match (store, &config.redis_url) {
         (Some(store), _) => store,
-        (None, Some(url)) => Arc::new(RedisStore::new(url.clone()).map_err(|e| ConfigError::new("redis_url", e))?),
+        (None, Some(url)) => Arc::new(RedisStore::with_connection(super::redis::connection(url)?)),
         (None, None) => Arc::new(MemoryStore::new()),
     };
     jwt.authenticator()

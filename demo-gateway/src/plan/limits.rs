@@ -98,10 +98,10 @@ pub(super) fn limits_of(
 ) -> BTreeMap<String, Arc<BuiltLimit>> {
     let mut limits = BTreeMap::new();
     let redis: Option<Arc<dyn rate_limit::Store>> = match &config.redis_url {
-        Some(url) if !config.limits.is_empty() => match rate_limit::RedisStore::builder(url.clone()).build() {
-            Ok(store) => Some(Arc::new(store)),
+        Some(url) if !config.limits.is_empty() => match super::redis::connection(url) {
+            Ok(conn) => Some(Arc::new(rate_limit::RedisStore::with_connection(conn))),
             Err(err) => {
-                errors.push(ConfigError::new("redis_url", err));
+                errors.push(err);
                 return limits;
             }
         },

@@ -385,6 +385,7 @@ mod auth;
 mod limits;
 #[cfg(test)]
 mod precedence_tests;
+mod redis;
 mod route;
 mod server;
 mod stack;
