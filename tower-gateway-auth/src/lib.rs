@@ -30,7 +30,7 @@
 //! `Bearer` when no token was sent, as RFC 6750 §3.1 asks) and a JSON body
 //! `{"error":{"code","message"}}`; the inner service is never called. If the store
 //! cannot answer, the layer fails closed: `503` with `Retry-After`, within the
-//! store's time bounds (200 ms for a Redis connection, 250 ms for a command).
+//! store's time bounds (200 ms for a Redis connection, 200 ms for an answer).
 //! Fail-open is an explicit opt-in ([`AuthenticatorBuilder::fail_open`]). Routes
 //! without the layer are unaffected. The [`Rejection`] is in the response's
 //! extensions, for metrics.

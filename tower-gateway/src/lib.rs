@@ -46,7 +46,8 @@
 //!
 //! - `axum`: the peer address from axum's `ConnectInfo<SocketAddr>`, and
 //!   [`StripPrefix`] under `nest_service` (it reads the path the client sent).
-//! - `redis`: `rate_limit::RedisStore`, limits shared by every replica.
+//! - `redis`: `rate_limit::RedisStore`, limits shared by every replica; `redis_connection`, one
+//!   Redis connection (a server, Sentinels or a Cluster) for every store.
 //! - `opentelemetry`: `telemetry::TraceContextLayer`, and [`Proxy`] sending
 //!   each attempt's trace context upstream.
 //!
