@@ -470,6 +470,24 @@ async fn redis_process(dir: &std::path::Path, port: u16, args: &[String]) -> std
     }
 }
 
+/// Polls the server on `port` with `command` until its answer holds `wanted`,
+/// failing with `what` at `deadline`.
+async fn answers_with(port: u16, command: &[&str], wanted: &str, deadline: tokio::time::Instant, what: &str) {
+    let mut conn = plain_connection(&format!("redis://127.0.0.1:{port}")).await.expect("redis answers");
+    let mut cmd = redis::cmd(command[0]);
+    for arg in &command[1..] {
+        cmd.arg(*arg);
+    }
+    loop {
+        let info: String = cmd.query_async(&mut conn).await.unwrap_or_default();
+        if info.contains(wanted) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not by the deadline ({port})");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn plain_connection(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     redis::Client::open(url)?.get_multiplexed_async_connection().await
 }
@@ -545,15 +563,7 @@ impl RedisSentinelSet {
         }
         let set = Self { master_name: "gw", master, replica, sentinels, children, _dir: dir };
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-        let mut conn = plain_connection(&format!("redis://127.0.0.1:{master}")).await.expect("the master");
-        loop {
-            let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.unwrap_or_default();
-            if info.contains("state=online") {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the replica was not in sync within 20 s");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        answers_with(master, &["INFO", "replication"], "state=online", deadline, "the replica in sync").await;
         for port in &set.sentinels {
             let mut conn = plain_connection(&format!("redis://127.0.0.1:{port}")).await.expect("a sentinel");
             loop {
@@ -649,15 +659,7 @@ impl RedisCluster {
         assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         for port in &ports {
-            let mut conn = plain_connection(&format!("redis://127.0.0.1:{port}")).await.expect("a node");
-            loop {
-                let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.unwrap_or_default();
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "the Cluster was not ok within 20 s");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            answers_with(*port, &["CLUSTER", "INFO"], "cluster_state:ok", deadline, "the Cluster ok").await;
         }
         Self { ports, _children: children, _dir: dir }
     }
