@@ -735,6 +735,22 @@ pub async fn token_store_contract(store: std::sync::Arc<dyn tower_gateway_auth::
     assert_eq!(store.check(token_record("k", "u4", Some(t - 10))).await.unwrap(), TokenState::Revoked);
 }
 
+/// A CA (PEM) and a certificate and key for 127.0.0.1 it signed, in `dir`.
+pub fn test_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (ca.pem(), cert, key)
+}
+
 /// A raw HTTP/1.1 request over a fresh connection: the path is sent exactly as
 /// given (no client normalises `..` away). Returns the status code.
 pub async fn raw_get(addr: SocketAddr, path: &str, extra_headers: &str) -> u16 {

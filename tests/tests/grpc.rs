@@ -24,7 +24,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 use tower_gateway_auth::{Algorithm, TokenIssuer};
-use tower_gateway_tests::Gateway;
+use tower_gateway_tests::{Gateway, test_ca};
 
 const SECRET: &str = "a grpc test secret of at least 32 bytes";
 
@@ -117,22 +117,6 @@ async fn setup_with(tls: bool) -> Setup {
     let gateway = Gateway::start(config).await;
     let token = TokenIssuer::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap().issue("7", None, &[]).unwrap();
     Setup { gateway, tls, token, _servers: (grpc_task, slow_task), _dir: dir }
-}
-
-/// A CA (PEM) and a certificate and key for 127.0.0.1 it signed, in `dir`.
-fn test_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    (ca.pem(), cert, key)
 }
 
 /// A tonic channel to `url`, trusting `ca` if given, once the listener answers.

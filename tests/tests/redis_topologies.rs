@@ -13,7 +13,7 @@ use tower_gateway::rate_limit::{self, Quota, Store};
 use tower_gateway::redis_connection::{RedisConfig, RedisConnection};
 use tower_gateway_auth::store::{TokenRecord, TokenState};
 use tower_gateway_auth::{RedisStore, TokenStore};
-use tower_gateway_tests::{RedisCluster, RedisSentinelSet, token_store_contract};
+use tower_gateway_tests::{RedisCluster, RedisSentinelSet, closed_port, test_ca, token_store_contract};
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
@@ -234,4 +234,59 @@ async fn silent_sentinels_fail_every_caller_within_the_connect_timeout() {
     }
     assert!(started.elapsed() < Duration::from_secs(3), "all 50 took {:?}", started.elapsed());
     held.abort();
+}
+
+/// `rediss://`: a Redis that speaks only TLS, its certificate from a CA the
+/// client is given (`ca_file`): both stores keep their contracts through it; a
+/// client without that CA, or speaking plain TCP, gets no answer.
+#[tokio::test]
+async fn both_stores_over_tls_with_the_servers_ca_and_none_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(dir.path());
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let port = closed_port().port();
+    let mut server = std::process::Command::new("redis-server")
+        .current_dir(dir.path())
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-cert-file", cert.to_str().unwrap(), "--tls-key-file", key.to_str().unwrap()])
+        .args(["--tls-ca-cert-file", ca_file.to_str().unwrap(), "--tls-auth-clients", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian's is built with TLS)");
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let conn = RedisConfig::from_url(&url).unwrap().ca_file(&ca_file).unwrap().connect().unwrap();
+    let (tokens, limits) = both(&conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokens.ping().await.is_err() {
+        if Instant::now() >= deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            panic!("redis-server over TLS did not answer within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token_store_contract(tokens).await;
+    limits_hold(&limits, "tls:203.0.113.9").await;
+
+    // The system's roots do not hold the test CA; plain TCP is not TLS.
+    let untrusting = RedisConfig::from_url(&url).unwrap().connect().unwrap();
+    assert!(RedisStore::with_connection(untrusting).ping().await.is_err(), "a certificate from an unknown CA");
+    let plain = RedisConfig::from_url(&format!("redis://127.0.0.1:{port}/0")).unwrap().connect().unwrap();
+    assert!(RedisStore::with_connection(plain).ping().await.is_err(), "plain TCP to a TLS port");
+    let refused = RedisConfig::from_url(&url).unwrap().ca_file(&key).unwrap_err();
+    assert!(refused.to_string().contains("no PEM certificate"), "a private key is no CA: {refused}");
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -11,6 +11,7 @@
 //! | URL | Redis |
 //! |---|---|
 //! | `redis://[[USER]:PASSWORD@]HOST[:6379][/DB]` | one server |
+//! | `rediss://[[USER]:PASSWORD@]HOST[:6379][/DB]` | one server over TLS: the system's roots, or [`RedisConfig::ca_file`] |
 //! | `redis+sentinel://[[USER]:PASSWORD@]HOST[:26379][,HOST[:PORT]…]/MASTER[/DB]` | the master a Sentinel set names |
 //! | `redis+cluster://[[USER]:PASSWORD@]HOST[:6379][,HOST[:PORT]…]` | a Cluster, found from any of these nodes |
 //!
@@ -54,6 +55,8 @@ pub struct RedisConfig {
     db: i64,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// The roots a `rediss://` server's certificate must chain to (PEM).
+    ca: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +81,7 @@ impl fmt::Debug for RedisConfig {
             .field("db", &self.db)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("ca", &self.ca.as_ref().map(|_| "PEM"))
             .finish()
     }
 }
@@ -110,17 +114,18 @@ impl RedisConfig {
             db: 0,
             connect_timeout: Duration::from_millis(200),
             response_timeout: Duration::from_millis(200),
+            ca: None,
         };
         match scheme.to_ascii_lowercase().as_str() {
-            "redis" => {
+            "redis" | "rediss" => {
                 // The redis crate reads these; it says what is wrong with one.
                 let info = redis::IntoConnectionInfo::into_connection_info(url)
                     .map_err(|err| wrong(format!("the Redis URL: {err}")))?;
                 config.db = info.redis_settings().db();
                 Ok(config)
             }
-            "rediss" | "rediss+sentinel" | "rediss+cluster" => {
-                Err(wrong("TLS to Redis (rediss://) is not supported yet: reach Redis over a private network"))
+            "rediss+sentinel" | "rediss+cluster" => {
+                Err(wrong("TLS to Sentinels or a Cluster is not supported yet: rediss:// is for one server"))
             }
             "redis+sentinel" | "redis+cluster" => {
                 let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -182,6 +187,18 @@ impl RedisConfig {
         Ok(self.password(password))
     }
 
+    /// The certificate authorities (a PEM file) that a `rediss://` server's
+    /// certificate must chain to, in place of the system's roots.
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Result<Self, RedisConfigError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|err| wrong(format!("the Redis CA file {}: {err}", path.display())))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(wrong(format!("the Redis CA file {} holds no PEM certificate", path.display())));
+        }
+        self.ca = Some(pem);
+        Ok(self)
+    }
+
     /// How long to wait for a connection to be made (default 200 ms); for a
     /// Sentinel set, to learn the master and reach it.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -212,7 +229,14 @@ impl RedisConfig {
                     let settings = info.redis_settings().clone().set_password(password);
                     info = info.set_redis_settings(settings);
                 }
-                let client = redis::Client::open(info).map_err(|err| wrong(err.to_string()))?;
+                let client = match &self.ca {
+                    Some(ca) => redis::Client::build_with_tls(
+                        info,
+                        redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) },
+                    ),
+                    None => redis::Client::open(info),
+                }
+                .map_err(|err| wrong(err.to_string()))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.response_timeout))
@@ -494,7 +518,8 @@ mod tests {
         for (url, says) in [
             ("127.0.0.1:6379", "starts with redis://"),
             ("http://redis", "not http://"),
-            ("rediss://redis", "TLS"),
+            ("rediss+sentinel://s1/main", "TLS"),
+            ("rediss+cluster://n1", "TLS"),
             ("redis+sentinel://s1:26379", "names its master"),
             ("redis+sentinel://s1:x/main", "not a port number"),
             ("redis+sentinel://s1/main/zero", "must be a number"),
