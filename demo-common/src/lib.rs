@@ -58,6 +58,19 @@ impl std::fmt::Display for EnvError {
 
 impl std::error::Error for EnvError {}
 
+/// `url` as a log or a printed configuration may show it: any password
+/// replaced by `********` (a database or Redis URL carries one).
+pub fn mask_url_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{user}:********@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The Redis URL from `REDIS_URL`, or from the file `REDIS_URL_FILE` names (a
 /// Docker secret: the URL carries the password); `None` with neither.
 pub fn redis_url_from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<String>, EnvError> {

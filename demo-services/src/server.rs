@@ -42,17 +42,6 @@ pub fn database_url(file: &str) -> Result<String, String> {
     }
 }
 
-/// `url` as logs may show it: any password replaced by `********`.
-pub fn shown(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
-            format!("{}://{user}:********@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// `HOST:PORT` to listen on: `HOST` defaults to 127.0.0.1 — the services are
 /// meant to be reached through the gateway only — and `PORT` to `port`.
 pub fn listen_addr(port: u16) -> Result<SocketAddr, String> {

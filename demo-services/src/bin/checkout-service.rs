@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
     };
     let db = match checkout::connect(&url).await {
         Ok(db) => db,
-        Err(err) => return server::fail(NAME, &format!("database {}: {err}", server::shown(&url))),
+        Err(err) => return server::fail(NAME, &format!("database {}: {err}", demo_common::mask_url_password(&url))),
     };
     let keys = match server::keys_from_env() {
         Ok(keys) => keys,

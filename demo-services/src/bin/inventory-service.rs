@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
     };
     let state = match InventoryState::connect(&url).await {
         Ok(state) => state,
-        Err(err) => return server::fail(NAME, &format!("database {}: {err}", server::shown(&url))),
+        Err(err) => return server::fail(NAME, &format!("database {}: {err}", demo_common::mask_url_password(&url))),
     };
     let addr = match server::listen_addr(50051) {
         Ok(addr) => addr,

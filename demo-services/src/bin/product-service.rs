@@ -21,7 +21,12 @@ async fn main() -> ExitCode {
     };
     let state = match ProductsState::connect(&url).await {
         Ok(state) => state,
-        Err(err) => return server::fail("product-service", &format!("database {}: {err}", server::shown(&url))),
+        Err(err) => {
+            return server::fail(
+                "product-service",
+                &format!("database {}: {err}", demo_common::mask_url_password(&url)),
+            );
+        }
     };
     let keys = match server::keys_from_env() {
         Ok(keys) if keys.is_set() => keys,

@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
     };
     let db = match users::connect(&url).await {
         Ok(db) => db,
-        Err(err) => return server::fail(NAME, &format!("database {}: {err}", server::shown(&url))),
+        Err(err) => return server::fail(NAME, &format!("database {}: {err}", demo_common::mask_url_password(&url))),
     };
     let tokens = match env("KEY_ENCRYPTION_KEY_FILE") {
         Some(path) => {
