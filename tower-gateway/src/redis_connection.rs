@@ -212,12 +212,6 @@ impl RedisConfig {
         self
     }
 
-    /// Whether this is a Cluster: its stores keep the keys one decision
-    /// touches in one hash slot.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.topology, Topology::Cluster { .. })
-    }
-
     /// The connection. Nothing is dialled until the first command, so this
     /// succeeds while Redis is down. Call it inside a Tokio runtime.
     pub fn connect(&self) -> Result<RedisConnection, RedisConfigError> {
@@ -512,7 +506,6 @@ mod tests {
 
         let cluster = RedisConfig::from_url("redis+cluster://:secret@n1:7000,n2").unwrap();
         assert_eq!(cluster.topology, Topology::Cluster { nodes: vec![("n1".into(), 7000), ("n2".into(), 6379)] });
-        assert!(cluster.is_cluster());
         assert_eq!(cluster.password.as_deref(), Some("secret"));
 
         for (url, says) in [

@@ -42,8 +42,7 @@ async fn connect_within(url: &str, limit: Duration) -> sqlx::PgConnection {
         match sqlx::PgConnection::connect(url).await {
             Ok(conn) => return conn,
             // "the database system is starting up", or not listening yet.
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(err) => panic!("Postgres did not answer within {limit:?}: {err}"),
