@@ -211,9 +211,13 @@ ready_endpoints() { # SERVICE: the gateway knows as many endpoints as the servic
   [ "$have" = "$want" ]
 }
 
+redis_password() { # the stack's Redis password, from the secret made by up
+  awk '$1 == "requirepass" {print $2}' "$here/secrets/redis.conf"
+}
+
 redis_keys() { # PATTERN -> how many keys match in the stack's Redis (as the replica that is never killed holds them)
   local pw
-  pw=$(awk '$1 == "requirepass" {print $2}' "$here/secrets/redis.conf")
+  pw=$(redis_password)
   docker exec -e REDISCLI_AUTH="$pw" "$(docker ps -q -f "name=${stack}_redis-replica.1" | head -1)" /bin/redis-cli --scan --pattern "$1" | wc -l
 }
 
@@ -394,7 +398,7 @@ check() {
 
   log "5. the Redis master killed under load: Sentinel promotes the replica, the gateway serves on, revocations intact"
   local gone code sentinel redis pw
-  pw=$(awk '$1 == "requirepass" {print $2}' "$here/secrets/redis.conf")
+  pw=$(redis_password)
   gone=$(login "$email")
   [ "$(status_of POST /api/users/logout "" "$gone")" = 204 ] || fail "logout"
   revoked() { [ "$(status_of GET /api/checkout "" "$gone")" = 401 ]; }
